@@ -1,0 +1,1 @@
+"""Benchmarks: examples, prompts, parsing and metrics. Built-ins are registered lazily."""

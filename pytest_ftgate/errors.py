@@ -1,0 +1,27 @@
+"""Exceptions raised by ftgate. Every message names the file or option at fault and the fix."""
+
+from __future__ import annotations
+
+
+class FtgateError(Exception):
+    """Base class: something the user can fix (input, configuration, environment)."""
+
+
+class ConfigError(FtgateError):
+    """A bad option value, marker argument or benchmark name."""
+
+
+class DataError(FtgateError):
+    """Benchmark data that cannot be read: missing file, malformed row."""
+
+
+class AdapterError(FtgateError):
+    """An adapter that is missing, corrupt, made for another base, or without effect."""
+
+
+class ModelError(FtgateError):
+    """A base or candidate model that cannot be found or loaded."""
+
+
+class BackendError(FtgateError):
+    """A backend that is unknown, not installed, or failed while running."""

@@ -1,0 +1,209 @@
+"""Result objects: what an evaluation produced and how two evaluations compare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pytest_ftgate import stats
+
+Outcome = Literal["pass", "fail", "inconclusive"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model produced a result: a human label and a fingerprint of everything that defines it."""
+
+    label: str
+    fingerprint: str
+
+    def __str__(self) -> str:
+        return f"{self.label} [{self.fingerprint[:12]}]"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One example's outcome. ``parsed`` is the answer extracted from ``output`` (None: unparsed)."""
+
+    id: str
+    output: str
+    parsed: str | None
+    gold: str
+    correct: bool
+    text: str = ""
+
+
+@dataclass
+class EvalResult:
+    """One model on one benchmark. ``score`` is the primary metric in points (0-100)."""
+
+    benchmark: str
+    model: ModelInfo
+    n: int
+    score: float
+    metrics: dict[str, float]
+    predictions: list[Prediction]
+    seconds: float
+    title: str = ""
+    mode: str = "generate"
+    fingerprint: str = ""
+
+    @property
+    def correct(self) -> list[bool]:
+        return [p.correct for p in self.predictions]
+
+    def by_id(self) -> dict[str, Prediction]:
+        return {p.id: p for p in self.predictions}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "benchmark": self.benchmark,
+            "model": {"label": self.model.label, "fingerprint": self.model.fingerprint},
+            "n": self.n,
+            "score": self.score,
+            "metrics": dict(self.metrics),
+            "mode": self.mode,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class Flip:
+    """An example whose correctness changed between base and tuned."""
+
+    id: str
+    text: str
+    gold: str
+    base_output: str
+    tuned_output: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``outcome`` is pass, fail or inconclusive; ``reason`` is one line a person reads."""
+
+    outcome: Outcome
+    reason: str
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+    def __str__(self) -> str:
+        return f"{self.outcome}: {self.reason}"
+
+
+@dataclass
+class Comparison:
+    """Base and tuned on the same examples, paired. ``delta`` and ``ci`` are in points (tuned - base)."""
+
+    base: EvalResult
+    tuned: EvalResult
+    confidence: float = 0.95
+    delta: float = field(init=False)
+    ci: tuple[float, float] = field(init=False)
+    p_value: float = field(init=False)
+    lost: list[Flip] = field(init=False)
+    gained: list[Flip] = field(init=False)
+
+    def __post_init__(self) -> None:
+        base_ids = [p.id for p in self.base.predictions]
+        tuned_by_id = self.tuned.by_id()
+        if self.base.benchmark != self.tuned.benchmark or set(base_ids) != set(tuned_by_id):
+            raise ValueError(
+                f"cannot pair {self.base.benchmark!r} ({self.base.n} examples) with "
+                f"{self.tuned.benchmark!r} ({self.tuned.n} examples): a comparison needs the same "
+                "benchmark evaluated on the same example ids"
+            )
+        pairs = [(b, tuned_by_id[b.id]) for b in self.base.predictions]
+        self.delta = self.tuned.score - self.base.score
+        base_ok = [b.correct for b, _ in pairs]
+        tuned_ok = [t.correct for _, t in pairs]
+        if self.base.metrics.get("primary") == "accuracy" or "primary" not in self.base.metrics:
+            self.ci = stats.paired_diff_interval(base_ok, tuned_ok, confidence=self.confidence)
+        else:  # pragma: no cover - every built-in benchmark's primary metric is accuracy
+            self.ci = (self.delta, self.delta)
+        self.lost = [_flip(b, t) for b, t in pairs if b.correct and not t.correct]
+        self.gained = [_flip(b, t) for b, t in pairs if t.correct and not b.correct]
+        self.p_value = stats.mcnemar_exact(len(self.lost), len(self.gained))
+
+    @property
+    def benchmark(self) -> str:
+        return self.base.benchmark
+
+    @property
+    def title(self) -> str:
+        return self.base.title or self.base.benchmark
+
+    @property
+    def n(self) -> int:
+        return self.base.n
+
+    def verdict(
+        self, max_drop: float | None = None, min_gain: float | None = None, strict: bool = False
+    ) -> Verdict:
+        """Judge the comparison against the user's thresholds (points). See ``stats.decide``."""
+        outcome, why = stats.decide(
+            self.delta, self.ci, max_drop=max_drop, min_gain=min_gain, strict=strict
+        )
+        return Verdict(outcome, f"{self.summary(max_drop=max_drop, min_gain=min_gain)}{why}")
+
+    def summary(self, max_drop: float | None = None, min_gain: float | None = None) -> str:
+        """``FPB dropped 28.4 points (78.8 -> 50.4) after fine-tuning; allowed 2.0. 970 examples: ...``"""
+        if self.delta < 0:
+            head = f"{self.title} dropped {-self.delta:.1f} points"
+        elif self.delta > 0:
+            head = f"{self.title} gained {self.delta:.1f} points"
+        else:
+            head = f"{self.title} did not change"
+        head += f" ({self.base.score:.1f} -> {self.tuned.score:.1f}) after fine-tuning"
+        rules = []
+        if max_drop is not None:
+            rules.append(f"allowed drop {max_drop:g}" if min_gain is not None else f"allowed {max_drop:g}")
+        if min_gain is not None:
+            rules.append(f"required gain {min_gain:g}")
+        if rules:
+            head += "; " + ", ".join(rules)
+        low, high = self.ci
+        return (
+            f"{head}. {self.n} examples: {len(self.lost)} lost, {len(self.gained)} gained "
+            f"({self.confidence:.0%} interval {low:+.1f} to {high:+.1f}, McNemar p={self.p_value:.3g})"
+        )
+
+    def failure_detail(self, limit: int = 3) -> str:
+        """The first few lost examples, for a failure message."""
+        lines = []
+        for flip in self.lost[:limit]:
+            lines.append(
+                f"  lost {flip.id}: {_clip(flip.text)!r} gold={flip.gold!r} "
+                f"base={_clip(flip.base_output, 40)!r} tuned={_clip(flip.tuned_output, 40)!r}"
+            )
+        return "\n".join(lines)
+
+    def assert_no_regression(self, max_drop: float, strict: bool = False) -> None:
+        __tracebackhide__ = True
+        self._assert(self.verdict(max_drop=max_drop, strict=strict))
+
+    def assert_improves(self, min_gain: float, strict: bool = False) -> None:
+        __tracebackhide__ = True
+        self._assert(self.verdict(min_gain=min_gain, strict=strict))
+
+    def _assert(self, verdict: Verdict) -> None:
+        __tracebackhide__ = True
+        if not verdict.passed:
+            detail = self.failure_detail()
+            raise AssertionError(verdict.reason + ("\n" + detail if detail else ""))
+
+
+def _flip(base: Prediction, tuned: Prediction) -> Flip:
+    return Flip(base.id, base.text, base.gold, base.output, tuned.output)
+
+
+def _clip(text: str, width: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def compare(base: EvalResult, tuned: EvalResult, *, confidence: float = 0.95) -> Comparison:
+    """Pair two results of the same benchmark on the same examples."""
+    return Comparison(base, tuned, confidence=confidence)
