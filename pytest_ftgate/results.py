@@ -159,9 +159,9 @@ class Comparison:
         head += f" ({self.base.score:.1f} -> {self.tuned.score:.1f}) after fine-tuning"
         rules = []
         if max_drop is not None:
-            rules.append(f"allowed drop {max_drop:g}" if min_gain is not None else f"allowed {max_drop:g}")
+            rules.append(f"allowed drop {max_drop:.1f}" if min_gain is not None else f"allowed {max_drop:.1f}")
         if min_gain is not None:
-            rules.append(f"required gain {min_gain:g}")
+            rules.append(f"required gain {min_gain:.1f}")
         if rules:
             head += "; " + ", ".join(rules)
         low, high = self.ci

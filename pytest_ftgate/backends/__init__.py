@@ -1,0 +1,105 @@
+"""Backends: the ``Backend`` protocol, a lazy registry of ``"module:Class"`` strings, and ``auto``.
+
+A backend loads models, injects adapters and produces completions. Heavy libraries are imported
+only inside the backend module, when the backend is created.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pytest_ftgate.errors import BackendError
+
+Message = dict[str, str]
+
+
+@dataclass
+class Model:
+    """A loaded model as the gate sees it. ``handle`` is the backend's own object."""
+
+    label: str
+    fingerprint: str
+    backend: Backend
+    handle: Any = field(repr=False)
+    adapter: str | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a backend provides. ``generate`` gets chat messages and returns one reply per prompt."""
+
+    name: str
+
+    def version(self) -> str: ...
+
+    def load(self, model: str) -> Model: ...
+
+    def with_adapter(self, base: Model, adapter: str) -> Model: ...
+
+    def generate(
+        self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
+    ) -> list[str]: ...
+
+
+# name -> ("module:Class", extra to install, modules it needs)
+REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "mlx": ("pytest_ftgate.backends.mlx:MLXBackend", "mlx", ("mlx", "mlx_vlm", "mlx_tune")),
+}
+_EXTERNAL: dict[str, str] = {}
+
+
+def register_backend(name: str, target: str) -> None:
+    """Register a third-party backend as ``"package.module:Class"``."""
+    _EXTERNAL[name] = target
+
+
+def backend_names() -> list[str]:
+    return sorted({*REGISTRY, *_EXTERNAL})
+
+
+def _installed(modules: tuple[str, ...]) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def resolve_auto() -> str:
+    """``auto``: mlx on Apple Silicon; elsewhere the first installed backend in speed order."""
+    if sys.platform == "darwin" and platform.machine() == "arm64" and _installed(REGISTRY["mlx"][2]):
+        return "mlx"
+    for name in ("transformers", "llamacpp", "mlx"):
+        if name in REGISTRY and _installed(REGISTRY[name][2]):
+            return name
+    raise BackendError(
+        "no ftgate backend is installed: install one, e.g. pip install 'pytest-ftgate[mlx]' "
+        "(or [torch], [openai], [llamacpp])"
+    )
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Instantiate a backend by registry name; a clear error when unknown or not installed."""
+    if name == "auto":
+        name = resolve_auto()
+    target = _EXTERNAL.get(name)
+    if target is None:
+        if name not in REGISTRY:
+            hint = difflib.get_close_matches(name, backend_names(), n=1)
+            did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise BackendError(
+                f"unknown ftgate backend {name!r}.{did_you_mean} Available: auto, {', '.join(backend_names())}"
+            )
+        target, extra, modules = REGISTRY[name]
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise BackendError(
+                f"the {name!r} backend needs {', '.join(missing)}: pip install 'pytest-ftgate[{extra}]'"
+            )
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    backend: Backend = cls(**options)
+    return backend

@@ -1,0 +1,238 @@
+"""The ``mlx`` backend: Gemma 4 (and other VLMs) through mlx-vlm, adapters through mlx-tune.
+
+Loading follows the seed study: ``mlx_vlm.load`` for the model and processor, the processor's chat
+template with the system message, greedy decoding. Adapters are injected the way mlx-tune does it
+(``FastVisionModel.get_peft_model`` with the adapter's own rank, scale and targets, then
+``load_weights``), on the already loaded base, so base and tuned share one copy of the weights:
+the LoRA layers are swapped in for the tuned model and out for the base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
+from pytest_ftgate.backends import Message, Model
+from pytest_ftgate.errors import AdapterError, BackendError, ModelError
+from pytest_ftgate.fingerprint import model_fingerprint
+
+PROBE: list[Message] = [
+    {"role": "system", "content": "You are a careful assistant."},
+    {"role": "user", "content": "Which number is larger, 12 or 21? Answer and explain briefly."},
+]
+# Relative change of the probe logits below which an adapter counts as having no effect.
+NO_EFFECT_TOLERANCE = 1e-6
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """mlx-tune and mlx-vlm print progress lines; keep pytest's output clean."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+@dataclass
+class _Loaded:
+    """One loaded base: the mlx model, its processor, and the LoRA layers injected into it."""
+
+    model: Any
+    processor: Any
+    path: str
+    lora: dict[str, Any] = field(default_factory=dict)  # module path -> LoRA module
+    plain: dict[str, Any] = field(default_factory=dict)  # module path -> original linear
+    active: str | None = None  # adapter fingerprint now swapped in
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)  # fingerprint -> weights
+
+
+class MLXBackend:
+    """Backend over mlx-vlm + mlx-tune. One instance keeps each base loaded once."""
+
+    name = "mlx"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self._bases: dict[str, _Loaded] = {}
+
+    def version(self) -> str:
+        parts = []
+        for dist in ("mlx", "mlx-vlm", "mlx-tune"):
+            try:
+                parts.append(f"{dist}=={metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                parts.append(f"{dist} missing")
+        return " ".join(parts)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, model: str) -> Model:
+        local = Path(model).expanduser()
+        if local.exists() and not (local / "config.json").is_file():
+            raise ModelError(f"{local} has no config.json: point --ftgate-base at a model folder")
+        import mlx_vlm
+
+        try:
+            with _quiet():
+                mx_model, processor = mlx_vlm.load(str(local) if local.exists() else model)
+        except Exception as exc:  # mlx-vlm raises many kinds; the user needs one sentence
+            raise ModelError(f"mlx-vlm could not load base model {model}: {type(exc).__name__}: {exc}") from exc
+        path = str(local.resolve()) if local.exists() else _snapshot_path(model)
+        loaded = _Loaded(mx_model, processor, path)
+        key = f"{path}#{len(self._bases)}"
+        self._bases[key] = loaded
+        fingerprint = model_fingerprint(Path(path), extra={"backend": self.name, "version": self.version()})
+        return Model(label=model, fingerprint=fingerprint, backend=self, handle=loaded)
+
+    def with_adapter(self, base: Model, adapter: str) -> Model:
+        info = inspect_adapter(adapter)
+        loaded: _Loaded = base.handle
+        weights = self._read_weights(info)
+        self._inject(loaded, info, weights)
+        fp = info.fingerprint()
+        loaded.adapters[fp] = weights
+        tuned = Model(
+            label=f"{base.label} + {info.path.name}",
+            fingerprint=f"{base.fingerprint}+{fp}",
+            backend=self,
+            handle=loaded,
+            adapter=fp,
+        )
+        self._check_effect(base, tuned, info)
+        return tuned
+
+    def _read_weights(self, info: AdapterInfo) -> dict[str, Any]:
+        import mlx.core as mx
+
+        try:
+            raw = mx.load(str(info.weights))
+        except Exception as exc:
+            raise AdapterError(f"{info.weights} could not be read ({exc}): re-save the adapter") from None
+        assert isinstance(raw, dict)
+        if info.format == "peft":
+            return _peft_to_mlx(raw, info)
+        return raw
+
+    def _inject(self, loaded: _Loaded, info: AdapterInfo, weights: dict[str, Any]) -> None:
+        """Add LoRA layers the mlx-tune way, then check every adapter tensor lands on a parameter."""
+        from mlx.utils import tree_flatten
+        from mlx_tune import FastVisionModel
+        from mlx_tune.vlm import VLMModelWrapper
+
+        if loaded.lora:
+            raise BackendError("the mlx backend injects one adapter per loaded base; load the base again for another")
+        before = {name for name, _ in loaded.model.named_modules()}
+        wrapper = VLMModelWrapper(model=loaded.model, processor=loaded.processor, model_name=loaded.path)
+        # mlx-tune turns lora_alpha into the effective scale alpha / r**2: ask for our effective scale.
+        with _quiet():
+            FastVisionModel.get_peft_model(
+                wrapper,
+                r=info.rank,
+                lora_alpha=info.scale * info.rank * info.rank,
+                target_modules=list(info.short_targets),
+                finetune_vision_layers=False,
+            )
+        loaded.model = wrapper.model
+        params = dict(tree_flatten(loaded.model.parameters()))
+        unknown = [k for k in weights if k not in params]
+        mismatched = [
+            f"{k}: adapter {tuple(weights[k].shape)} vs model {tuple(params[k].shape)}"
+            for k in weights
+            if k in params and tuple(weights[k].shape) != tuple(params[k].shape)
+        ]
+        if unknown or mismatched:
+            detail = "; ".join([*(f"no parameter {k}" for k in unknown[:3]), *mismatched[:3]])
+            raise AdapterError(
+                f"{info.weights} does not fit base model {loaded.path}: "
+                f"{len(unknown)} unknown keys, {len(mismatched)} shape mismatches ({detail}). "
+                "The adapter was trained for another base model: pass that base with --ftgate-base"
+            )
+        loaded.model.load_weights(list(weights.items()), strict=False)
+        loaded.model.eval()
+        for name, module in loaded.model.named_modules():
+            if name not in before and hasattr(module, "lora_a"):
+                loaded.lora[name] = module
+                loaded.plain[name] = module.linear
+        loaded.active = info.fingerprint()
+
+    def _activate(self, loaded: _Loaded, adapter: str | None) -> None:
+        """Swap LoRA layers in (adapter) or out (None). Cheap: only module references move."""
+        if loaded.active == adapter or not loaded.lora:
+            return
+        from mlx.utils import tree_unflatten
+
+        source = loaded.plain if adapter is None else loaded.lora
+        loaded.model.update_modules(tree_unflatten(list(source.items())))
+        loaded.active = adapter
+
+    def _check_effect(self, base: Model, tuned: Model, info: AdapterInfo) -> None:
+        import mlx.core as mx
+
+        base_logits = self.probe_logits(base)
+        tuned_logits = self.probe_logits(tuned)
+        change = float(mx.max(mx.abs(tuned_logits - base_logits)))
+        size = float(mx.max(mx.abs(base_logits))) or 1.0
+        if change <= NO_EFFECT_TOLERANCE * size:
+            raise AdapterError(
+                f"adapter {info.path} has no effect: the model's logits on a probe prompt are unchanged "
+                f"(max change {change:.3g}). Its LoRA B matrices are probably zero (an untrained or "
+                "empty adapter): check that training ran and that the right folder was saved"
+            )
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def _prompt(self, loaded: _Loaded, messages: Sequence[Message]) -> str:
+        from mlx_vlm.prompt_utils import apply_chat_template
+
+        return str(apply_chat_template(loaded.processor, loaded.model.config, list(messages), num_images=0))
+
+    def probe_logits(self, model: Model) -> Any:
+        """Logits of every position of a fixed probe prompt (used to prove an adapter acts)."""
+        import mlx.core as mx
+
+        loaded: _Loaded = model.handle
+        self._activate(loaded, model.adapter)
+        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+        ids = mx.array([tokenizer.encode(self._prompt(loaded, PROBE))])
+        output = loaded.model(ids)
+        logits = getattr(output, "logits", output)
+        return logits.astype(mx.float32)
+
+    def generate(
+        self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
+    ) -> list[str]:
+        import mlx_vlm
+
+        loaded: _Loaded = model.handle
+        self._activate(loaded, model.adapter)
+        replies = []
+        for messages in prompts:
+            prompt = self._prompt(loaded, messages)
+            result = mlx_vlm.generate(
+                loaded.model, loaded.processor, prompt, max_tokens=max_tokens, temperature=0.0, verbose=False
+            )
+            replies.append(getattr(result, "text", result))
+        return replies
+
+
+def _snapshot_path(model: str) -> str:
+    """The local snapshot mlx-vlm loaded a hub id from, for fingerprinting."""
+    from mlx_vlm.utils import get_model_path
+
+    return str(get_model_path(model))
+
+
+def _peft_to_mlx(raw: dict[str, Any], info: AdapterInfo) -> dict[str, Any]:
+    """peft names and layout (``...language_model.layers.0.q_proj.lora_A.weight``, out x in) to mlx-vlm's."""
+    converted = {}
+    for name, value in raw.items():
+        key = name.removeprefix("base_model.model.")
+        key = key.replace("model.language_model.", "language_model.model.", 1)
+        key = key.replace(".lora_A.weight", ".lora_a").replace(".lora_B.weight", ".lora_b")
+        converted[key] = value.T
+    return converted
+

@@ -1,0 +1,63 @@
+"""Prediction cache: one append-only JSONL file per (model, benchmark, generation settings) key.
+
+Each line is one complete record written with a single ``write`` on a file opened with
+``O_APPEND``, so an interrupted run leaves at most one torn last line (ignored on read) and two
+xdist workers can append to the same file. The key is a hash of every fingerprint that determines
+the answers, so an entry can never be served for another model, prompt or setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pytest_ftgate.fingerprint import digest
+
+
+class PredictionCache:
+    """``get(key)`` -> {example id: output}; ``add(key, id, output)`` appends one record."""
+
+    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+        self.root = Path(root) if root else None
+
+    def _file(self, key: dict[str, Any]) -> Path | None:
+        if self.root is None:
+            return None
+        return self.root / "predictions" / f"{digest(key)[:32]}.jsonl"
+
+    def get(self, key: dict[str, Any]) -> dict[str, str]:
+        file = self._file(key)
+        if file is None or not file.is_file():
+            return {}
+        entries: dict[str, str] = {}
+        with file.open("rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # torn last write of an interrupted run
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and "id" in record and "output" in record:
+                    entries[str(record["id"])] = str(record["output"])
+        return entries
+
+    def add(self, key: dict[str, Any], example_id: str, output: str) -> None:
+        file = self._file(key)
+        if file is None:
+            return
+        if not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            meta = file.with_suffix(".key.json")
+            if not meta.exists():
+                tmp = meta.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+                os.replace(tmp, meta)
+        data = (json.dumps({"id": example_id, "output": output}) + "\n").encode()
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)

@@ -1,0 +1,156 @@
+"""The ``Gate``: one session's models, benchmarks and results; usable from pytest or a script."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pytest_ftgate import benchmarks as registry
+from pytest_ftgate.adapters import inspect_adapter
+from pytest_ftgate.backends import Backend, Model, create_backend
+from pytest_ftgate.benchmarks.base import Benchmark, Example
+from pytest_ftgate.cache import PredictionCache
+from pytest_ftgate.errors import ConfigError, DataError, ModelError
+from pytest_ftgate.options import DEFAULT_BASE, DEFAULT_CACHE, looks_local, positive_int
+from pytest_ftgate.results import Comparison, EvalResult
+from pytest_ftgate.runner import Progress, evaluate
+
+BackendFactory = Callable[[str], Backend]
+
+
+class Gate:
+    """Evaluate a base model and its fine-tune on benchmarks, and compare them example by example.
+
+    Inputs are validated when the gate is created (adapter files, data folder, base folder, limit);
+    models load on first use, each at most once.
+    """
+
+    def __init__(
+        self,
+        base: str = DEFAULT_BASE,
+        adapter: str | os.PathLike[str] | None = None,
+        candidate: str | None = None,
+        backend: str | Backend = "auto",
+        data: str | os.PathLike[str] | None = None,
+        limit: int | None = None,
+        cache: str | os.PathLike[str] | None = DEFAULT_CACHE,
+        batch_size: int | None = None,
+        confidence: float = 0.95,
+        base_url: str | None = None,
+        progress: Progress | None = None,
+        make_backend: BackendFactory | None = None,
+    ) -> None:
+        if adapter is not None and candidate is not None:
+            raise ConfigError("give either an adapter or a candidate model, not both")
+        self.base = str(base)
+        self.adapter = str(adapter) if adapter is not None else None
+        self.candidate = candidate
+        self.data = str(data) if data is not None else None
+        self.limit = positive_int(limit, "--ftgate-limit")
+        self.batch_size = positive_int(batch_size, "--ftgate-batch-size")
+        self.confidence = confidence
+        self.base_url = base_url
+        self.progress = progress
+        self.cache = PredictionCache(cache)
+        if self.adapter is not None:
+            inspect_adapter(self.adapter)  # missing or corrupt files fail here, before any model loads
+        if self.data is not None and not Path(self.data).exists():
+            raise DataError(f"data folder {self.data} does not exist: check --ftgate-data")
+        _check_local_model(self.base, "--ftgate-base")
+        if self.candidate is not None:
+            _check_local_model(self.candidate, "--ftgate-candidate")
+        self._backend_spec = backend
+        self._make_backend = make_backend
+        self._backend: Backend | None = None
+        self._base_model: Model | None = None
+        self._tuned_model: Model | None = None
+        self._examples: dict[str, list[Example]] = {}
+        self._results: dict[tuple[str, str], EvalResult] = {}
+
+    # -- models ------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            spec = self._backend_spec
+            if not isinstance(spec, str):
+                self._backend = spec
+            elif self._make_backend is not None:
+                self._backend = self._make_backend(spec)
+            else:
+                self._backend = create_backend(spec, base_url=self.base_url)
+        return self._backend
+
+    @property
+    def has_tuned(self) -> bool:
+        return self.adapter is not None or self.candidate is not None
+
+    @property
+    def base_model(self) -> Model:
+        if self._base_model is None:
+            self._base_model = self.backend.load(self.base)
+        return self._base_model
+
+    @property
+    def tuned_model(self) -> Model:
+        """Base + adapter (or the candidate). Raises ConfigError when neither was given."""
+        if self._tuned_model is None:
+            if self.adapter is not None:
+                self._tuned_model = self.backend.with_adapter(self.base_model, self.adapter)
+            elif self.candidate is not None:
+                self._tuned_model = self.backend.load(self.candidate)
+            else:
+                raise ConfigError("no adapter or candidate to gate: pass --ftgate-adapter=DIR or --ftgate-candidate=MODEL")
+        return self._tuned_model
+
+    # -- benchmarks --------------------------------------------------------------------------
+
+    def benchmark(self, benchmark: str | Benchmark) -> Benchmark:
+        return benchmark if isinstance(benchmark, Benchmark) else registry.get_benchmark(benchmark)
+
+    def examples(self, benchmark: str | Benchmark) -> list[Example]:
+        bench = self.benchmark(benchmark)
+        if bench.name not in self._examples:
+            self._examples[bench.name] = bench.select(bench.load(self.data), self.limit)
+        return self._examples[bench.name]
+
+    def evaluate(self, benchmark: str | Benchmark, model: Model) -> EvalResult:
+        """Evaluate ``model`` on the benchmark's (limited) examples; memoised per model."""
+        bench = self.benchmark(benchmark)
+        key = (bench.name, model.fingerprint)
+        if key not in self._results:
+            role = "tuned" if model is self._tuned_model else "base" if model is self._base_model else "model"
+            self._results[key] = evaluate(
+                bench,
+                self.examples(bench),
+                model,
+                cache=self.cache,
+                batch_size=self.batch_size,
+                progress=self.progress,
+                role=role,
+            )
+        return self._results[key]
+
+    def baseline(self, benchmark: str | Benchmark) -> EvalResult:
+        return self.evaluate(benchmark, self.base_model)
+
+    def compare(self, benchmark: str | Benchmark) -> Comparison:
+        """Base and tuned on the same examples. The tuned model is prepared first so that a
+        broken adapter stops the run before the base is evaluated."""
+        tuned_model = self.tuned_model
+        base = self.baseline(benchmark)
+        tuned = self.evaluate(benchmark, tuned_model)
+        return Comparison(base, tuned, confidence=self.confidence)
+
+    def __repr__(self) -> str:
+        return f"Gate(base={self.base!r}, adapter={self.adapter!r}, candidate={self.candidate!r})"
+
+
+def _check_local_model(model: str, option: str) -> None:
+    if looks_local(model) and not Path(model).expanduser().exists():
+        raise ModelError(
+            f"model folder {model} does not exist: check {option} "
+            "(a local folder, or a hub id such as mlx-community/gemma-4-e4b-it-4bit)"
+        )

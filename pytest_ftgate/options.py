@@ -1,0 +1,174 @@
+"""Command-line options and ini keys: names as constants, parsing into one ``Settings`` object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_ftgate.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pytest
+
+DEFAULT_BASE = "mlx-community/gemma-4-e4b-it-4bit"
+DEFAULT_CACHE = ".ftgate"
+
+ADAPTER = "--ftgate-adapter"
+BASE = "--ftgate-base"
+CANDIDATE = "--ftgate-candidate"
+BACKEND = "--ftgate-backend"
+BASE_URL = "--ftgate-base-url"
+LIMIT = "--ftgate-limit"
+DATA = "--ftgate-data"
+CACHE = "--ftgate-cache"
+NO_CACHE = "--ftgate-no-cache"
+BATCH_SIZE = "--ftgate-batch-size"
+CONFIDENCE = "--ftgate-confidence"
+STRICT = "--ftgate-strict"
+REPORT = "--ftgate-report"
+MARKDOWN = "--ftgate-markdown"
+PLOT = "--ftgate-plot"
+
+# option -> (help, default). Each has an ini key of the same name without dashes.
+_OPTIONS: dict[str, tuple[str, str | None]] = {
+    ADAPTER: ("LoRA adapter folder to gate (mlx-tune, mlx-vlm trainer or peft format)", None),
+    BASE: (f"Base model: hub id or local folder (default {DEFAULT_BASE})", DEFAULT_BASE),
+    CANDIDATE: ("A whole candidate model instead of an adapter", None),
+    BACKEND: ("Backend: auto, mlx, or a registered name (default auto)", "auto"),
+    BASE_URL: ("Server URL for the openai backend (default: $OPENAI_BASE_URL)", None),
+    LIMIT: ("Evaluate N examples per benchmark: a seeded, stratified, stable subset", None),
+    DATA: ("Read benchmark data from this local folder instead of the hub", None),
+    CACHE: (f"Prediction cache folder (default {DEFAULT_CACHE})", DEFAULT_CACHE),
+    BATCH_SIZE: ("Examples per forward batch (default: the backend chooses)", None),
+    CONFIDENCE: ("Confidence level of intervals (default 0.95)", "0.95"),
+    REPORT: ("Write a JSON report to PATH", None),
+    MARKDOWN: ("Write a Markdown summary to PATH", None),
+    PLOT: ("Write a PNG chart to PATH", None),
+}
+_FLAGS: dict[str, str] = {
+    NO_CACHE: "Do not read or write the prediction cache",
+    STRICT: "Pass only when the interval proves each threshold holds (default: judge the measured delta)",
+}
+
+
+def ini_name(option: str) -> str:
+    """``--ftgate-adapter`` -> ``ftgate_adapter``."""
+    return option.lstrip("-").replace("-", "_")
+
+
+def addoptions(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ftgate", "fine-tune regression gate (pytest-ftgate)")
+    for option, (help_text, default) in _OPTIONS.items():
+        group.addoption(option, action="store", dest=ini_name(option), default=None, help=help_text)
+        parser.addini(ini_name(option), help_text, default=default)
+    for option, help_text in _FLAGS.items():
+        group.addoption(option, action="store_true", dest=ini_name(option), default=None, help=help_text)
+        parser.addini(ini_name(option), help_text, type="bool", default=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the ``Gate`` needs, validated, with paths resolved against the rootdir."""
+
+    base: str = DEFAULT_BASE
+    adapter: str | None = None
+    candidate: str | None = None
+    backend: str = "auto"
+    base_url: str | None = None
+    limit: int | None = None
+    data: str | None = None
+    cache: str | None = DEFAULT_CACHE
+    batch_size: int | None = None
+    confidence: float = 0.95
+    strict: bool = False
+    report: str | None = None
+    markdown: str | None = None
+    plot: str | None = None
+
+    def gate_kwargs(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "adapter": self.adapter,
+            "candidate": self.candidate,
+            "backend": self.backend,
+            "base_url": self.base_url,
+            "data": self.data,
+            "limit": self.limit,
+            "cache": self.cache,
+            "batch_size": self.batch_size,
+            "confidence": self.confidence,
+        }
+
+
+def _value(config: pytest.Config, option: str) -> Any:
+    value = config.getoption(ini_name(option))
+    return config.getini(ini_name(option)) if value is None else value
+
+
+def looks_local(model: str) -> bool:
+    """A model is a hub id (``org/name``) unless it looks like a path."""
+    return model.startswith((".", "/", "~")) or model.count("/") != 1
+
+
+def positive_int(value: Any, what: str) -> int | None:
+    """Parse an optional positive integer option; a clear ConfigError otherwise."""
+    if value is None or value == "":
+        return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{what} must be a positive integer, got {number}")
+    return number
+
+
+def confidence_level(value: Any) -> float:
+    try:
+        level = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{CONFIDENCE} must be a number between 0 and 1, got {value!r}") from None
+    if not 0.5 <= level < 1.0:
+        raise ConfigError(f"{CONFIDENCE} must be at least 0.5 and below 1 (e.g. 0.95), got {level}")
+    return level
+
+
+def _path(config: pytest.Config, value: str | None) -> str | None:
+    """Resolve a relative path against the invocation directory, as users expect on the command line."""
+    if not value:
+        return None
+    expanded = os.path.expanduser(value)
+    if os.path.isabs(expanded):
+        return expanded
+    return str(config.invocation_params.dir / expanded)
+
+
+def _model(config: pytest.Config, value: str | None) -> str | None:
+    """A model is a hub id unless it looks like (or is) a local path."""
+    if not value:
+        return None
+    local = _path(config, value)
+    assert local is not None
+    return local if looks_local(value) or os.path.exists(local) else value
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """Build the validated settings from command line and ini; raises ConfigError on bad values."""
+    cache = None if _value(config, NO_CACHE) else _path(config, _value(config, CACHE))
+    return Settings(
+        base=_model(config, _value(config, BASE)) or DEFAULT_BASE,
+        adapter=_path(config, _value(config, ADAPTER)),
+        candidate=_model(config, _value(config, CANDIDATE)),
+        backend=str(_value(config, BACKEND) or "auto"),
+        base_url=_value(config, BASE_URL) or os.environ.get("OPENAI_BASE_URL"),
+        limit=positive_int(_value(config, LIMIT), LIMIT),
+        data=_path(config, _value(config, DATA)),
+        cache=cache,
+        batch_size=positive_int(_value(config, BATCH_SIZE), BATCH_SIZE),
+        confidence=confidence_level(_value(config, CONFIDENCE)),
+        strict=bool(_value(config, STRICT)),
+        report=_path(config, _value(config, REPORT)),
+        markdown=_path(config, _value(config, MARKDOWN)),
+        plot=_path(config, _value(config, PLOT)),
+    )

@@ -1,0 +1,103 @@
+"""Shared fixtures: a pytester project with a fake backend (plugin logic only) and real tiny models."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A conftest for pytester projects. The fake backend answers from the prompt itself: the base
+# model gives the gold word written into each question; an adapter folder's "fake_flips" says how
+# many examples (the first ones) the tuned model gets wrong, and "fake_fixes" whether the tuned
+# model fixes the questions the base gets wrong (marked "(base wrong)").
+FAKE_CONFTEST = r'''
+import json, re
+from pathlib import Path
+import pytest
+import pytest_ftgate
+from pytest_ftgate.backends import Model
+
+CALLS = {"generate": 0, "examples": 0}
+
+class FakeBackend:
+    name = "fake"
+    def version(self):
+        return "fake-1"
+    def load(self, model):
+        return Model(label=Path(model).name, fingerprint="base-" + Path(model).name, backend=self, handle={"flips": 0, "fixes": False})
+    def with_adapter(self, base, adapter):
+        cfg = json.loads((Path(adapter) / "adapter_config.json").read_text())
+        if cfg.get("fake_no_effect"):
+            raise pytest_ftgate.AdapterError(f"adapter {adapter} has no effect")
+        handle = {"flips": cfg.get("fake_flips", 0), "fixes": cfg.get("fake_fixes", False)}
+        return Model(label=base.label + "+lora", fingerprint=base.fingerprint + "+" + json.dumps(cfg, sort_keys=True), backend=self, handle=handle, adapter=adapter)
+    def generate(self, model, prompts, *, max_tokens, batch_size):
+        CALLS["generate"] += 1
+        CALLS["examples"] += len(prompts)
+        out = []
+        for messages in prompts:
+            text = messages[-1]["content"]
+            gold = re.search(r"answer: (\w+)", text).group(1)
+            index = int(re.search(r"#(\d+)", text).group(1))
+            base_wrong = "(base wrong)" in text
+            wrong = "negative" if gold != "negative" else "positive"
+            if model.adapter is None:
+                out.append(wrong if base_wrong else gold)
+            elif index < model.handle["flips"]:
+                out.append(wrong)
+            elif base_wrong:
+                out.append(gold if model.handle["fixes"] else wrong)
+            else:
+                out.append(gold)
+        return out
+
+def pytest_ftgate_make_backend(name, config):
+    return FakeBackend() if name == "fake" else None
+
+pytest_ftgate.register_benchmark(
+    pytest_ftgate.Benchmark.from_jsonl(
+        "sentiment", Path(__file__).parent / "sentiment.jsonl",
+        system="Answer with one word.", template="{q}", answer="a", kind="label",
+        choices=("positive", "negative", "neutral"), max_tokens=8, title="Sentiment",
+    )
+)
+'''
+
+
+def write_sentiment(path: Path, n: int = 40, base_wrong: int = 0) -> None:
+    labels = ["positive", "negative", "neutral"]
+    with path.open("w") as handle:
+        for i in range(n):
+            mark = " (base wrong)" if i >= n - base_wrong else ""
+            row = {"id": f"s{i:03d}", "q": f"#{i} sentence, answer: {labels[i % 3]}{mark}", "a": labels[i % 3]}
+            handle.write(json.dumps(row) + "\n")
+
+
+def write_fake_adapter(folder: Path, **config: object) -> Path:
+    """A structurally valid mlx adapter folder (real safetensors header) with fake settings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = b"\0" * 16
+    header = json.dumps({"language_model.model.layers.0.self_attn.q_proj.lora_a": {
+        "dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+    (folder / "adapters.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + payload)
+    cfg = {"fine_tune_type": "lora", "num_layers": 1,
+           "lora_parameters": {"rank": 2, "scale": 1.0, "dropout": 0.0,
+                               "keys": ["language_model.model.layers.0.self_attn.q_proj"]}}
+    cfg.update(config)
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.fixture
+def gate_project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester project: fake backend, a 40-example custom benchmark, a base folder, ini defaults."""
+    pytester.makeconftest(FAKE_CONFTEST)
+    write_sentiment(pytester.path / "sentiment.jsonl")
+    (pytester.path / "base").mkdir()
+    pytester.makeini("[pytest]\nftgate_backend = fake\nftgate_base = base\n")
+    return pytester

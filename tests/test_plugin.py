@@ -1,0 +1,227 @@
+"""Plugin behaviour through pytester, on a fake backend (the plugin's own logic, not a model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_ftgate import options
+from tests.conftest import write_fake_adapter, write_sentiment
+
+GATE_TEST = """
+import pytest
+
+@pytest.mark.ftgate("sentiment", max_drop=2.0)
+def test_no_forgetting():
+    pass
+"""
+
+
+def adapter_args(pytester: pytest.Pytester, name: str = "lora", **config: object) -> str:
+    return f"{options.ADAPTER}={write_fake_adapter(pytester.path / name, **config)}"
+
+
+def test_options_and_ini_keys_are_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    for option in (options.ADAPTER, options.BASE, options.CANDIDATE, options.BACKEND, options.BASE_URL,
+                   options.LIMIT, options.DATA, options.CACHE, options.NO_CACHE, options.BATCH_SIZE,
+                   options.CONFIDENCE, options.REPORT, options.MARKDOWN, options.PLOT):
+        result.stdout.fnmatch_lines([f"*{option}*"])
+        result.stdout.fnmatch_lines([f"*{options.ini_name(option)} *"])
+
+
+def test_marker_is_registered(pytester: pytest.Pytester) -> None:
+    pytester.runpytest("--markers").stdout.fnmatch_lines(["@pytest.mark.ftgate(*max_drop*"])
+
+
+def test_skipped_without_adapter(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*no fine-tune to gate: pass --ftgate-adapter=DIR*"])
+
+
+def test_passes_when_answers_unchanged(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    gate_project.runpytest(adapter_args(gate_project)).assert_outcomes(passed=1)
+
+
+def test_fails_with_readable_message(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
+    result.assert_outcomes(failed=1)
+    # 40 examples, 6 lost: 100.0 -> 85.0
+    result.stdout.fnmatch_lines([
+        "*Sentiment dropped 15.0 points (100.0 -> 85.0) after fine-tuning; allowed 2.0. "
+        "40 examples: 6 lost, 0 gained*",
+        "*lost s000*",
+    ])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_ini_keys_work_like_options(gate_project: pytest.Pytester) -> None:
+    adapter = write_fake_adapter(gate_project.path / "lora", fake_flips=6)
+    gate_project.makeini(f"[pytest]\nftgate_backend = fake\nftgate_base = base\nftgate_adapter = {adapter}\nftgate_limit = 10\n")
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*10 examples: 2 lost*"])  # stratified 10 of 40 keeps some of the 6 flips
+
+
+def test_min_gain(gate_project: pytest.Pytester) -> None:
+    write_sentiment(gate_project.path / "sentiment.jsonl", n=40, base_wrong=10)
+    gate_project.makepyfile("""
+        import pytest
+
+        @pytest.mark.ftgate("sentiment", min_gain=5.0)
+        def test_improves():
+            pass
+
+        @pytest.mark.ftgate("sentiment", min_gain=50.0)
+        def test_improves_a_lot():
+            pass
+    """)
+    result = gate_project.runpytest(adapter_args(gate_project, fake_fixes=True))
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*Sentiment gained 25.0 points (75.0 -> 100.0)*required gain 50*"])
+
+
+def test_list_form_gives_one_test_per_benchmark(gate_project: pytest.Pytester) -> None:
+    gate_project.makeconftest(gate_project.path.joinpath("conftest.py").read_text() + """
+pytest_ftgate.register_benchmark(
+    pytest_ftgate.Benchmark.from_jsonl(
+        "sentiment2", Path(__file__).parent / "sentiment.jsonl",
+        system="One word.", template="{q}", answer="a", kind="label",
+        choices=("positive", "negative", "neutral"), max_tokens=8,
+    )
+)
+""")
+    gate_project.makepyfile("""
+        import pytest
+
+        @pytest.mark.ftgate(["sentiment", "sentiment2"], max_drop=2.0)
+        def test_all(ftgate_comparison):
+            assert ftgate_comparison.tuned.metrics["accuracy"] >= 0
+    """)
+    result = gate_project.runpytest("-v", adapter_args(gate_project))
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_all?sentiment? PASSED*", "*test_all?sentiment2? PASSED*"])
+
+
+def test_custom_assertions_in_body(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile("""
+        import pytest
+
+        @pytest.mark.ftgate("sentiment", max_drop=50.0)
+        def test_custom(ftgate_comparison):
+            assert ftgate_comparison.tuned.metrics["accuracy"] >= 99, "too low"
+    """)
+    result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*too low*"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ('"sentimnt", max_drop=2.0', "*unknown benchmark 'sentimnt'*did you mean 'sentiment'*"),
+        ('"sentiment", max_dorp=2.0', "*unknown @pytest.mark.ftgate keyword 'max_dorp'. Did you mean 'max_drop'*"),
+        ('"sentiment", max_drop="two"', "*max_drop must be a number of points*"),
+        ("", "*takes one benchmark name or a list*"),
+    ],
+)
+def test_marker_misuse_is_a_usage_error(gate_project: pytest.Pytester, marker: str, message: str) -> None:
+    gate_project.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.ftgate({marker})
+        def test_x():
+            pass
+    """)
+    result = gate_project.runpytest()
+    assert result.ret != 0
+    result.stdout.fnmatch_lines([message]) if "ERROR" in result.stdout.str() else result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "ten"])
+def test_bad_limit_is_a_usage_error(gate_project: pytest.Pytester, limit: str) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest(f"{options.LIMIT}={limit}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--ftgate-limit must be a positive integer, got *{limit.lstrip('-')}*"])
+
+
+def test_missing_adapter_path_is_a_usage_error(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest(f"{options.ADAPTER}=nowhere/lora")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*adapter folder */nowhere/lora does not exist: check the path given to --ftgate-adapter*"])
+
+
+def test_folder_without_weights(gate_project: pytest.Pytester) -> None:
+    (gate_project.path / "empty").mkdir()
+    result = gate_project.runpytest(f"{options.ADAPTER}=empty")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*empty holds no adapter weights (adapters.safetensors or adapter_model.safetensors)*"])
+
+
+def test_corrupt_safetensors(gate_project: pytest.Pytester) -> None:
+    folder = write_fake_adapter(gate_project.path / "lora")
+    data = (folder / "adapters.safetensors").read_bytes()
+    (folder / "adapters.safetensors").write_bytes(data[:-8])
+    result = gate_project.runpytest(f"{options.ADAPTER}=lora")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*adapters.safetensors is truncated*re-save the adapter*"])
+
+
+def test_pickle_adapter_refused(gate_project: pytest.Pytester) -> None:
+    (gate_project.path / "peft").mkdir()
+    (gate_project.path / "peft" / "adapter_model.bin").write_bytes(b"pickle")
+    result = gate_project.runpytest(f"{options.ADAPTER}=peft")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*adapter_model.bin is a pickle file*refuses it*"])
+
+
+def test_missing_base_folder(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest(adapter_args(gate_project), f"{options.BASE}=./no-such-model")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*model folder */no-such-model does not exist: check --ftgate-base*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_adapter_error_at_load_is_reported_once_per_test(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest(adapter_args(gate_project, fake_no_effect=True))
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*ftgate: adapter */lora has no effect*"])
+
+
+def test_unknown_backend(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest(adapter_args(gate_project), f"{options.BACKEND}=mxl")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*unknown ftgate backend 'mxl'. Did you mean 'mlx'?*"])
+
+
+def test_cache_reused_on_second_run(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST + """
+
+def test_calls():
+    import conftest
+    print("CALLS", conftest.CALLS["examples"])
+""")
+    args = [adapter_args(gate_project, fake_flips=1), "-s", "-p", "no:randomly"]
+    first = gate_project.runpytest(*args)
+    first.stdout.fnmatch_lines(["*CALLS 80*"])  # 40 base + 40 tuned
+    second = gate_project.runpytest(*args)
+    second.stdout.fnmatch_lines(["*CALLS 0*"])
+    no_cache = gate_project.runpytest(*args, options.NO_CACHE)
+    no_cache.stdout.fnmatch_lines(["*CALLS 80*"])
+
+
+def test_xdist_two_workers(gate_project: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    gate_project.makepyfile(test_a=GATE_TEST, test_b=GATE_TEST.replace("test_no_forgetting", "test_other"))
+    result = gate_project.runpytest("-n", "2", adapter_args(gate_project, fake_flips=6))
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*Sentiment dropped 15.0 points*"])
