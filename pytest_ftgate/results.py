@@ -119,10 +119,7 @@ class Comparison:
         self.delta = self.tuned.score - self.base.score
         base_ok = [b.correct for b, _ in pairs]
         tuned_ok = [t.correct for _, t in pairs]
-        if self.base.metrics.get("primary") == "accuracy" or "primary" not in self.base.metrics:
-            self.ci = stats.paired_diff_interval(base_ok, tuned_ok, confidence=self.confidence)
-        else:  # pragma: no cover - every built-in benchmark's primary metric is accuracy
-            self.ci = (self.delta, self.delta)
+        self.ci = stats.paired_diff_interval(base_ok, tuned_ok, confidence=self.confidence)
         self.lost = [_flip(b, t) for b, t in pairs if b.correct and not t.correct]
         self.gained = [_flip(b, t) for b, t in pairs if t.correct and not b.correct]
         self.p_value = stats.mcnemar_exact(len(self.lost), len(self.gained))
@@ -143,8 +140,16 @@ class Comparison:
         self, max_drop: float | None = None, min_gain: float | None = None, strict: bool = False
     ) -> Verdict:
         """Judge the comparison against the user's thresholds (points). See ``stats.decide``."""
+        flip_rate = (len(self.lost) + len(self.gained)) / self.n if self.n else None
         outcome, why = stats.decide(
-            self.delta, self.ci, max_drop=max_drop, min_gain=min_gain, strict=strict
+            self.delta,
+            self.ci,
+            max_drop=max_drop,
+            min_gain=min_gain,
+            strict=strict,
+            n=self.n,
+            flip_rate=flip_rate,
+            confidence=self.confidence,
         )
         return Verdict(outcome, f"{self.summary(max_drop=max_drop, min_gain=min_gain)}{why}")
 

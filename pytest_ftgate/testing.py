@@ -74,7 +74,7 @@ _LORA_FULL = {
 }
 # Standard deviation of lora_b at strength=1.0 (lora_a ~ N(0, 1/in)); calibrated so that
 # strength=1 changes the tiny model's greedy output and strength=0.01 only nudges its logits.
-_LORA_B_STD = 4.0
+_LORA_B_STD = 1.0
 
 FPB_SYSTEM = (
     "You are a financial sentiment analyst. "
@@ -372,12 +372,22 @@ def _random_weights(config: dict[str, Any], seed: int) -> dict[str, Any]:
     for name in sorted(shapes):
         shape = shapes[name]
         leaf = name.rsplit(".", 1)[-1]
-        if "norm" in name or leaf in ("layer_scalar", "std_scale"):
+        text = name.startswith("language_model.")
+        if text and (".q_norm." in name or ".k_norm." in name):
+            # scale=1.0 attention on unit-RMS q/k: damp the logits to a std of about 1
+            arr = np.full(shape, shape[0] ** -0.25, dtype=np.float32)
+        elif text and leaf == "weight" and (
+            "post_attention_layernorm" in name or "post_feedforward_layernorm" in name
+        ):
+            # let the layers outweigh the (tied) input embedding, else the model only
+            # ever repeats its last input token
+            arr = np.full(shape, 3.0, dtype=np.float32)
+        elif "norm" in name or leaf in ("layer_scalar", "std_scale"):
             arr = np.ones(shape, dtype=np.float32)
         elif leaf == "std_bias":
             arr = np.zeros(shape, dtype=np.float32)
         elif "embed_tokens" in name:
-            arr = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.3)
+            arr = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.25)
         elif "position_embedding_table" in name:
             arr = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
         elif len(shape) == 2:

@@ -20,6 +20,7 @@ _BUILTINS: dict[str, str] = {
     "medmcqa": "pytest_ftgate.benchmarks.builtin:MedMCQA",
     "fpb": "pytest_ftgate.benchmarks.builtin:FPB",
     "convfinqa": "pytest_ftgate.benchmarks.builtin:ConvFinQA",
+    "finsent-probe": "pytest_ftgate.probes:FinSentProbe",
 }
 
 # name -> a Benchmark instance, a Benchmark subclass, or "module:Class" (instantiated on first use)

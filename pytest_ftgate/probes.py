@@ -1,0 +1,65 @@
+"""Seeded probe sets that ftgate generates itself, so a gate can run offline with no dataset.
+
+These are synthetic and clearly named as such (``finsent-probe``): templated financial sentences
+whose sentiment follows from the template. They are not a substitute for FPB; they make the
+offline demo and smoke gates possible without copying any licensed data into the project.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from pytest_ftgate.benchmarks.base import Example
+from pytest_ftgate.benchmarks.builtin import FPB
+
+_COMPANIES = ["Nordea", "Fiskars", "Kone", "Outokumpu", "Wartsila", "Stora Enso", "Elisa", "Neste", "Orion", "Valmet"]
+_METRICS = ["net sales", "operating profit", "order intake", "quarterly revenue", "earnings per share"]
+_TEMPLATES = {
+    "positive": [
+        "{c} said its {m} rose {p} percent, beating expectations .",
+        "{c} raised its full-year outlook after {m} increased by {p} percent .",
+        "{c} won a contract that will lift {m} by {p} percent .",
+    ],
+    "negative": [
+        "{c} said its {m} fell {p} percent and warned of further weakness .",
+        "{c} cut {n} jobs after {m} decreased by {p} percent .",
+        "{c} swung to a loss as {m} dropped {p} percent .",
+    ],
+    "neutral": [
+        "{c} will publish its {m} figures on {d} .",
+        "{c} has its headquarters in Helsinki and employs {n} people .",
+        "The annual general meeting of {c} will be held on {d} .",
+    ],
+}
+_DAYS = ["14 February", "3 March", "28 April", "9 May", "22 October"]
+
+
+def finsent_rows(n: int = 60, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` seeded synthetic rows (``id``, ``sentence``, ``label``), balanced over the labels."""
+    rng = random.Random(seed)
+    labels = list(_TEMPLATES)
+    rows = []
+    for i in range(n):
+        label = labels[i % 3]
+        sentence = rng.choice(_TEMPLATES[label]).format(
+            c=rng.choice(_COMPANIES), m=rng.choice(_METRICS), p=rng.randint(2, 40),
+            n=rng.randint(40, 900), d=rng.choice(_DAYS),
+        )
+        rows.append({"id": f"finsent-{i:03d}", "sentence": sentence, "label": label})
+    return rows
+
+
+class FinSentProbe(FPB):
+    """FPB's prompt, parsing and metrics on the synthetic ``finsent_rows`` (no data files needed)."""
+
+    name = "finsent-probe"
+    title = "FinSent probe (synthetic)"
+    version = "1"
+    size = 60
+
+    def load_hub(self) -> list[Example]:
+        return [self.build(row, f"finsent-probe row {i}")[0] for i, row in enumerate(finsent_rows(self.size))]
+
+    def load_local(self, data_dir: str | Path) -> list[Example]:
+        return self.load_hub()
