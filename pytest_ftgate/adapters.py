@@ -31,6 +31,7 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 _PICKLES = ("adapter_model.bin", "adapters.npz", "adapter_model.pt")
 _MAX_HEADER = 100 * 1024 * 1024
+_LORA_SUFFIXES = (".lora_a", ".lora_b", ".lora_A.weight", ".lora_B.weight")
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,13 @@ class AdapterInfo:
 
     @property
     def short_targets(self) -> tuple[str, ...]:
-        """Module names without their path: ``q_proj``, ``down_proj`` ..."""
-        return tuple(sorted({t.rsplit(".", 1)[-1] for t in self.targets}))
+        """Names (``q_proj``, ``down_proj`` ...) of the modules that carry LoRA weights."""
+        modules = set()
+        for name in self.tensors:
+            for suffix in _LORA_SUFFIXES:
+                if name.endswith(suffix):
+                    modules.add(name[: -len(suffix)].rsplit(".", 1)[-1])
+        return tuple(sorted(modules))
 
     def fingerprint(self) -> str:
         """sha256 over the weights file and the config: any change to either changes it."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -92,9 +92,14 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
-def _fail_on_error(exc: FtgateError) -> None:
+def _guarded(produce: Callable[[], Any]) -> Any:
+    """Run ``produce``; an FtgateError becomes one readable line instead of a traceback."""
     __tracebackhide__ = True
-    pytest.fail(f"ftgate: {exc}", pytrace=False)
+    try:
+        return produce()
+    except FtgateError as exc:
+        error = exc
+    pytest.fail(f"ftgate: {error}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -111,23 +116,19 @@ def ftgate(request: pytest.FixtureRequest) -> Any:
         def progress(line: str) -> None:
             reporter.write_line(f"ftgate: {line}")
 
-    try:
-        return Gate(
+    return _guarded(
+        lambda: Gate(
             **settings.gate_kwargs(),
             progress=progress,
             make_backend=lambda name: config.hook.pytest_ftgate_make_backend(name=name, config=config),
         )
-    except FtgateError as exc:
-        _fail_on_error(exc)
+    )
 
 
 @pytest.fixture(scope="session")
 def ftgate_base_model(ftgate: Any) -> Any:
     """The loaded base ``Model``."""
-    try:
-        return ftgate.base_model
-    except FtgateError as exc:
-        _fail_on_error(exc)
+    return _guarded(lambda: ftgate.base_model)
 
 
 @pytest.fixture(scope="session")
@@ -135,10 +136,7 @@ def ftgate_tuned_model(ftgate: Any) -> Any:
     """Base + adapter (or the candidate); skips the test when neither was given."""
     if not ftgate.has_tuned:
         pytest.skip(f"no fine-tune to gate: pass {options.ADAPTER}=DIR or {options.CANDIDATE}=MODEL")
-    try:
-        return ftgate.tuned_model
-    except FtgateError as exc:
-        _fail_on_error(exc)
+    return _guarded(lambda: ftgate.tuned_model)
 
 
 @pytest.fixture
@@ -153,7 +151,4 @@ def ftgate_benchmark(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def ftgate_comparison(ftgate: Any, ftgate_tuned_model: Any, ftgate_benchmark: str) -> Any:
     """Base vs tuned on this test's benchmark, paired on the same examples."""
-    try:
-        return ftgate.compare(ftgate_benchmark)
-    except FtgateError as exc:
-        _fail_on_error(exc)
+    return _guarded(lambda: ftgate.compare(ftgate_benchmark))

@@ -45,6 +45,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -513,14 +514,18 @@ def make_tiny_gemma4(dest: str | os.PathLike, *, seed: int = 0) -> Path:
             "do_sample": False,
         }
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        vision = {"patch_size": 16, "max_soft_tokens": 70, "pooling_kernel_size": 3}
         processor = {
             "processor_class": "Gemma4Processor",
             "image_seq_length": 70,
-            "image_processor": {
-                "image_processor_type": "Gemma4ImageProcessor",
-                "patch_size": 16,
-                "max_soft_tokens": 70,
-                "pooling_kernel_size": 3,
+            "audio_seq_length": 750,
+            "audio_ms_per_token": 40,
+            "image_processor": {"image_processor_type": "Gemma4ImageProcessor", **vision},
+            "video_processor": {"video_processor_type": "Gemma4VideoProcessor", **vision},
+            "feature_extractor": {
+                "feature_extractor_type": "Gemma4AudioFeatureExtractor",
+                "feature_size": 128,
+                "sampling_rate": 16000,
             },
         }
         (tmp / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
@@ -651,8 +656,6 @@ def _train(wrapper: Any, processor: Any, teach: str, steps: int, seed: int, work
     import mlx.core as mx
     from mlx_tune import UnslothVisionDataCollator, VLMSFTConfig, VLMSFTTrainer
 
-    import random
-
     dataset = _teach_dataset(teach)
     random.Random(seed).shuffle(dataset)
     mx.random.seed(seed)
@@ -699,13 +702,23 @@ def make_adapter(
     if format not in _ADAPTER_FORMATS:
         raise ValueError(f"unknown adapter format {format!r}; use one of {_ADAPTER_FORMATS}")
     import mlx.core as mx
-    import numpy as np
-    from mlx.utils import tree_flatten
     from mlx_tune import FastVisionModel
 
+    if teach is not None and (not teach.strip() or steps < 1):
+        raise ValueError("teach needs a non-empty answer and steps >= 1")
     base = Path(base).resolve()
     dest = Path(dest).resolve()
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"{base} is not a model folder (no config.json)")
+    if dest == base or (dest / "model.safetensors").exists():
+        raise ValueError(f"refusing to write an adapter into a model folder: {dest}")
     dest.mkdir(parents=True, exist_ok=True)
+    # A folder holds one adapter: drop files of an earlier one so the format stays unambiguous.
+    had_adapter = (dest / "adapter_config.json").exists()
+    for name in ("adapters.safetensors", "adapter_model.safetensors", "adapter_config.json"):
+        (dest / name).unlink(missing_ok=True)
+    if had_adapter:
+        (dest / "config.json").unlink(missing_ok=True)
     mx.random.seed(seed)
     stack, buf = _quiet()
     try:
@@ -744,7 +757,8 @@ def make_adapter(
 
                 save_adapter(model, str(dest / "adapters.safetensors"))
     except Exception as exc:
-        raise RuntimeError(f"make_adapter failed: {exc}\n--- output ---\n{buf.getvalue()[-4000:]}") from exc
+        log = buf.getvalue()[-4000:]
+        raise RuntimeError(f"make_adapter failed: {exc}\n--- output ---\n{log}") from exc
 
     if format == "peft":
         _write_peft(model, base, dest)
@@ -756,10 +770,8 @@ def _write_peft(model: Any, base: Path, dest: Path) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    scale = None
     tensors = {}
     for name, mod in _lora_modules(model):
-        scale = mod.scale if scale is None else scale
         assert name.startswith("language_model.model.")
         hf = "base_model.model.model.language_model." + name[len("language_model.model.") :]
         a = np.array(mod.lora_a, dtype=np.float32)  # in x r

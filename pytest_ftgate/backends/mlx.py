@@ -125,7 +125,6 @@ class MLXBackend:
 
         if loaded.lora:
             raise BackendError("the mlx backend injects one adapter per loaded base; load the base again for another")
-        before = {name for name, _ in loaded.model.named_modules()}
         wrapper = VLMModelWrapper(model=loaded.model, processor=loaded.processor, model_name=loaded.path)
         # mlx-tune turns lora_alpha into the effective scale alpha / r**2: ask for our effective scale.
         with _quiet():
@@ -154,7 +153,7 @@ class MLXBackend:
         loaded.model.load_weights(list(weights.items()), strict=False)
         loaded.model.eval()
         for name, module in loaded.model.named_modules():
-            if name not in before and hasattr(module, "lora_a"):
+            if hasattr(module, "lora_a") and hasattr(module, "linear"):
                 loaded.lora[name] = module
                 loaded.plain[name] = module.linear
         loaded.active = info.fingerprint()
