@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -110,11 +111,14 @@ def ftgate(request: pytest.FixtureRequest) -> Any:
     config = request.config
     settings = config.stash[_SETTINGS]
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
     progress = None
     if reporter is not None and config.get_verbosity() >= 0 and not hasattr(config, "workerinput"):
 
         def progress(line: str) -> None:
-            reporter.write_line(f"ftgate: {line}")
+            # Shown live, like pytest's live logging: not swallowed by output capture.
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                reporter.write_line(f"ftgate: {line}")
 
     return _guarded(
         lambda: Gate(

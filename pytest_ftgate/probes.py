@@ -35,13 +35,17 @@ _TEMPLATES = {
 _DAYS = ["14 February", "3 March", "28 April", "9 May", "22 October"]
 
 
+# Label shares follow Financial PhraseBank (about 59% neutral, 28% positive, 13% negative).
+_SHARES = (("neutral", 0.59), ("positive", 0.28), ("negative", 0.13))
+
+
 def finsent_rows(n: int = 60, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` seeded synthetic rows (``id``, ``sentence``, ``label``), balanced over the labels."""
+    """``n`` seeded synthetic rows (``id``, ``sentence``, ``label``) with FPB's label shares."""
     rng = random.Random(seed)
-    labels = list(_TEMPLATES)
+    labels = [label for label, share in _SHARES for _ in range(round(share * n))][:n]
+    labels += ["neutral"] * (n - len(labels))
     rows = []
-    for i in range(n):
-        label = labels[i % 3]
+    for i, label in enumerate(labels):
         sentence = rng.choice(_TEMPLATES[label]).format(
             c=rng.choice(_COMPANIES), m=rng.choice(_METRICS), p=rng.randint(2, 40),
             n=rng.randint(40, 900), d=rng.choice(_DAYS),

@@ -1,0 +1,477 @@
+"""The ``transformers`` backend: any causal LM through transformers + torch, adapters through peft.
+
+Loading: ``AutoTokenizer`` (left padding, a pad token set if missing) and
+``AutoModelForCausalLM.from_pretrained(path, dtype=...)``: bfloat16 on CUDA, float32 on CPU,
+safetensors only (pickle weights are refused unless ``FTGATE_ALLOW_PICKLE=1``),
+``trust_remote_code`` never set. Gemma 4 multimodal checkpoints come back as
+``Gemma4ForConditionalGeneration``; only their text path is used.
+
+Adapters are injected with peft on the already loaded base, so base and tuned share one copy of
+the weights: the tuned ``Model`` runs with its adapter active, the base ``Model`` runs inside
+``PeftModel.disable_adapter()``. peft adapters load as ``PeftModel.from_pretrained`` would
+(its config, ``set_peft_model_state_dict``), except that the injected modules are exactly the
+ones the weights file names (plain ``target_modules`` such as ``q_proj`` also hit the vision
+tower's ``Gemma4ClippableLinear``, which peft cannot wrap). mlx-tune / mlx-vlm adapters are
+converted to peft: ``lora_a`` (in x r) -> ``lora_A.weight`` (r x in), ``lora_b`` -> ``lora_B.weight``,
+``language_model.model.layers.N...`` -> ``model.language_model.layers.N...``, and
+``lora_alpha = scale * r`` with the adapter's effective scale (``AdapterInfo.scale``), so the
+tuned model is the one that was trained.
+
+Chat prompts: the tokenizer's chat template with ``add_generation_prompt=True``. A template that
+rejects the system role (Gemma 2, some Mistral templates) gets the system text folded into the
+first user message, ``system + "\\n\\n" + user``, the usual convention for such models.
+Generation is greedy (``do_sample=False``), batched with left padding, prompts sorted by length
+within a call; only the new tokens are decoded (``skip_special_tokens=True``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
+from pytest_ftgate.backends import Message, Model
+from pytest_ftgate.backends.mlx import NO_EFFECT_TOLERANCE, PROBE
+from pytest_ftgate.errors import AdapterError, BackendError, ModelError
+from pytest_ftgate.fingerprint import model_fingerprint
+from pytest_ftgate.options import looks_local
+
+ALLOW_PICKLE_ENV = "FTGATE_ALLOW_PICKLE"
+DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
+
+
+@dataclass
+class _Loaded:
+    """One loaded base: the transformers model, its tokenizer, and the peft wrapper once adapted."""
+
+    model: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+    path: str
+    device: str
+    dtype: str
+    peft: Any = field(default=None, repr=False)  # PeftModel around ``model`` (LoRA layers injected in place) after with_adapter
+    adapters: dict[str, str] = field(default_factory=dict)  # adapter fingerprint -> peft adapter name
+    fold_system: bool = False  # the chat template rejects the system role
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers prints a "Loading weights" bar; keep pytest's output clean."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+class TransformersBackend:
+    """Backend over transformers + peft. One instance keeps each base loaded once."""
+
+    name = "transformers"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self._bases: dict[str, _Loaded] = {}
+
+    def version(self) -> str:
+        parts = []
+        for dist in ("torch", "transformers", "peft"):
+            try:
+                parts.append(f"{dist}=={metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                parts.append(f"{dist} missing")
+        return " ".join(parts)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, model: str) -> Model:
+        local = Path(model).expanduser()
+        allow_pickle = os.environ.get(ALLOW_PICKLE_ENV) == "1"
+        if local.exists():
+            if not local.is_dir():
+                raise ModelError(f"{local} is a file: point --ftgate-base at the model folder that holds it")
+            if not (local / "config.json").is_file():
+                raise ModelError(f"{local} has no config.json: point --ftgate-base at a model folder")
+            _check_weights(local, allow_pickle)
+        elif looks_local(model):
+            raise ModelError(
+                f"model folder {model} does not exist: check --ftgate-base "
+                "(a local folder, or a hub id such as google/gemma-4-e4b-it)"
+            )
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = str(local) if local.exists() else model
+        device = self.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        dtype_name = str(dtype).removeprefix("torch.")
+        try:
+            with _no_progress_bars():
+                tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
+                hf_model = AutoModelForCausalLM.from_pretrained(
+                    source,
+                    dtype=dtype,
+                    use_safetensors=None if allow_pickle else True,
+                    **({"device_map": device} if device != "cpu" else {}),
+                )
+        except Exception as exc:  # transformers raises many kinds; the user needs one sentence
+            raise ModelError(_load_failure(model, exc, allow_pickle)) from None
+        hf_model.eval()
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+            if tokenizer.pad_token is None:
+                raise ModelError(f"the tokenizer of {model} has no pad, eos or unk token: batched generation needs one")
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(
+                f"the tokenizer of {model} has no chat template: ftgate sends chat prompts; use an instruct "
+                "model, or add a chat_template.jinja to the model folder"
+            )
+        path = str(local.resolve()) if local.exists() else _snapshot_path(model)
+        loaded = _Loaded(hf_model, tokenizer, path, str(device), dtype_name)
+        self._bases[f"{path}#{len(self._bases)}"] = loaded
+        fingerprint = model_fingerprint(
+            Path(path), extra={"backend": self.name, "version": self.version(), "dtype": dtype_name}
+        )
+        return Model(label=model, fingerprint=fingerprint, backend=self, handle=loaded)
+
+    def with_adapter(self, base: Model, adapter: str) -> Model:
+        info = inspect_adapter(adapter)
+        loaded: _Loaded = base.handle
+        fp = info.fingerprint()
+        if fp not in loaded.adapters:
+            config, state = self._read_adapter(info, loaded)
+            self._inject(loaded, info, fp, config, state)
+        tuned = Model(
+            label=f"{base.label} + {info.path.name}",
+            fingerprint=f"{base.fingerprint}+{fp}",
+            backend=self,
+            handle=loaded,
+            adapter=fp,
+        )
+        try:
+            self._check_effect(base, tuned, info)
+        except AdapterError:
+            self._remove(loaded, fp)
+            raise
+        return tuned
+
+    def _read_adapter(self, info: AdapterInfo, loaded: _Loaded) -> tuple[Any, dict[str, Any]]:
+        """The adapter as (LoraConfig, state dict in peft's saved naming and layout)."""
+        from peft import LoraConfig
+        from safetensors.torch import load_file
+
+        try:
+            raw = load_file(str(info.weights))
+        except Exception as exc:
+            raise AdapterError(f"{info.weights} could not be read ({exc}): re-save the adapter") from None
+        if info.format == "peft":
+            try:
+                config = LoraConfig.from_pretrained(str(info.path))
+            except Exception as exc:
+                raise AdapterError(
+                    f"{info.path / 'adapter_config.json'} is not a peft LoRA config peft {metadata.version('peft')} "
+                    f"can read ({type(exc).__name__}: {exc}): re-save the adapter"
+                ) from None
+            return config, raw
+        modules = {name for name, _ in loaded.model.named_modules()}
+        state = {}
+        for key, value in raw.items():
+            stem, _, part = key.rpartition(".")
+            if part not in ("lora_a", "lora_b"):
+                state[key] = value  # reported as an unknown key by _check_fit
+                continue
+            hf = _hf_module(stem, modules)
+            suffix = "lora_A.weight" if part == "lora_a" else "lora_B.weight"
+            state[f"base_model.model.{hf}.{suffix}"] = value.T.contiguous()
+        # mlx LoRA: y = W x + scale * (x @ lora_a) @ lora_b; peft: y = W x + (alpha / r) * B(A(x))
+        config = LoraConfig(
+            r=info.rank,
+            lora_alpha=info.scale * info.rank,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=[],
+            inference_mode=True,
+        )
+        return config, state
+
+    def _check_fit(self, loaded: _Loaded, info: AdapterInfo, config: Any, state: dict[str, Any]) -> list[str]:
+        """Every LoRA tensor must land on a linear module of the base with the right shape.
+
+        Returns the module names to inject; raises the "does not fit" AdapterError otherwise.
+        Runs before the model is touched, so a refused adapter leaves the base as it was.
+        """
+        modules = dict(loaded.model.named_modules())
+        unknown: list[str] = []
+        mismatched: list[str] = []
+        targets: set[str] = set()
+        ranks = not getattr(config, "rank_pattern", None)
+        for key, value in state.items():
+            match = _LORA_KEY.match(key)
+            if match is None:
+                continue  # DoRA magnitudes, modules_to_save ...: peft's own load checks them
+            name, part = match["module"], match["part"]
+            module = modules.get(name)
+            in_features = getattr(module, "in_features", None)
+            out_features = getattr(module, "out_features", None)
+            if module is None or in_features is None or out_features is None:
+                unknown.append(key)
+                continue
+            shape = tuple(value.shape)
+            rank = config.r if ranks else shape[0 if part == "lora_A" else 1]
+            expected = (rank, in_features) if part == "lora_A" else (out_features, rank)
+            if shape != expected:
+                mismatched.append(f"{key}: adapter {shape} vs model {expected}")
+            targets.add(name)
+        if unknown or mismatched:
+            _raise_misfit(info, loaded, unknown, mismatched)
+        if not targets:
+            raise AdapterError(f"{info.weights} holds no LoRA A/B tensors: re-save the adapter")
+        return sorted(targets)
+
+    def _inject(self, loaded: _Loaded, info: AdapterInfo, fp: str, config: Any, state: dict[str, Any]) -> None:
+        """Add the adapter's LoRA layers to the loaded base (in place) and load its weights."""
+        from peft import PeftModel, set_peft_model_state_dict
+
+        targets = self._check_fit(loaded, info, config, state)
+        config = copy.deepcopy(config)
+        # Exactly the modules the weights name: no vision-tower wrappers, nothing left at init.
+        config.target_modules = targets
+        config.layers_to_transform = None
+        config.layers_pattern = None
+        config.exclude_modules = None
+        config.inference_mode = True
+        name = f"ftgate{len(loaded.adapters)}"
+        try:
+            if loaded.peft is None:
+                loaded.peft = PeftModel(loaded.model, config, adapter_name=name)
+            else:
+                loaded.peft.add_adapter(name, config)
+            loaded.adapters[fp] = name
+            result = set_peft_model_state_dict(loaded.peft, state, adapter_name=name)
+        except Exception as exc:
+            if fp in loaded.adapters:
+                self._remove(loaded, fp)
+            detail = "; ".join(line.strip() for line in str(exc).splitlines() if "size mismatch" in line)
+            raise AdapterError(
+                f"{info.weights} does not fit base model {loaded.path}: peft could not load it "
+                f"({detail or f'{type(exc).__name__}: {exc}'}). "
+                "The adapter was trained for another base model: pass that base with --ftgate-base"
+            ) from None
+        unexpected = list(result.unexpected_keys)
+        if unexpected:
+            self._remove(loaded, fp)
+            _raise_misfit(info, loaded, unexpected, [])
+        loaded.peft.eval()
+
+    def _remove(self, loaded: _Loaded, fp: str) -> None:
+        """Take an adapter out again (refused adapters must not linger in the shared base)."""
+        name = loaded.adapters.pop(fp, None)
+        if loaded.peft is None or name is None:
+            return
+        if not loaded.adapters:
+            loaded.peft.base_model.unload()  # back to the plain modules, in place
+            loaded.peft = None
+        else:
+            loaded.peft.delete_adapter(name)
+
+    @contextlib.contextmanager
+    def _active(self, model: Model) -> Iterator[_Loaded]:
+        """Run with ``model``'s adapter switched on, or with every adapter off for a base model."""
+        loaded: _Loaded = model.handle
+        if loaded.peft is None:
+            if model.adapter is not None:
+                raise BackendError(f"adapter of {model.label} is no longer loaded: load the base again")
+            yield loaded
+        elif model.adapter is None:
+            with loaded.peft.disable_adapter():
+                yield loaded
+        else:
+            name = loaded.adapters.get(model.adapter)
+            if name is None:
+                raise BackendError(f"adapter of {model.label} is no longer loaded: load the base again")
+            loaded.peft.set_adapter(name)
+            yield loaded
+
+    def _check_effect(self, base: Model, tuned: Model, info: AdapterInfo) -> None:
+        base_logits = self.probe_logits(base)
+        tuned_logits = self.probe_logits(tuned)
+        change = float((tuned_logits - base_logits).abs().max())
+        size = float(base_logits.abs().max()) or 1.0
+        if change <= NO_EFFECT_TOLERANCE * size:
+            raise AdapterError(
+                f"adapter {info.path} has no effect: the model's logits on a probe prompt are unchanged "
+                f"(max change {change:.3g}). Its LoRA B matrices are probably zero (an untrained or "
+                "empty adapter): check that training ran and that the right folder was saved"
+            )
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def _prompt(self, loaded: _Loaded, messages: Sequence[Message]) -> str:
+        """The chat template's text for ``messages`` (system folded into the first user turn if
+        the template rejects the system role)."""
+        messages = [dict(m) for m in messages]
+        if not loaded.fold_system:
+            try:
+                return str(loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            except Exception as exc:
+                if not any(m.get("role") == "system" for m in messages):
+                    raise BackendError(f"the chat template of {loaded.path} failed: {type(exc).__name__}: {exc}") from None
+                first_error = exc
+            try:
+                text = self._folded(loaded, messages)
+            except Exception:
+                raise BackendError(
+                    f"the chat template of {loaded.path} failed: {type(first_error).__name__}: {first_error}"
+                ) from None
+            loaded.fold_system = True
+            return text
+        return self._folded(loaded, messages)
+
+    @staticmethod
+    def _folded(loaded: _Loaded, messages: list[dict[str, str]]) -> str:
+        system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system")
+        rest = [m for m in messages if m.get("role") != "system"]
+        for message in rest:
+            if message.get("role") == "user" and system:
+                message["content"] = f"{system}\n\n{message['content']}"
+                break
+        return str(loaded.tokenizer.apply_chat_template(rest, add_generation_prompt=True, tokenize=False))
+
+    def _encode(self, loaded: _Loaded, texts: Sequence[str]) -> Any:
+        # The chat template already writes every special token (bos included): add none.
+        return loaded.tokenizer(
+            list(texts), return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(loaded.model.device)
+
+    def probe_logits(self, model: Model) -> Any:
+        """Logits (float32, CPU) of every position of a fixed probe prompt (proves an adapter acts)."""
+        import torch
+
+        with self._active(model) as loaded, torch.inference_mode():
+            batch = self._encode(loaded, [self._prompt(loaded, PROBE)])
+            output = loaded.model(**batch)
+            return output.logits.float().cpu()
+
+    def generate(
+        self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
+    ) -> list[str]:
+        import torch
+
+        loaded: _Loaded = model.handle
+        texts = [self._prompt(loaded, messages) for messages in prompts]
+        size = batch_size or DEFAULT_BATCH.get(loaded.device.split(":")[0], 16)
+        lengths = [len(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])  # less padding per batch
+        replies: list[str] = [""] * len(texts)
+        config = self._generation_config(loaded, max_tokens)
+        with self._active(model), torch.inference_mode():
+            start = 0
+            while start < len(order):
+                chunk = order[start : start + size]
+                try:
+                    outputs = self._generate_batch(loaded, [texts[i] for i in chunk], config)
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise BackendError(
+                            f"out of GPU memory generating one prompt with {model.label}: use a smaller model"
+                        ) from None
+                    size = max(1, size // 2)
+                    torch.cuda.empty_cache()
+                    continue
+                for index, reply in zip(chunk, outputs, strict=True):
+                    replies[index] = reply
+                start += len(chunk)
+        return replies
+
+    def _generation_config(self, loaded: _Loaded, max_tokens: int) -> Any:
+        config = copy.deepcopy(loaded.model.generation_config)
+        config.do_sample = False
+        config.num_beams = 1
+        config.temperature = None
+        config.top_p = None
+        config.top_k = None
+        config.max_new_tokens = max_tokens
+        config.max_length = None
+        config.pad_token_id = loaded.tokenizer.pad_token_id
+        if config.eos_token_id is None:
+            config.eos_token_id = loaded.tokenizer.eos_token_id
+        return config
+
+    def _generate_batch(self, loaded: _Loaded, texts: list[str], config: Any) -> list[str]:
+        batch = self._encode(loaded, texts)
+        output = loaded.model.generate(**batch, generation_config=config)
+        new = output[:, batch["input_ids"].shape[1] :]
+        return [str(t) for t in loaded.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def _check_weights(folder: Path, allow_pickle: bool) -> None:
+    """Refuse a folder whose only weights are pickle files (they can run code when loaded)."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise ModelError(
+            f"{folder / pickles[0]} is a pickle file, which can run code when loaded; ftgate refuses it. "
+            "Convert the model to safetensors (model.save_pretrained(..., safe_serialization=True)), "
+            f"or set {ALLOW_PICKLE_ENV}=1 if you trust the file"
+        )
+
+
+def _load_failure(model: str, exc: Exception, allow_pickle: bool) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 400:
+        text = text[:400] + " ..."
+    message = f"transformers could not load base model {model}: {type(exc).__name__}: {text}"
+    if "trust_remote_code" in text:
+        return message + ". ftgate never runs a model's own code (trust_remote_code): use a model transformers supports"
+    if not allow_pickle and ".safetensors" in text:
+        return (
+            message + f". ftgate loads safetensors weights only; pickle weights need {ALLOW_PICKLE_ENV}=1 "
+            "(only for files you trust)"
+        )
+    return message + ". Check --ftgate-base: a local model folder, or a hub id that is downloaded or reachable"
+
+
+def _snapshot_path(model: str) -> str:
+    """The local snapshot a hub id was loaded from, for fingerprinting (the id itself if unknown)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(snapshot_download(model, local_files_only=True))
+    except Exception:
+        return model
+
+
+def _hf_module(mlx_name: str, modules: set[str]) -> str:
+    """transformers' module name for an mlx-vlm / mlx-lm module path (the first that exists)."""
+    candidates = []
+    if mlx_name.startswith("language_model.model."):
+        rest = mlx_name[len("language_model.model.") :]
+        candidates += [f"model.language_model.{rest}", f"model.{rest}"]
+    elif mlx_name.startswith("language_model."):
+        candidates.append(f"model.{mlx_name}")
+    candidates.append(mlx_name)
+    return next((c for c in candidates if c in modules), candidates[0])
+
+
+def _raise_misfit(info: AdapterInfo, loaded: _Loaded, unknown: list[str], mismatched: list[str]) -> None:
+    detail = "; ".join([*(f"no parameter {k}" for k in unknown[:3]), *mismatched[:3]])
+    raise AdapterError(
+        f"{info.weights} does not fit base model {loaded.path}: "
+        f"{len(unknown)} unknown keys, {len(mismatched)} shape mismatches ({detail}). "
+        "The adapter was trained for another base model: pass that base with --ftgate-base"
+    )
