@@ -30,6 +30,7 @@ import contextlib
 import copy
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -254,12 +255,14 @@ class TransformersBackend:
         config.layers_pattern = None
         config.exclude_modules = None
         config.inference_mode = True
-        name = f"ftgate{len(loaded.adapters)}"
+        name = f"ftgate_{fp[:16]}"
         try:
-            if loaded.peft is None:
-                loaded.peft = PeftModel(loaded.model, config, adapter_name=name)
-            else:
-                loaded.peft.add_adapter(name, config)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecation notes from inside peft / transformers
+                if loaded.peft is None:
+                    loaded.peft = PeftModel(loaded.model, config, adapter_name=name)
+                else:
+                    loaded.peft.add_adapter(name, config)
             loaded.adapters[fp] = name
             result = set_peft_model_state_dict(loaded.peft, state, adapter_name=name)
         except Exception as exc:
@@ -282,11 +285,13 @@ class TransformersBackend:
         name = loaded.adapters.pop(fp, None)
         if loaded.peft is None or name is None:
             return
-        if not loaded.adapters:
-            loaded.peft.base_model.unload()  # back to the plain modules, in place
-            loaded.peft = None
-        else:
-            loaded.peft.delete_adapter(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "adapter X was active which is now deleted"
+            if not loaded.adapters:
+                loaded.peft.base_model.unload()  # back to the plain modules, in place
+                loaded.peft = None
+            else:
+                loaded.peft.delete_adapter(name)
 
     @contextlib.contextmanager
     def _active(self, model: Model) -> Iterator[_Loaded]:
