@@ -515,7 +515,10 @@ def _atomic_write(path: Path, payload: bytes) -> Path:
 
 
 class TerminalWriter(Protocol):
-    """What ``write_summary`` needs: pytest's ``TerminalWriter`` (``config.get_terminal_writer()``)."""
+    """What ``write_summary`` needs: pytest's ``TerminalWriter`` (``config.get_terminal_writer()``).
+
+    pytest's ``TerminalReporter`` works too (its ``write_sep`` stands in for ``sep``).
+    """
 
     hasmarkup: bool
 
@@ -581,17 +584,27 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
     return lines
 
 
-def write_summary(writer: TerminalWriter, records: Sequence[GateRecord], *, title: str = "ftgate") -> None:
+def write_summary(
+    writer: TerminalWriter,
+    records: Sequence[GateRecord],
+    *,
+    title: str = "ftgate",
+    written: Sequence[tuple[str, str]] = (),
+) -> None:
     """Print the summary through a pytest-like terminal writer (``.sep``, ``.line``, ``.hasmarkup``).
 
-    Nothing is printed when there are no records.
+    ``written``: ``(what, path)`` pairs of report files, listed at the end (``("JSON report",
+    "out/ftgate.json")``). Nothing is printed when there are neither records nor files.
     """
-    if not records:
+    if not records and not written:
         return
     markup = bool(getattr(writer, "hasmarkup", False))
-    writer.sep("=", title, **({"bold": True} if markup else {}))
+    sep = getattr(writer, "sep", None) or writer.write_sep  # type: ignore[attr-defined]
+    sep("=", title, **({"bold": True} if markup else {}))
     for text, kw in summary_lines(records, markup=markup):
         writer.line(text, **kw)
+    for what, path in written:
+        writer.line(f"ftgate: {what} written to {path}")
 
 
 def _labels(records: Sequence[GateRecord]) -> list[str]:
@@ -622,6 +635,7 @@ def _models_line(records: Sequence[GateRecord]) -> str:
 # --- Markdown --------------------------------------------------------------------------------
 
 _OUTCOME_ICON = {"pass": "\u2705", "fail": "\u274c", "inconclusive": "\u26a0\ufe0f"}
+_EMPTY_REPLY = "<i>(empty reply)</i>"
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
 
 
@@ -663,7 +677,7 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
 
     out.append("**Decision framework** (seed study: the baseline decides how hard to fine-tune)")
     out.append("")
-    out.append("| Benchmark | Baseline | Advice | Measured |")
+    out.append("| Benchmark | Baseline | Advice | Measured outcome |")
     out.append("|:--|--:|:--|:--|")
     for label, r in zip(labels, records):
         out.append(f"| {_cell(label)} | {r.base:.1f} | {_cell(advice(r.base))} | {_cell(outcome_note(r))} |")
@@ -673,20 +687,20 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
         if r.outcome == "pass":
             continue
         icon = _OUTCOME_ICON.get(r.outcome, "")
-        shown = f", top {len(r.top_lost)}" if r.top_lost and r.lost > len(r.top_lost) else ""
-        summary = f"{icon} {label}: {r.lost} lost, {r.gained} gained{shown}"
+        shown = f"; first {len(r.top_lost)} lost below" if r.top_lost and r.lost > len(r.top_lost) else ""
+        summary = f"{icon} {label}: {r.lost} examples lost, {r.gained} gained{shown}"
         out.append(f"<details><summary>{html.escape(summary)}</summary>")
         out.append("")
         if r.reason:
             out.append(_md_escape(" ".join(r.reason.split())))
             out.append("")
         if r.top_lost:
-            out.append("| id | Example | Gold | Base said | Tuned said |")
-            out.append("|:--|:--|:--|:--|:--|")
+            out.append("| Lost example | Gold | Base | Tuned |")
+            out.append("|:--|:--|:--|:--|")
             for ex in r.top_lost:
                 out.append(
-                    f"| {_cell(ex.id, 40)} | {_cell(ex.text, 200)} | {_cell(ex.gold, 40)} | "
-                    f"{_cell(ex.base_output, 80)} | {_cell(ex.tuned_output, 80)} |"
+                    f"| {_cell(ex.text, 200)}<br><sub>{_cell(ex.id, 60)}</sub> | {_cell(ex.gold, 40)} | "
+                    f"{_cell(ex.base_output, 80, empty=_EMPTY_REPLY)} | {_cell(ex.tuned_output, 80, empty=_EMPTY_REPLY)} |"
                 )
         else:
             out.append("No example was lost.")
@@ -762,15 +776,15 @@ def _md_escape(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 
-def _cell(text: str, width: int | None = None) -> str:
-    """A table cell: clipped, escaped (pipes, HTML, emphasis), line breaks as ``<br>``."""
+def _cell(text: str, width: int | None = None, *, empty: str = "\u2014") -> str:
+    """A table cell: clipped, escaped (pipes, HTML, emphasis), line breaks as ``<br>``.
+
+    An empty value shows as ``empty`` (a bare empty cell reads as missing data)."""
     text = str(text).replace("\r\n", "\n").replace("\r", "\n").strip()
     if width is not None and len(text) > width:
         text = text[: width - 1].rstrip() + "\u2026"
-    if not text:
-        return "\u2014"  # an empty cell reads as missing data
     lines = [_md_escape(" ".join(line.split())) for line in text.split("\n")]
-    return "<br>".join(line for line in lines if line) or "\u2014"
+    return "<br>".join(line for line in lines if line) or empty
 
 
 def _code(text: str) -> str:

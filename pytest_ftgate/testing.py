@@ -12,12 +12,14 @@ every text layer) in one of three on-disk formats. For the same ``seed``/``stren
 encode the same weight delta ``dW`` (out x in) per module. Formats (``r`` = rank):
 
 ``"mlx-tune"`` (``VLMModelWrapper.save_pretrained``): ``adapters.safetensors``,
-    ``adapter_config.json``, ``config.json`` (the base model's config). Keys
+    ``adapter_config.json``, ``config.json`` (mlx-tune's dump of the base model config). Keys
     ``language_model.model.layers.{i}.self_attn.q_proj.lora_a`` (in x r) / ``.lora_b`` (r x out).
     Config ``{"fine_tune_type": "lora", "num_layers": N, "lora_parameters": {"rank": r,
     "scale": alpha/r, "dropout": 0.0, "keys": ["self_attn.q_proj", ..., "mlp.down_proj"]}}``.
     The recorded scale is NOT the one used in training: mlx-tune passes alpha/r as mlx-vlm's
     "alpha", which divides by r again, so effective scale = ``scale / rank`` (= alpha/r**2).
+    ``mlx_vlm.load(adapter_path=...)`` cannot read this folder (short keys); mlx-tune's
+    ``VLMModelWrapper.load_adapter`` can.
 ``"mlx-vlm"`` (mlx-vlm ``save_adapter``, i.e. the trainer's ``output_dir/adapters``):
     ``adapters.safetensors`` + ``adapter_config.json``; same tensor keys and layouts.
     Config ``{"fine_tune_type": "lora", "num_layers": -1, "lora_parameters": {"rank": r,

@@ -317,19 +317,19 @@ def test_markdown_table_and_details(records: list[GateRecord]) -> None:
     assert any(line.startswith("| MedMCQA | 35.5 | baseline below 40%: train aggressively | improved") for line in lines)
     # one details block, for the failing benchmark only
     assert text.count("<details>") == 1 and text.count("</details>") == 1
-    assert "<summary>\u274c FPB: 300 lost, 25 gained, top 5</summary>" in text
+    assert "<summary>\u274c FPB: 300 examples lost, 25 gained; first 5 lost below</summary>" in text
     details = text[text.index("<details>"):]
     assert "FPB dropped 28.4 points" in details
 
 
 def test_markdown_escapes_cells(records: list[GateRecord]) -> None:
     text = report.to_markdown(records)
-    row = next(line for line in text.splitlines() if line.startswith("| fpb-0000 |"))
-    assert "Sales \\| rose<br>12% in Q3 &lt;b&gt;" in row
+    row = next(line for line in text.splitlines() if "<sub>fpb-0000</sub>" in line)
+    assert row.startswith("| Sales \\| rose<br>12% in Q3 &lt;b&gt;<br><sub>fpb-0000</sub> | positive |")
     assert "neutral \\*\\*really\\*\\*" in row
-    assert row.count(" | ") == 4  # five cells, the pipe inside the text is escaped
-    empty = next(line for line in text.splitlines() if line.startswith("| fpb-0001 |"))
-    assert empty.endswith("| \u2014 |")  # an empty reply shows as a dash, not a broken cell
+    assert row.count(" | ") == 3  # four cells: the pipe inside the text is escaped
+    empty = next(line for line in text.splitlines() if "<sub>fpb-0001</sub>" in line)
+    assert empty.endswith("| <i>(empty reply)</i> |")  # said so, not a blank cell
 
 
 def test_markdown_all_passed_and_empty(records: list[GateRecord]) -> None:
@@ -415,3 +415,22 @@ def test_report_module_is_light() -> None:
     code = "import sys, pytest_ftgate.report; print('matplotlib' in sys.modules, 'pytest' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "False"
+
+
+def test_terminal_summary_lists_written_files_and_takes_a_reporter(records: list[GateRecord]) -> None:
+    class Reporter:  # pytest's TerminalReporter: write_sep instead of sep
+        hasmarkup = False
+
+        def __init__(self) -> None:
+            self.out: list[str] = []
+
+        def write_sep(self, sep: str, title: str | None = None, **markup: Any) -> None:
+            self.out.append(f"{sep * 3} {title} {sep * 3}")
+
+        def line(self, msg: str, **markup: Any) -> None:
+            self.out.append(msg)
+
+    reporter = Reporter()
+    report.write_summary(reporter, records[:1], written=[("JSON report", "out/ftgate.json")])
+    assert reporter.out[0] == "=== ftgate ==="
+    assert reporter.out[-1] == "ftgate: JSON report written to out/ftgate.json"

@@ -51,6 +51,7 @@ class Backend(Protocol):
 # name -> ("module:Class", extra to install, modules it needs)
 REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mlx": ("pytest_ftgate.backends.mlx:MLXBackend", "mlx", ("mlx", "mlx_vlm", "mlx_tune")),
+    "openai": ("pytest_ftgate.backends.openai:OpenAIBackend", "openai", ()),
     "transformers": ("pytest_ftgate.backends.transformers:TransformersBackend", "torch", ("torch", "transformers", "peft")),
 }
 _EXTERNAL: dict[str, str] = {}

@@ -1,16 +1,19 @@
-"""The ``mlx`` backend: Gemma 4 (and other VLMs) through mlx-vlm, adapters through mlx-tune.
+"""The ``mlx`` backend: Gemma 4 (and other VLMs) through mlx-vlm, text-only models through mlx-lm.
 
 Loading follows the seed study: ``mlx_vlm.load`` for the model and processor, the processor's chat
 template with the system message, greedy decoding. Adapters are injected the way mlx-tune does it
 (``FastVisionModel.get_peft_model`` with the adapter's own rank, scale and targets, then
 ``load_weights``), on the already loaded base, so base and tuned share one copy of the weights:
-the LoRA layers are swapped in for the tuned model and out for the base.
+the LoRA layers are swapped in for the tuned model and out for the base. A folder whose
+``config.json`` has no ``vision_config`` is a text-only model and goes through ``mlx_lm.load`` and
+mlx-lm's own LoRA layers instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,29 +46,32 @@ def _quiet() -> Iterator[None]:
 
 @dataclass
 class _Loaded:
-    """One loaded base: the mlx model, its processor, and the LoRA layers injected into it."""
+    """One loaded base: the mlx model, its processor or tokenizer, and the LoRA layers injected."""
 
     model: Any
     processor: Any
     path: str
+    vision: bool = True  # mlx-vlm model (else mlx-lm)
     lora: dict[str, Any] = field(default_factory=dict)  # module path -> LoRA module
     plain: dict[str, Any] = field(default_factory=dict)  # module path -> original linear
-    active: str | None = None  # adapter fingerprint now swapped in
-    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)  # fingerprint -> weights
+    active: str | None = None  # fingerprint of the adapter now swapped in
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
 
 
 class MLXBackend:
-    """Backend over mlx-vlm + mlx-tune. One instance keeps each base loaded once."""
+    """Backend over mlx-vlm / mlx-lm, with adapters injected the mlx-tune way."""
 
     name = "mlx"
 
     def __init__(self, **options: Any) -> None:
         self.options = options
-        self._bases: dict[str, _Loaded] = {}
 
     def version(self) -> str:
         parts = []
-        for dist in ("mlx", "mlx-vlm", "mlx-tune"):
+        for dist in ("mlx", "mlx-vlm", "mlx-lm", "mlx-tune"):
             try:
                 parts.append(f"{dist}=={metadata.version(dist)}")
             except metadata.PackageNotFoundError:
@@ -78,33 +84,34 @@ class MLXBackend:
         local = Path(model).expanduser()
         if local.exists() and not (local / "config.json").is_file():
             raise ModelError(f"{local} has no config.json: point --ftgate-base at a model folder")
-        import mlx_vlm
-
         try:
+            path = local.resolve() if local.exists() else _snapshot_path(model)
+            vision = "vision_config" in json.loads((path / "config.json").read_text())
             with _quiet():
-                mx_model, processor = mlx_vlm.load(str(local) if local.exists() else model)
-        except Exception as exc:  # mlx-vlm raises many kinds; the user needs one sentence
-            raise ModelError(f"mlx-vlm could not load base model {model}: {type(exc).__name__}: {exc}") from exc
-        path = str(local.resolve()) if local.exists() else _snapshot_path(model)
-        loaded = _Loaded(mx_model, processor, path)
-        key = f"{path}#{len(self._bases)}"
-        self._bases[key] = loaded
-        fingerprint = model_fingerprint(Path(path), extra={"backend": self.name, "version": self.version()})
+                if vision:
+                    import mlx_vlm
+
+                    mx_model, processor = mlx_vlm.load(str(path))
+                else:
+                    import mlx_lm
+
+                    mx_model, processor = mlx_lm.load(str(path))
+        except Exception as exc:  # the loaders raise many kinds; the user needs one sentence
+            raise ModelError(f"mlx could not load model {model}: {type(exc).__name__}: {exc}") from exc
+        loaded = _Loaded(mx_model, processor, str(path), vision=vision)
+        fingerprint = model_fingerprint(path, extra={"backend": self.name, "version": self.version()})
         return Model(label=model, fingerprint=fingerprint, backend=self, handle=loaded)
 
     def with_adapter(self, base: Model, adapter: str) -> Model:
         info = inspect_adapter(adapter)
         loaded: _Loaded = base.handle
-        weights = self._read_weights(info)
-        self._inject(loaded, info, weights)
-        fp = info.fingerprint()
-        loaded.adapters[fp] = weights
+        self._inject(loaded, info, self._read_weights(info))
         tuned = Model(
             label=f"{base.label} + {info.path.name}",
-            fingerprint=f"{base.fingerprint}+{fp}",
+            fingerprint=f"{base.fingerprint}+{info.fingerprint()}",
             backend=self,
             handle=loaded,
-            adapter=fp,
+            adapter=loaded.active,
         )
         self._check_effect(base, tuned, info)
         return tuned
@@ -117,29 +124,19 @@ class MLXBackend:
         except Exception as exc:
             raise AdapterError(f"{info.weights} could not be read ({exc}): re-save the adapter") from None
         assert isinstance(raw, dict)
-        if info.format == "peft":
-            return _peft_to_mlx(raw, info)
-        return raw
+        return _peft_to_mlx(raw) if info.format == "peft" else raw
 
     def _inject(self, loaded: _Loaded, info: AdapterInfo, weights: dict[str, Any]) -> None:
-        """Add LoRA layers the mlx-tune way, then check every adapter tensor lands on a parameter."""
+        """Add LoRA layers, then check every adapter tensor lands on a parameter of the right shape."""
         from mlx.utils import tree_flatten
-        from mlx_tune import FastVisionModel
-        from mlx_tune.vlm import VLMModelWrapper
 
         if loaded.lora:
             raise BackendError("the mlx backend injects one adapter per loaded base; load the base again for another")
-        wrapper = VLMModelWrapper(model=loaded.model, processor=loaded.processor, model_name=loaded.path)
-        # mlx-tune turns lora_alpha into the effective scale alpha / r**2: ask for our effective scale.
         with _quiet():
-            FastVisionModel.get_peft_model(
-                wrapper,
-                r=info.rank,
-                lora_alpha=info.scale * info.rank * info.rank,
-                target_modules=list(info.short_targets),
-                finetune_vision_layers=False,
-            )
-        loaded.model = wrapper.model
+            if loaded.vision:
+                _add_vlm_lora(loaded, info)
+            else:
+                _add_lm_lora(loaded, info, weights)
         params = dict(tree_flatten(loaded.model.parameters()))
         unknown = [k for k in weights if k not in params]
         mismatched = [
@@ -189,9 +186,11 @@ class MLXBackend:
     # -- inference ---------------------------------------------------------------------------
 
     def _prompt(self, loaded: _Loaded, messages: Sequence[Message]) -> str:
-        from mlx_vlm.prompt_utils import apply_chat_template
+        if loaded.vision:
+            from mlx_vlm.prompt_utils import apply_chat_template
 
-        return str(apply_chat_template(loaded.processor, loaded.model.config, list(messages), num_images=0))
+            return str(apply_chat_template(loaded.processor, loaded.model.config, list(messages), num_images=0))
+        return str(loaded.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
 
     def probe_logits(self, model: Model) -> Any:
         """Logits of every position of a fixed probe prompt (used to prove an adapter acts)."""
@@ -199,38 +198,68 @@ class MLXBackend:
 
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
-        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
-        ids = mx.array([tokenizer.encode(self._prompt(loaded, PROBE))])
+        ids = mx.array([loaded.tokenizer.encode(self._prompt(loaded, PROBE), add_special_tokens=False)])
         output = loaded.model(ids)
-        logits = getattr(output, "logits", output)
-        return logits.astype(mx.float32)
+        return getattr(output, "logits", output).astype(mx.float32)
 
     def generate(
         self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
     ) -> list[str]:
-        import mlx_vlm
-
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
         replies = []
         for messages in prompts:
             prompt = self._prompt(loaded, messages)
-            result = mlx_vlm.generate(
-                loaded.model, loaded.processor, prompt, max_tokens=max_tokens, temperature=0.0, verbose=False
-            )
-            replies.append(getattr(result, "text", result))
+            if loaded.vision:
+                import mlx_vlm
+
+                result = mlx_vlm.generate(
+                    loaded.model, loaded.processor, prompt, max_tokens=max_tokens, temperature=0.0, verbose=False
+                )
+                replies.append(str(getattr(result, "text", result)))
+            else:
+                import mlx_lm
+
+                replies.append(mlx_lm.generate(loaded.model, loaded.tokenizer, prompt, max_tokens=max_tokens))
         return replies
 
 
-def _snapshot_path(model: str) -> str:
-    """The local snapshot mlx-vlm loaded a hub id from, for fingerprinting."""
+def _add_vlm_lora(loaded: _Loaded, info: AdapterInfo) -> None:
+    """mlx-tune's injection: ``FastVisionModel.get_peft_model`` on the loaded model."""
+    from mlx_tune import FastVisionModel
+    from mlx_tune.vlm import VLMModelWrapper
+
+    wrapper = VLMModelWrapper(model=loaded.model, processor=loaded.processor, model_name=loaded.path)
+    # mlx-tune turns lora_alpha into the effective scale alpha / r**2: ask for our effective scale.
+    FastVisionModel.get_peft_model(
+        wrapper,
+        r=info.rank,
+        lora_alpha=info.scale * info.rank * info.rank,
+        target_modules=list(info.short_targets),
+        finetune_vision_layers=False,
+    )
+    loaded.model = wrapper.model
+
+
+def _add_lm_lora(loaded: _Loaded, info: AdapterInfo, weights: dict[str, Any]) -> None:
+    """mlx-lm's injection: LoRA layers on the modules the adapter has weights for."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    layers = loaded.model.layers
+    relative = sorted({k.split(".", 3)[3].rsplit(".", 1)[0] for k in weights if k.startswith("model.layers.")})
+    params = {"rank": info.rank, "scale": info.scale, "dropout": 0.0, "keys": relative}
+    linear_to_lora_layers(loaded.model, len(layers), params)
+
+
+def _snapshot_path(model: str) -> Path:
+    """The local snapshot of a hub id (downloaded by the hub client when it can reach the hub)."""
     from mlx_vlm.utils import get_model_path
 
-    return str(get_model_path(model))
+    return Path(get_model_path(model))
 
 
-def _peft_to_mlx(raw: dict[str, Any], info: AdapterInfo) -> dict[str, Any]:
-    """peft names and layout (``...language_model.layers.0.q_proj.lora_A.weight``, out x in) to mlx-vlm's."""
+def _peft_to_mlx(raw: dict[str, Any]) -> dict[str, Any]:
+    """peft names and layout (``...q_proj.lora_A.weight``, out x in) to mlx's (``...q_proj.lora_a``, in x out)."""
     converted = {}
     for name, value in raw.items():
         key = name.removeprefix("base_model.model.")
@@ -238,4 +267,3 @@ def _peft_to_mlx(raw: dict[str, Any], info: AdapterInfo) -> dict[str, Any]:
         key = key.replace(".lora_A.weight", ".lora_a").replace(".lora_B.weight", ".lora_b")
         converted[key] = value.T
     return converted
-
