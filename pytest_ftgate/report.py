@@ -378,8 +378,11 @@ def headline(records: Sequence[GateRecord]) -> str:
     noun = "benchmarks" if len({r.benchmark for r in records}) == total else "gates"
     failed = [r for r in records if r.outcome == "fail"]
     unsure = sum(r.outcome == "inconclusive" for r in records)
+    own = sum(r.test_outcome == "failed" and r.outcome != "fail" for r in records)
+    own_note = f" ({own} test{'s' if own > 1 else ''} failed on {'their' if own > 1 else 'its'} own assertions)" if own else ""
     if not failed and not unsure:
-        return f"all {total} {noun} passed" if total > 1 else f"{records[0].title} passed"
+        text = f"all {total} {noun} passed" if total > 1 else f"{records[0].title} passed"
+        return text + own_note
     parts = []
     if failed:
         verb = "regressed" if all(r.delta < 0 for r in failed) else "failed"
@@ -387,7 +390,7 @@ def headline(records: Sequence[GateRecord]) -> str:
         parts.append(f"{len(failed)} of {total} {noun} {verb} ({names})")
     if unsure:
         parts.append(f"{unsure} inconclusive" if failed else f"{unsure} of {total} {noun} inconclusive")
-    return ", ".join(parts)
+    return ", ".join(parts) + own_note
 
 
 # --- meta ------------------------------------------------------------------------------------
@@ -570,7 +573,8 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
 
     lines: list[tuple[str, dict[str, bool]]] = [(fmt(header), mk(bold=True))]
     for r, row in zip(records, rows):
-        lines.append((fmt(row), mk(**_OUTCOME_MARKUP.get(r.outcome, {}))))
+        colour = "fail" if r.test_outcome == "failed" else r.outcome
+        lines.append((fmt(row), mk(**_OUTCOME_MARKUP.get(colour, {}))))
     overall = overall_outcome(records)
     lines.append(("", {}))
     lines.append((f"ftgate: {headline(records)}", mk(**_OUTCOME_MARKUP[overall])))
@@ -578,10 +582,19 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
     if models:
         lines.append((models, {}))
     lines.append(("decision framework (seed study), by baseline:", {}))
-    width = max(len(label) for label in labels)
-    for label, r in zip(labels, records):
-        lines.append((f"  {label.ljust(width)}  {advice(r.base)}; measured: {outcome_note(r)}", {}))
+    firsts = _first_per_benchmark(records)
+    width = max(len(r.title) for r in firsts)
+    for r in firsts:
+        lines.append((f"  {r.title.ljust(width)}  {advice(r.base)}; measured: {outcome_note(r)}", {}))
     return lines
+
+
+def _first_per_benchmark(records: Sequence[GateRecord]) -> list[GateRecord]:
+    """The decision framework is about a benchmark, not a test: one record per benchmark."""
+    seen: dict[str, GateRecord] = {}
+    for r in records:
+        seen.setdefault(r.benchmark, r)
+    return list(seen.values())
 
 
 def write_summary(
@@ -590,13 +603,15 @@ def write_summary(
     *,
     title: str = "ftgate",
     written: Sequence[tuple[str, str]] = (),
+    errors: Sequence[str] = (),
 ) -> None:
     """Print the summary through a pytest-like terminal writer (``.sep``, ``.line``, ``.hasmarkup``).
 
     ``written``: ``(what, path)`` pairs of report files, listed at the end (``("JSON report",
-    "out/ftgate.json")``). Nothing is printed when there are neither records nor files.
+    "out/ftgate.json")``); ``errors``: lines about files that could not be written (shown in red).
+    Nothing is printed when there are no records, files or errors.
     """
-    if not records and not written:
+    if not records and not written and not errors:
         return
     markup = bool(getattr(writer, "hasmarkup", False))
     sep = getattr(writer, "sep", None) or writer.write_sep  # type: ignore[attr-defined]
@@ -605,6 +620,8 @@ def write_summary(
         writer.line(text, **kw)
     for what, path in written:
         writer.line(f"ftgate: {what} written to {path}")
+    for error in errors:
+        writer.line(f"ftgate: {error}", **({"red": True} if markup else {}))
 
 
 def _labels(records: Sequence[GateRecord]) -> list[str]:
@@ -679,8 +696,8 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
     out.append("")
     out.append("| Benchmark | Baseline | Advice | Measured outcome |")
     out.append("|:--|--:|:--|:--|")
-    for label, r in zip(labels, records):
-        out.append(f"| {_cell(label)} | {r.base:.1f} | {_cell(advice(r.base))} | {_cell(outcome_note(r))} |")
+    for r in _first_per_benchmark(records):
+        out.append(f"| {_cell(r.title)} | {r.base:.1f} | {_cell(advice(r.base))} | {_cell(outcome_note(r))} |")
     out.append("")
 
     for label, r in zip(labels, records):

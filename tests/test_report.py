@@ -297,6 +297,15 @@ def test_terminal_labels_tell_gates_of_one_benchmark_apart() -> None:
     b = record(nodeid="t.py::test_macro_f1")
     text = [line for line, _ in report.summary_lines([a, b], markup=False)]
     assert text[1].startswith("fpb (test_no_forgetting)") and text[2].startswith("fpb (test_macro_f1)")
+    assert sum("measured:" in line for line in text) == 1  # the framework speaks per benchmark
+
+
+def test_test_that_failed_on_its_own_assertion_is_not_green(records: list[GateRecord]) -> None:
+    med = records[0]
+    med.test_outcome = "failed"
+    lines = report.summary_lines([med], markup=True)
+    assert "pass (test failed)" in lines[1][0] and lines[1][1] == {"red": True, "bold": True}
+    assert report.headline([med]) == "MedMCQA passed (1 test failed on its own assertions)"
 
 
 # --- Markdown --------------------------------------------------------------------------------
@@ -431,6 +440,8 @@ def test_terminal_summary_lists_written_files_and_takes_a_reporter(records: list
             self.out.append(msg)
 
     reporter = Reporter()
-    report.write_summary(reporter, records[:1], written=[("JSON report", "out/ftgate.json")])
+    report.write_summary(
+        reporter, records[:1], written=[("JSON report", "out/ftgate.json")], errors=["could not write x.png"]
+    )
     assert reporter.out[0] == "=== ftgate ==="
-    assert reporter.out[-1] == "ftgate: JSON report written to out/ftgate.json"
+    assert reporter.out[-2:] == ["ftgate: JSON report written to out/ftgate.json", "ftgate: could not write x.png"]

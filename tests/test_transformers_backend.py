@@ -113,6 +113,7 @@ def test_peft_adapter_acts_and_base_is_untouched(loaded: dict[str, Any], adapter
     assert backend.generate(base, PROMPTS, max_tokens=MAX_TOKENS, batch_size=None) == loaded["replies"]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # peft's own is_gradient_checkpointing call
 def test_peft_adapter_matches_peft_from_pretrained(loaded: dict[str, Any], adapters: dict[str, Path], tiny: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -165,11 +166,18 @@ def test_probe_logits_agree_with_the_mlx_backend(loaded: dict[str, Any], adapter
         assert (mine.argmax(-1) == other.argmax(-1)).all()
 
 
-def test_adapter_without_effect_is_refused(loaded: dict[str, Any], adapters: dict[str, Path]) -> None:
-    backend, base = loaded["backend"], loaded["base"]
-    with pytest.raises(AdapterError, match="has no effect: the model's logits on a probe prompt are unchanged"):
+def test_adapter_without_effect_is_refused(loaded: dict[str, Any], adapters: dict[str, Path], tiny: Path) -> None:
+    no_effect = "has no effect: the model's logits on a probe prompt are unchanged"
+    with pytest.raises(AdapterError, match=no_effect):  # beside other adapters: deleted again
+        loaded["backend"].with_adapter(loaded["base"], str(adapters["empty"]))
+    assert torch.equal(loaded["backend"].probe_logits(loaded["base"]), loaded["logits"])
+    backend = TransformersBackend()  # as the first adapter: peft is unloaded, the base is plain again
+    base = backend.load(str(tiny))
+    with pytest.raises(AdapterError, match=no_effect):
         backend.with_adapter(base, str(adapters["empty"]))
+    assert base.handle.peft is None and not base.handle.adapters
     assert torch.equal(backend.probe_logits(base), loaded["logits"])
+    assert _change(backend, base, backend.with_adapter(base, str(adapters["peft"]))) > 1e-3
 
 
 @pytest.mark.parametrize("case", ["unknown", "shape", "mlx-unknown"])

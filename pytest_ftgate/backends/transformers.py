@@ -279,6 +279,7 @@ class TransformersBackend:
             self._remove(loaded, fp)
             _raise_misfit(info, loaded, unexpected, [])
         loaded.peft.eval()
+        loaded.model.requires_grad_(False)
 
     def _remove(self, loaded: _Loaded, fp: str) -> None:
         """Take an adapter out again (refused adapters must not linger in the shared base)."""
@@ -308,7 +309,8 @@ class TransformersBackend:
             name = loaded.adapters.get(model.adapter)
             if name is None:
                 raise BackendError(f"adapter of {model.label} is no longer loaded: load the base again")
-            loaded.peft.set_adapter(name)
+            if loaded.peft.active_adapter != name:
+                loaded.peft.set_adapter(name, inference_mode=True)
             yield loaded
 
     def _check_effect(self, base: Model, tuned: Model, info: AdapterInfo) -> None:
