@@ -10,19 +10,12 @@ from typing import Any
 
 from pytest_ftgate.adapters import file_sha256
 
-# Files whose content defines a model folder's behaviour (weights are added by suffix).
-_DEFINING = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "processor_config.json",
-    "preprocessor_config.json",
-    "tokenizer.model",
-)
+# Files whose content defines a model folder's behaviour, by what they define (weights: by suffix).
+_GROUPS = {
+    "config": ("config.json", "generation_config.json", "processor_config.json", "preprocessor_config.json"),
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"),
+    "chat_template": ("chat_template.jinja", "chat_template.json"),
+}
 _WEIGHTS = (".safetensors", ".gguf", ".npz")
 _MEMO = Path(os.environ.get("FTGATE_HASH_MEMO", Path.home() / ".cache" / "ftgate" / "hashes.json"))
 
@@ -54,13 +47,19 @@ def _memo_hash(path: Path) -> str:
     return value
 
 
+def model_parts(folder: Path) -> dict[str, str]:
+    """Hashes of a model folder's weights, config, tokenizer and chat template, each on its own so
+    that a stale baseline can say which of them changed."""
+    if not folder.is_dir():
+        return {"model": str(folder)}
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    parts = {
+        group: digest({f.name: _memo_hash(f) for f in files if f.name in names}) for group, names in _GROUPS.items()
+    }
+    parts["weights"] = digest({f.name: _memo_hash(f) for f in files if f.suffix in _WEIGHTS})
+    return parts
+
+
 def model_fingerprint(folder: Path, extra: dict[str, Any] | None = None) -> str:
-    """Hash of a model folder's config, tokenizer, chat template and weights, plus ``extra``."""
-    parts: dict[str, Any] = dict(extra or {})
-    if folder.is_dir():
-        for file in sorted(folder.iterdir()):
-            if file.is_file() and (file.name in _DEFINING or file.suffix in _WEIGHTS):
-                parts[file.name] = _memo_hash(file)
-    else:
-        parts["model"] = str(folder)
-    return digest(parts)
+    """One hash over ``model_parts(folder)`` and ``extra``."""
+    return digest({**model_parts(folder), **(extra or {})})

@@ -13,6 +13,7 @@ from pytest_ftgate.backends import Backend, Model, create_backend
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.errors import ConfigError, DataError, ModelError
+from pytest_ftgate.fingerprint import digest
 from pytest_ftgate.options import DEFAULT_BASE, DEFAULT_CACHE, looks_local, positive_int
 from pytest_ftgate.results import Comparison, EvalResult
 from pytest_ftgate.runner import Progress, evaluate
@@ -68,6 +69,7 @@ class Gate:
         self._tuned_model: Model | None = None
         self._examples: dict[str, list[Example]] = {}
         self._results: dict[tuple[str, str], EvalResult] = {}
+        self._baselines: dict[str, EvalResult] = {}
 
     # -- models ------------------------------------------------------------------------------
 
@@ -134,7 +136,27 @@ class Gate:
         return self._results[key]
 
     def baseline(self, benchmark: str | Benchmark) -> EvalResult:
-        return self.evaluate(benchmark, self.base_model)
+        """The base model's result: a stored baseline when one was given, else evaluated."""
+        bench = self.benchmark(benchmark)
+        if bench.name not in self._baselines:
+            self._baselines[bench.name] = self.evaluate(bench, self.base_model)
+        return self._baselines[bench.name]
+
+    def use_baseline(self, benchmark: str | Benchmark, result: EvalResult) -> None:
+        """Use a stored base result instead of evaluating the base model."""
+        self._baselines[self.benchmark(benchmark).name] = result
+
+    def baseline_fingerprint(self, benchmark: str | Benchmark) -> dict[str, str]:
+        """Everything that determines the base model's answers on this benchmark, part by part."""
+        bench = self.benchmark(benchmark)
+        describe = getattr(self.backend, "describe", None)
+        model = describe(self.base) if describe is not None else {"model": self.base_model.fingerprint}
+        return {
+            **model,
+            "benchmark": bench.fingerprint(),
+            "generation": digest({"mode": "generate", "max_tokens": bench.max_tokens}),
+            "examples": digest([e.id for e in self.examples(bench)]),
+        }
 
     def compare(self, benchmark: str | Benchmark) -> Comparison:
         """Base and tuned on the same examples. The tuned model is prepared first so that a

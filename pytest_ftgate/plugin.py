@@ -153,6 +153,22 @@ def ftgate_benchmark(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def ftgate_comparison(ftgate: Any, ftgate_tuned_model: Any, ftgate_benchmark: str) -> Any:
-    """Base vs tuned on this test's benchmark, paired on the same examples."""
-    return _guarded(lambda: ftgate.compare(ftgate_benchmark))
+def ftgate_snapshot(snapshot: Any) -> Any:
+    """syrupy's ``snapshot`` with ftgate's JSON extension (what stored baselines use)."""
+    from pytest_ftgate.snapshot import FtgateSnapshotExtension
+
+    return snapshot.use_extension(FtgateSnapshotExtension)
+
+
+@pytest.fixture
+def ftgate_comparison(
+    request: pytest.FixtureRequest, ftgate: Any, ftgate_tuned_model: Any, ftgate_benchmark: str
+) -> Any:
+    """Base vs tuned on this test's benchmark, paired on the same examples. The base side comes
+    from the stored baseline snapshot when it matches (recorded on the first run)."""
+    if not request.config.pluginmanager.has_plugin("syrupy"):
+        return _guarded(lambda: ftgate.compare(ftgate_benchmark))
+    from pytest_ftgate.snapshot import compare_with_baseline
+
+    snapshot = request.getfixturevalue("snapshot")
+    return _guarded(lambda: compare_with_baseline(ftgate, ftgate_benchmark, snapshot))

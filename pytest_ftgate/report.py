@@ -81,7 +81,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pytest_ftgate.errors import ConfigError
 
@@ -427,11 +427,11 @@ def make_meta(
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("pytest-ftgate")
-    except Exception:  # not installed (running from a source tree)
+    except PackageNotFoundError:  # running from a source tree
         return "unknown"
 
 
@@ -517,19 +517,6 @@ def _atomic_write(path: Path, payload: bytes) -> Path:
 # --- terminal --------------------------------------------------------------------------------
 
 
-class TerminalWriter(Protocol):
-    """What ``write_summary`` needs: pytest's ``TerminalWriter`` (``config.get_terminal_writer()``).
-
-    pytest's ``TerminalReporter`` works too (its ``write_sep`` stands in for ``sep``).
-    """
-
-    hasmarkup: bool
-
-    def line(self, s: str = "", **markup: bool) -> None: ...
-
-    def sep(self, sep: str, title: str | None = None, **markup: bool) -> None: ...
-
-
 _OUTCOME_MARKUP = {"pass": {"green": True}, "fail": {"red": True, "bold": True}, "inconclusive": {"yellow": True}}
 
 
@@ -598,14 +585,15 @@ def _first_per_benchmark(records: Sequence[GateRecord]) -> list[GateRecord]:
 
 
 def write_summary(
-    writer: TerminalWriter,
+    writer: Any,
     records: Sequence[GateRecord],
     *,
     title: str = "ftgate",
     written: Sequence[tuple[str, str]] = (),
     errors: Sequence[str] = (),
 ) -> None:
-    """Print the summary through a pytest-like terminal writer (``.sep``, ``.line``, ``.hasmarkup``).
+    """Print the summary through a pytest-like terminal writer (``.sep``, ``.line``, ``.hasmarkup``)
+    or pytest's ``TerminalReporter`` (``.write_sep`` instead of ``.sep``).
 
     ``written``: ``(what, path)`` pairs of report files, listed at the end (``("JSON report",
     "out/ftgate.json")``); ``errors``: lines about files that could not be written (shown in red).
@@ -614,7 +602,7 @@ def write_summary(
     if not records and not written and not errors:
         return
     markup = bool(getattr(writer, "hasmarkup", False))
-    sep = getattr(writer, "sep", None) or writer.write_sep  # type: ignore[attr-defined]
+    sep = writer.sep if hasattr(writer, "sep") else writer.write_sep
     sep("=", title, **({"bold": True} if markup else {}))
     for text, kw in summary_lines(records, markup=markup):
         writer.line(text, **kw)
@@ -740,7 +728,7 @@ def write_markdown(
     text = to_markdown(records, meta=meta)
     if append is None:
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        append = bool(summary) and _same_path(target, Path(summary))
+        append = summary is not None and summary != "" and _same_path(target, Path(summary))
     if append:
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("a", encoding="utf-8") as handle:
@@ -853,7 +841,8 @@ def write_plot(
 
     groups = _plot_groups(records)
     count = max(len(groups), 1)
-    fig = Figure(figsize=(max(6.0, 1.9 * count + 2.4), 4.8), dpi=dpi)
+    fig_width, fig_height = max(5.0, 1.9 * count + 1.6), 5.0
+    fig = Figure(figsize=(fig_width, fig_height), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.36
@@ -889,7 +878,7 @@ def write_plot(
                 zorder=5,
             )
         top = max(top, g.base, high)
-        span = (i - width - 0.06, i + width + 0.06)
+        span = (x_tuned - width / 2 - 0.07, x_tuned + width / 2 + 0.07)  # the rule is for the tuned score
         if g.floor is not None:
             ax.hlines(g.floor, *span, colors=_FLOOR_COLOR, linestyles="--", linewidth=1.6, zorder=3)
             floors = True
@@ -915,7 +904,7 @@ def write_plot(
             fontweight="bold",
             color=_OUTCOME_COLOR.get(g.outcome, "#1f2328"),
         )
-    ax.set_xlim(-0.7, len(groups) - 0.3)
+    ax.set_xlim(-0.75, len(groups) - 0.25)
     ax.set_ylim(0, min(100.0, top) * 1.12 + 2 if top > 0 else 10)
     ax.set_ylabel("score (points)")
     ax.set_title(title, fontsize=13, fontweight="bold", pad=12)
@@ -932,13 +921,23 @@ def write_plot(
         handles.append(Line2D([], [], color=_FLOOR_COLOR, linestyle="--", label="allowed floor (base \u2212 max_drop)"))
     if targets:
         handles.append(Line2D([], [], color=_TARGET_COLOR, linestyle="--", label="required (base + min_gain)"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    ncol = len(handles) if fig_width >= 2.0 * len(handles) else 2
+    rows = -(-len(handles) // ncol)
     if not groups:
         ax.text(0.5, 0.5, "no gates ran", transform=ax.transAxes, ha="center", va="center", color="#57606a")
     subtitle = _models_line(records)
+    reserve = (0.28 * rows + 0.12 + (0.22 if subtitle else 0.0)) / fig_height  # legend and subtitle, below
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, (0.22 if subtitle else 0.04) / fig_height),
+        ncol=ncol,
+        frameon=False,
+        fontsize=9,
+    )
     if subtitle:
-        fig.text(0.01, 0.01, subtitle, fontsize=7.5, color="#57606a", ha="left", va="bottom")
-    fig.tight_layout(rect=(0, 0.04 if subtitle else 0, 1, 1))
+        fig.text(0.01, 0.04 / fig_height, subtitle, fontsize=7.5, color="#57606a", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, reserve, 1, 1))
 
     import io
 
@@ -1015,7 +1014,7 @@ def _duration(seconds: float) -> str:
         return "-"
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

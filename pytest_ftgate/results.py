@@ -172,7 +172,7 @@ class Comparison:
         low, high = self.ci
         return (
             f"{head}. {self.n} examples: {len(self.lost)} lost, {len(self.gained)} gained "
-            f"({self.confidence:.0%} interval {low:+.1f} to {high:+.1f}, McNemar p={self.p_value:.3g})"
+            f"({self.confidence:.0%} interval {low:+.1f} to {high:+.1f}, McNemar p={self.p_value:.3g})."
         )
 
     def failure_detail(self, limit: int = 3) -> str:

@@ -114,16 +114,20 @@ def test_peft_adapter_acts_and_base_is_untouched(loaded: dict[str, Any], adapter
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # peft's own is_gradient_checkpointing call
-def test_peft_adapter_matches_peft_from_pretrained(loaded: dict[str, Any], adapters: dict[str, Path], tiny: Path) -> None:
+def test_peft_adapter_matches_peft_from_pretrained(
+    loaded: dict[str, Any], adapters: dict[str, Path], tiny: Path
+) -> None:
+    """Injection on the shared base equals peft's own loading on a fresh copy."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from pytest_ftgate.backends.mlx import PROBE
 
     backend, base = loaded["backend"], loaded["base"]
     tuned = backend.with_adapter(base, str(adapters["peft"]))
     ours = backend.probe_logits(tuned)
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny, dtype=base.handle.model.dtype), adapters["peft"])
-    from pytest_ftgate.backends.mlx import PROBE
-
+    fresh = AutoModelForCausalLM.from_pretrained(tiny, dtype=base.handle.model.dtype).to(base.handle.model.device)
+    reference = PeftModel.from_pretrained(fresh, adapters["peft"])
     batch = backend._encode(base.handle, [backend._prompt(base.handle, PROBE)]).to(reference.device)
     with torch.inference_mode():
         theirs = reference(**batch).logits.float().cpu()

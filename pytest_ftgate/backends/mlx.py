@@ -24,7 +24,7 @@ from typing import Any
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
 from pytest_ftgate.backends import Message, Model
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
-from pytest_ftgate.fingerprint import model_fingerprint
+from pytest_ftgate.fingerprint import digest, model_parts
 
 PROBE: list[Message] = [
     {"role": "system", "content": "You are a careful assistant."},
@@ -80,12 +80,22 @@ class MLXBackend:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def load(self, model: str) -> Model:
+    def _path(self, model: str) -> Path:
         local = Path(model).expanduser()
         if local.exists() and not (local / "config.json").is_file():
             raise ModelError(f"{local} has no config.json: point --ftgate-base at a model folder")
         try:
-            path = local.resolve() if local.exists() else _snapshot_path(model)
+            return local.resolve() if local.exists() else _snapshot_path(model)
+        except Exception as exc:  # the hub client raises many kinds; the user needs one sentence
+            raise ModelError(f"could not find model {model} locally or on the hub: {type(exc).__name__}: {exc}") from exc
+
+    def describe(self, model: str) -> dict[str, str]:
+        """Fingerprint parts of a model (files hashed, nothing loaded)."""
+        return {**model_parts(self._path(model)), "backend": f"{self.name} {self.version()}"}
+
+    def load(self, model: str) -> Model:
+        path = self._path(model)
+        try:
             vision = "vision_config" in json.loads((path / "config.json").read_text())
             with _quiet():
                 if vision:
@@ -99,8 +109,7 @@ class MLXBackend:
         except Exception as exc:  # the loaders raise many kinds; the user needs one sentence
             raise ModelError(f"mlx could not load model {model}: {type(exc).__name__}: {exc}") from exc
         loaded = _Loaded(mx_model, processor, str(path), vision=vision)
-        fingerprint = model_fingerprint(path, extra={"backend": self.name, "version": self.version()})
-        return Model(label=model, fingerprint=fingerprint, backend=self, handle=loaded)
+        return Model(label=model, fingerprint=digest(self.describe(model)), backend=self, handle=loaded)
 
     def with_adapter(self, base: Model, adapter: str) -> Model:
         info = inspect_adapter(adapter)

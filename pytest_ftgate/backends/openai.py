@@ -213,6 +213,7 @@ class OpenAIBackend:
                 "model": name,
                 "served": identity,
                 "system_fingerprint": served.system_fingerprints,
+                "chat_template_kwargs": self.chat_template_kwargs,
             }
         )
         return Model(label=name, fingerprint=fingerprint, backend=self, handle=served)
@@ -274,7 +275,7 @@ class OpenAIBackend:
             data = self._post("/chat/completions", body, only=replica)
         else:
             data = self._json(replica.url, raw)
-        _reply_text(replica.url, data)
+        self._reply_text(replica.url, data)
         fingerprint = data.get("system_fingerprint")
         return str(fingerprint) if fingerprint else None
 
@@ -287,7 +288,7 @@ class OpenAIBackend:
         served = self._served(model)
         bodies = [self._body(served.name, messages, max_tokens=max_tokens) for messages in prompts]
         datas = self._post_all(bodies)
-        return [_reply_text(url, data) for url, data in datas]
+        return [self._reply_text(url, data) for url, data in datas]
 
     def supports_logprobs(self, model: Model) -> bool:
         """Whether the server returns ``top_logprobs`` for ``model`` (probed once; recorded in ``notes``)."""
@@ -506,6 +507,21 @@ class OpenAIBackend:
             raise BackendError(f"server {url} answered with malformed JSON: {snippet!r}. Is it an OpenAI-compatible API?")
         return data
 
+    def _reply_text(self, url: str, data: dict[str, Any]) -> str:
+        """``choices[0].message.content`` (an empty reply may come as null); anything else is malformed."""
+        try:
+            content = data["choices"][0]["message"].get("content")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise BackendError(
+                f"server {url} answered without choices[0].message: {self._mask(json.dumps(data)[:200])}. "
+                "Is it an OpenAI-compatible chat completions API?"
+            ) from None
+        if content is None:
+            return ""
+        if not isinstance(content, str):
+            raise BackendError(f"server {url} answered with non-text content {self._mask(repr(content)[:100])}")
+        return content
+
     def _unreachable(self, failure: _Failure) -> BackendError:
         return BackendError(
             f"cannot reach the openai backend's server {failure.url} ({failure.message}): start the server, "
@@ -612,23 +628,6 @@ def _server_message(raw: bytes) -> str:
             if value:
                 return str(value)[:300]
     return text[:300]
-
-
-def _reply_text(url: str, data: dict[str, Any]) -> str:
-    """``choices[0].message.content`` (an empty reply may come as null); anything else is malformed."""
-    try:
-        message = data["choices"][0]["message"]
-        content = message.get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise BackendError(
-            f"server {url} answered without choices[0].message: {json.dumps(data)[:200]}. "
-            "Is it an OpenAI-compatible chat completions API?"
-        ) from None
-    if content is None:
-        return ""
-    if not isinstance(content, str):
-        raise BackendError(f"server {url} answered with non-text content {content!r:.100}")
-    return content
 
 
 def _top_logprobs(data: dict[str, Any]) -> list[tuple[Any, float]]:

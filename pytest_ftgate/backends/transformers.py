@@ -59,7 +59,8 @@ class _Loaded:
     path: str
     device: str
     dtype: str
-    peft: Any = field(default=None, repr=False)  # PeftModel around ``model`` (LoRA layers injected in place) after with_adapter
+    # PeftModel around ``model`` once an adapter is added (the LoRA layers are injected in place)
+    peft: Any = field(default=None, repr=False)
     adapters: dict[str, str] = field(default_factory=dict)  # adapter fingerprint -> peft adapter name
     fold_system: bool = False  # the chat template rejects the system role
 
@@ -201,7 +202,7 @@ class TransformersBackend:
         # mlx LoRA: y = W x + scale * (x @ lora_a) @ lora_b; peft: y = W x + (alpha / r) * B(A(x))
         config = LoraConfig(
             r=info.rank,
-            lora_alpha=info.scale * info.rank,
+            lora_alpha=info.scale * info.rank,  # type: ignore[arg-type]  # peft divides it by r: floats work
             lora_dropout=0.0,
             bias="none",
             target_modules=[],
@@ -264,7 +265,7 @@ class TransformersBackend:
                 else:
                     loaded.peft.add_adapter(name, config)
             loaded.adapters[fp] = name
-            result = set_peft_model_state_dict(loaded.peft, state, adapter_name=name)
+            result: Any = set_peft_model_state_dict(loaded.peft, state, adapter_name=name)
         except Exception as exc:
             if fp in loaded.adapters:
                 self._remove(loaded, fp)
@@ -335,9 +336,11 @@ class TransformersBackend:
             try:
                 return str(loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
             except Exception as exc:
-                if not any(m.get("role") == "system" for m in messages):
-                    raise BackendError(f"the chat template of {loaded.path} failed: {type(exc).__name__}: {exc}") from None
                 first_error = exc
+                if not any(m.get("role") == "system" for m in messages):
+                    raise BackendError(
+                        f"the chat template of {loaded.path} failed: {type(exc).__name__}: {exc}"
+                    ) from None
             try:
                 text = self._folded(loaded, messages)
             except Exception:
