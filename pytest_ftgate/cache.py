@@ -1,8 +1,9 @@
 """Prediction cache: one append-only JSONL file per (model, benchmark, generation settings) key.
 
-Each line is one complete record written with a single ``write`` on a file opened with
-``O_APPEND``, so an interrupted run leaves at most one torn last line (ignored on read) and two
-xdist workers can append to the same file. The key is a hash of every fingerprint that determines
+Each record is written with a single ``write`` on a file opened with ``O_APPEND`` and starts with
+a newline, so a record torn by an interrupted run can only spoil its own line (which fails to parse
+and is ignored: that example is simply evaluated again), never the next record; two xdist workers
+can append to the same file. The key is a hash of every fingerprint that determines
 the answers, so an entry can never be served for another model, prompt or setting.
 """
 
@@ -34,12 +35,10 @@ class PredictionCache:
         entries: dict[str, str] = {}
         with file.open("rb") as handle:
             for line in handle:
-                if not line.endswith(b"\n"):
-                    break  # torn last write of an interrupted run
                 try:
                     record = json.loads(line)
                 except ValueError:
-                    continue
+                    continue  # empty, or torn by an interrupted run
                 if isinstance(record, dict) and "id" in record and "output" in record:
                     entries[str(record["id"])] = str(record["output"])
         return entries
@@ -55,7 +54,7 @@ class PredictionCache:
                 tmp = meta.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
                 os.replace(tmp, meta)
-        data = (json.dumps({"id": example_id, "output": output}) + "\n").encode()
+        data = ("\n" + json.dumps({"id": example_id, "output": output})).encode()
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, data)

@@ -37,6 +37,8 @@ class FakeBackend:
         handle = {"flips": cfg.get("fake_flips", 0), "fixes": cfg.get("fake_fixes", False)}
         return Model(label=base.label + "+lora", fingerprint=base.fingerprint + "+" + json.dumps(cfg, sort_keys=True), backend=self, handle=handle, adapter=adapter)
     def generate(self, model, prompts, *, max_tokens, batch_size):
+        import os, time
+        time.sleep(float(os.environ.get("FAKE_DELAY", "0")))
         CALLS["generate"] += 1
         CALLS["examples"] += len(prompts)
         out = []

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,7 +38,11 @@ SENTENCES = [
 SYSTEM = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
 PROMPTS = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": s}] for s in SENTENCES]
 SECRET = "sk-ftgate-test-0123456789abcdef"
-FAST = {"backoff": 0.001, "retries": 2}  # retries without the production waits
+
+
+def fast(url: str) -> OpenAIBackend:
+    """Two retries without the production waits."""
+    return OpenAIBackend(url, backoff=0.001, retries=2)
 
 
 def free_port() -> int:
@@ -99,7 +103,9 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path == "/v1/models" and fake.models is not None:
-                data = [{"id": m, "object": "model", "owned_by": "fake", "created": int(time.time())} for m in fake.models]
+                data = [
+                    {"id": m, "object": "model", "owned_by": "fake", "created": int(time.time())} for m in fake.models
+                ]
                 self._send(200, {"object": "list", "data": data}, {})
             else:
                 self._send(404, {"error": "Not Found"}, {})
@@ -107,7 +113,9 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with fake.lock:
-                fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body, "t": time.monotonic()})
+                fake.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body, "t": time.monotonic()}
+                )
                 fake.inflight += 1
                 fake.max_inflight = max(fake.max_inflight, fake.inflight)
             try:
@@ -171,7 +179,7 @@ def test_unreachable_port_fails_fast() -> None:
 
 
 def test_retries_500_then_succeeds(fake: FakeServer) -> None:
-    backend = OpenAIBackend(fake.url, **FAST)
+    backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.requests.clear()
     fake.script = [(500, {"error": "boom"}, {}), (502, b"bad gateway", {}), ok("positive")]
@@ -180,7 +188,7 @@ def test_retries_500_then_succeeds(fake: FakeServer) -> None:
 
 
 def test_always_500_is_an_error_after_retries(fake: FakeServer) -> None:
-    backend = OpenAIBackend(fake.url, **FAST)
+    backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.requests.clear()
     fake.script = [(500, {"error": {"message": "CUDA out of memory"}}, {})] * 10
@@ -190,7 +198,7 @@ def test_always_500_is_an_error_after_retries(fake: FakeServer) -> None:
 
 
 def test_429_honours_retry_after(fake: FakeServer) -> None:
-    backend = OpenAIBackend(fake.url, **FAST)
+    backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.requests.clear()
     fake.script = [(429, {"error": "slow down"}, {"Retry-After": "1"}), ok("neutral")]
@@ -203,7 +211,7 @@ def test_client_errors_are_not_retried_and_the_key_never_shows(
     fake: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    backend = OpenAIBackend(fake.url, **FAST)
+    backend = fast(fake.url)
     model = backend.load("fake-model")
     assert fake.requests[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"
     fake.requests.clear()
@@ -233,7 +241,7 @@ def test_no_authorization_header_without_a_key(fake: FakeServer) -> None:
     ids=["not-json", "no-choices", "no-message"],
 )
 def test_malformed_replies_are_errors(fake: FakeServer, answer: tuple[int, Any, dict[str, str]]) -> None:
-    backend = OpenAIBackend(fake.url, **FAST)
+    backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.script = [answer]
     with pytest.raises(BackendError, match=f"server {fake.url} answered"):
@@ -336,7 +344,9 @@ def served_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 
 
 @pytest.fixture(scope="session")
-def mlx_servers(served_models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[MLXServer]]:
+def mlx_servers(
+    served_models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[MLXServer]]:
     """Two mlx_lm.server replicas of the tiny Gemma 4, started together."""
     root = tmp_path_factory.mktemp("openai-servers")
     servers = [_start(served_models[0], root, f"replica{i}") for i in range(2)]
@@ -423,10 +433,18 @@ def test_gate_compares_a_served_base_and_candidate(
 ) -> None:
     rows = tmp_path / "sentiment.jsonl"
     labels = ["positive", "negative", "neutral"]
-    rows.write_text("".join(json.dumps({"id": f"s{i}", "q": s, "a": labels[i % 3]}) + "\n" for i, s in enumerate(SENTENCES)))
+    rows.write_text(
+        "".join(json.dumps({"id": f"s{i}", "q": s, "a": labels[i % 3]}) + "\n" for i, s in enumerate(SENTENCES))
+    )
     bench = Benchmark.from_jsonl(
-        "served-sentiment", rows, system=SYSTEM, template="{q}", answer="a", kind="label",
-        choices=labels, max_tokens=6,
+        "served-sentiment",
+        rows,
+        system=SYSTEM,
+        template="{q}",
+        answer="a",
+        kind="label",
+        choices=labels,
+        max_tokens=6,
     )
     gate = Gate(
         base=str(served_models[0].resolve()),

@@ -55,7 +55,6 @@ import json
 import math
 import os
 import random
-import socket
 import threading
 import time
 import urllib.error
@@ -192,9 +191,8 @@ class OpenAIBackend:
         for replica in self.replicas:
             listing = self._list_models(replica)
             ids = [str(entry.get("id")) for entry in listing or []]
-            if name in ids:
-                if served.listed is None:
-                    served.listed = listing[ids.index(name)]  # type: ignore[index]
+            if listing and name in ids and served.listed is None:
+                served.listed = listing[ids.index(name)]
             fingerprint = self._probe(replica, name, ids if listing is not None else None)
             if fingerprint:
                 served.system_fingerprints.append(fingerprint)
@@ -248,7 +246,7 @@ class OpenAIBackend:
         """A one-token completion for ``name`` on ``replica``; returns its ``system_fingerprint``."""
         body = self._body(name, PROBE, max_tokens=1)
         try:
-            status, headers, raw = self._send(replica.url, "POST", "/chat/completions", body, self.timeout)
+            status, _, raw = self._send(replica.url, "POST", "/chat/completions", body, self.timeout)
         except _Failure as exc:
             raise self._unreachable(exc) from None
         if status in (401, 403):
@@ -297,7 +295,7 @@ class OpenAIBackend:
             body = self._body(served.name, PROBE, max_tokens=1)
             body.update(logprobs=True, top_logprobs=5)
             try:
-                url, data = self._post_all([body])[0]
+                _, data = self._post_all([body])[0]
                 served.logprobs = bool(_top_logprobs(data))
             except BackendError:
                 served.logprobs = False
@@ -325,7 +323,7 @@ class OpenAIBackend:
             body.update(logprobs=True, top_logprobs=top_k)
             bodies.append(body)
         results = []
-        for url, data in self._post_all(bodies):
+        for _, data in self._post_all(bodies):
             top = _top_logprobs(data)
             scores = {choice: -math.inf for choice in choices}
             for token, logprob in top:
@@ -432,24 +430,24 @@ class OpenAIBackend:
         last = failures[-1]
         if last.status is None and all(f.status is None for f in failures):
             raise BackendError(
-                f"server {self._where(failures)} gave no answer after {len(failures)} attempts "
+                f"{self._where(failures)} gave no answer after {len(failures)} attempts "
                 f"(last: {last.message}): check that it is running and reachable, or fix --ftgate-base-url / "
                 f"{BASE_URL_ENV}"
             )
         raise BackendError(
-            f"server {self._where(failures)} kept failing: {len(failures)} attempts for model "
+            f"{self._where(failures)} kept failing: {len(failures)} attempts for model "
             f"{body.get('model')!r}, last {last.describe()}. Check the server's log; raise retries with "
             f"{ENV_PREFIX}RETRIES if it is only overloaded"
         )
 
     def _where(self, failures: Sequence[_Failure]) -> str:
         urls = list(dict.fromkeys(f.url for f in failures))
-        return urls[0] if len(urls) == 1 else "s " + ", ".join(urls)
+        return f"server {urls[0]}" if len(urls) == 1 else "servers " + ", ".join(urls)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_wait)
-        delay = self.backoff * (2**attempt) * (0.5 + self._random.random())
+        delay = self.backoff * (2.0**attempt) * (0.5 + self._random.random())
         return min(delay, self.max_wait)
 
     def _acquire(self, avoid: _Replica | None) -> _Replica:
@@ -492,7 +490,7 @@ class OpenAIBackend:
             return exc.code, exc.headers, raw
         except urllib.error.URLError as exc:
             raise _Failure(url, None, self._mask(str(exc.reason))) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise _Failure(url, None, f"timed out after {timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise _Failure(url, None, self._mask(f"{type(exc).__name__}: {exc}")) from None
@@ -504,7 +502,9 @@ class OpenAIBackend:
             data = None
         if not isinstance(data, dict):
             snippet = self._mask(raw[:200].decode("utf-8", "replace"))
-            raise BackendError(f"server {url} answered with malformed JSON: {snippet!r}. Is it an OpenAI-compatible API?")
+            raise BackendError(
+                f"server {url} answered with malformed JSON: {snippet!r}. Is it an OpenAI-compatible API?"
+            )
         return data
 
     def _reply_text(self, url: str, data: dict[str, Any]) -> str:
@@ -651,5 +651,3 @@ def _names(ids: Sequence[str] | None) -> str:
         return "(none)"
     shown = ", ".join(ids[:20])
     return shown + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
-
-
