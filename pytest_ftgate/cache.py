@@ -18,7 +18,9 @@ from pytest_ftgate.fingerprint import digest
 
 
 class PredictionCache:
-    """``get(key)`` -> {example id: output}; ``add(key, id, output)`` appends one record."""
+    """``get(key)`` -> {example id: record}; ``add(key, id, record)`` appends one record.
+
+    A record is a small JSON object: ``{"output": ...}``, plus ``"logprobs"`` in logprob mode."""
 
     def __init__(self, root: str | os.PathLike[str] | None) -> None:
         self.root = Path(root) if root else None
@@ -28,11 +30,11 @@ class PredictionCache:
             return None
         return self.root / "predictions" / f"{digest(key)[:32]}.jsonl"
 
-    def get(self, key: dict[str, Any]) -> dict[str, str]:
+    def get(self, key: dict[str, Any]) -> dict[str, dict[str, Any]]:
         file = self._file(key)
         if file is None or not file.is_file():
             return {}
-        entries: dict[str, str] = {}
+        entries: dict[str, dict[str, Any]] = {}
         with file.open("rb") as handle:
             for line in handle:
                 try:
@@ -40,10 +42,10 @@ class PredictionCache:
                 except ValueError:
                     continue  # empty, or torn by an interrupted run
                 if isinstance(record, dict) and "id" in record and "output" in record:
-                    entries[str(record["id"])] = str(record["output"])
+                    entries[str(record.pop("id"))] = record
         return entries
 
-    def add(self, key: dict[str, Any], example_id: str, output: str) -> None:
+    def add(self, key: dict[str, Any], example_id: str, record: dict[str, Any]) -> None:
         file = self._file(key)
         if file is None:
             return
@@ -54,7 +56,7 @@ class PredictionCache:
                 tmp = meta.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
                 os.replace(tmp, meta)
-        data = ("\n" + json.dumps({"id": example_id, "output": output})).encode()
+        data = ("\n" + json.dumps({"id": example_id, **record})).encode()
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, data)

@@ -16,7 +16,7 @@ from pytest_ftgate.errors import ConfigError, DataError, ModelError
 from pytest_ftgate.fingerprint import digest
 from pytest_ftgate.options import DEFAULT_BASE, DEFAULT_CACHE, looks_local, positive_int
 from pytest_ftgate.results import Comparison, EvalResult
-from pytest_ftgate.runner import Progress, evaluate
+from pytest_ftgate.runner import MODES, Progress, check_mode, evaluate
 
 BackendFactory = Callable[[str], Backend]
 
@@ -39,6 +39,7 @@ class Gate:
         cache: str | os.PathLike[str] | None = DEFAULT_CACHE,
         batch_size: int | None = None,
         confidence: float = 0.95,
+        mode: str = "generate",
         base_url: str | None = None,
         progress: Progress | None = None,
         make_backend: BackendFactory | None = None,
@@ -52,6 +53,9 @@ class Gate:
         self.limit = positive_int(limit, "--ftgate-limit")
         self.batch_size = positive_int(batch_size, "--ftgate-batch-size")
         self.confidence = confidence
+        if mode not in MODES:
+            raise ConfigError(f"unknown scoring mode {mode!r}: use one of {', '.join(MODES)}")
+        self.mode = mode
         self.base_url = base_url
         self.progress = progress
         self.cache = PredictionCache(cache)
@@ -59,17 +63,19 @@ class Gate:
             inspect_adapter(self.adapter)  # missing or corrupt files fail here, before any model loads
         if self.data is not None and not Path(self.data).exists():
             raise DataError(f"data folder {self.data} does not exist: check --ftgate-data")
-        _check_local_model(self.base, "--ftgate-base")
-        if self.candidate is not None:
-            _check_local_model(self.candidate, "--ftgate-candidate")
+        served = backend == "openai" or getattr(backend, "remote", False)  # model names, not folders
+        if not served:
+            _check_local_model(self.base, "--ftgate-base")
+            if self.candidate is not None:
+                _check_local_model(self.candidate, "--ftgate-candidate")
         self._backend_spec = backend
         self._make_backend = make_backend
         self._backend: Backend | None = None
         self._base_model: Model | None = None
         self._tuned_model: Model | None = None
         self._examples: dict[str, list[Example]] = {}
-        self._results: dict[tuple[str, str], EvalResult] = {}
-        self._baselines: dict[str, EvalResult] = {}
+        self._results: dict[tuple[str, str, str], EvalResult] = {}
+        self._baselines: dict[tuple[str, str], EvalResult] = {}
 
     # -- models ------------------------------------------------------------------------------
 
@@ -118,10 +124,18 @@ class Gate:
             self._examples[bench.name] = bench.select(bench.load(self.data), self.limit)
         return self._examples[bench.name]
 
-    def evaluate(self, benchmark: str | Benchmark, model: Model) -> EvalResult:
-        """Evaluate ``model`` on the benchmark's (limited) examples; memoised per model."""
+    def mode_for(self, benchmark: str | Benchmark, mode: str | None = None) -> str:
+        """The scoring mode: ``mode`` if given, else the gate's where the benchmark supports it."""
         bench = self.benchmark(benchmark)
-        key = (bench.name, model.fingerprint)
+        if mode is not None:
+            return check_mode(bench, mode)
+        return self.mode if self.mode == "generate" or bench.supports_logprob else "generate"
+
+    def evaluate(self, benchmark: str | Benchmark, model: Model, mode: str | None = None) -> EvalResult:
+        """Evaluate ``model`` on the benchmark's (limited) examples; memoised per model and mode."""
+        bench = self.benchmark(benchmark)
+        mode = self.mode_for(bench, mode)
+        key = (bench.name, model.fingerprint, mode)
         if key not in self._results:
             role = "tuned" if model is self._tuned_model else "base" if model is self._base_model else "model"
             self._results[key] = evaluate(
@@ -129,41 +143,47 @@ class Gate:
                 self.examples(bench),
                 model,
                 cache=self.cache,
+                mode=mode,
                 batch_size=self.batch_size,
                 progress=self.progress,
                 role=role,
             )
         return self._results[key]
 
-    def baseline(self, benchmark: str | Benchmark) -> EvalResult:
+    def baseline(self, benchmark: str | Benchmark, mode: str | None = None) -> EvalResult:
         """The base model's result: a stored baseline when one was given, else evaluated."""
         bench = self.benchmark(benchmark)
-        if bench.name not in self._baselines:
-            self._baselines[bench.name] = self.evaluate(bench, self.base_model)
-        return self._baselines[bench.name]
+        key = (bench.name, self.mode_for(bench, mode))
+        if key not in self._baselines:
+            self._baselines[key] = self.evaluate(bench, self.base_model, key[1])
+        return self._baselines[key]
 
     def use_baseline(self, benchmark: str | Benchmark, result: EvalResult) -> None:
-        """Use a stored base result instead of evaluating the base model."""
-        self._baselines[self.benchmark(benchmark).name] = result
+        """Use a stored base result (its ``mode`` says which scoring) instead of evaluating the base."""
+        self._baselines[(self.benchmark(benchmark).name, result.mode)] = result
 
-    def baseline_fingerprint(self, benchmark: str | Benchmark) -> dict[str, str]:
+    def baseline_fingerprint(self, benchmark: str | Benchmark, mode: str | None = None) -> dict[str, str]:
         """Everything that determines the base model's answers on this benchmark, part by part."""
         bench = self.benchmark(benchmark)
+        mode = self.mode_for(bench, mode)
         describe = getattr(self.backend, "describe", None)
         model = describe(self.base) if describe is not None else {"model": self.base_model.fingerprint}
+        generation = {"mode": mode, "max_tokens": bench.max_tokens} if mode == "generate" else {"mode": mode}
         return {
             **model,
             "benchmark": bench.fingerprint(),
-            "generation": digest({"mode": "generate", "max_tokens": bench.max_tokens}),
+            "generation": digest(generation),
             "examples": digest([e.id for e in self.examples(bench)]),
         }
 
-    def compare(self, benchmark: str | Benchmark) -> Comparison:
-        """Base and tuned on the same examples. The tuned model is prepared first so that a
-        broken adapter stops the run before the base is evaluated."""
+    def compare(self, benchmark: str | Benchmark, mode: str | None = None) -> Comparison:
+        """Base and tuned on the same examples, scored the same way. The tuned model is prepared
+        first so that a broken adapter stops the run before the base is evaluated."""
+        bench = self.benchmark(benchmark)
+        mode = self.mode_for(bench, mode)
         tuned_model = self.tuned_model
-        base = self.baseline(benchmark)
-        tuned = self.evaluate(benchmark, tuned_model)
+        base = self.baseline(bench, mode)
+        tuned = self.evaluate(bench, tuned_model, mode)
         return Comparison(base, tuned, confidence=self.confidence)
 
     def __repr__(self) -> str:

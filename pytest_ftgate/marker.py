@@ -8,13 +8,14 @@ from typing import Any
 
 from pytest_ftgate import benchmarks
 from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.runner import check_mode
 
 MARKER = "ftgate"
 MARKER_HELP = (
-    "ftgate(benchmark_or_list, *, max_drop=None, min_gain=None, strict=None): gate a fine-tune on "
+    "ftgate(benchmark_or_list, *, max_drop=None, min_gain=None, strict=None, mode=None): gate a fine-tune on "
     "benchmarks; fails when the benchmark drops more than max_drop points or gains less than min_gain"
 )
-KEYWORDS = ("max_drop", "min_gain", "strict")
+KEYWORDS = ("max_drop", "min_gain", "strict", "mode")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class GateSpec:
     min_gain: float | None = None
     strict: bool | None = None
     listed: bool = False  # list form: one test per benchmark
+    mode: str | None = None  # "generate" or "logprob"; None: the run's --ftgate-mode
 
 
 def parse_marker(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> GateSpec:
@@ -64,4 +66,11 @@ def parse_marker(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> G
     strict = kwargs.get("strict")
     if strict is not None and not isinstance(strict, bool):
         raise ConfigError(f"{where}: strict must be True or False, got {strict!r}")
-    return GateSpec(names, thresholds.get("max_drop"), thresholds.get("min_gain"), strict, listed)
+    mode = kwargs.get("mode")
+    if mode is not None:
+        for name in names:
+            try:
+                check_mode(benchmarks.get_benchmark(name), mode)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+    return GateSpec(names, thresholds.get("max_drop"), thresholds.get("min_gain"), strict, listed, mode)

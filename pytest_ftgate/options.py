@@ -25,6 +25,7 @@ CACHE = "--ftgate-cache"
 NO_CACHE = "--ftgate-no-cache"
 BATCH_SIZE = "--ftgate-batch-size"
 CONFIDENCE = "--ftgate-confidence"
+MODE = "--ftgate-mode"
 STRICT = "--ftgate-strict"
 REPORT = "--ftgate-report"
 MARKDOWN = "--ftgate-markdown"
@@ -42,6 +43,7 @@ _OPTIONS: dict[str, tuple[str, str | None]] = {
     CACHE: (f"Prediction cache folder (default {DEFAULT_CACHE})", DEFAULT_CACHE),
     BATCH_SIZE: ("Examples per forward batch (default: the backend chooses)", None),
     CONFIDENCE: ("Confidence level of intervals (default 0.95)", "0.95"),
+    MODE: ("Scoring: generate (the seed protocol) or logprob (one pass, where a benchmark has fixed answers)", "generate"),
     REPORT: ("Write a JSON report to PATH", None),
     MARKDOWN: ("Write a Markdown summary to PATH", None),
     PLOT: ("Write a PNG chart to PATH", None),
@@ -81,6 +83,7 @@ class Settings:
     cache: str | None = DEFAULT_CACHE
     batch_size: int | None = None
     confidence: float = 0.95
+    mode: str = "generate"
     strict: bool = False
     report: str | None = None
     markdown: str | None = None
@@ -98,6 +101,7 @@ class Settings:
             "cache": self.cache,
             "batch_size": self.batch_size,
             "confidence": self.confidence,
+            "mode": self.mode,
         }
 
 
@@ -134,6 +138,13 @@ def confidence_level(value: Any) -> float:
     return level
 
 
+def scoring_mode(value: Any) -> str:
+    mode = str(value or "generate")
+    if mode not in ("generate", "logprob"):
+        raise ConfigError(f"{MODE} must be generate or logprob, got {mode!r}")
+    return mode
+
+
 def _path(config: pytest.Config, value: str | None) -> str | None:
     """Resolve a relative path against the invocation directory, as users expect on the command line."""
     if not value:
@@ -167,6 +178,7 @@ def read_settings(config: pytest.Config) -> Settings:
         cache=cache,
         batch_size=positive_int(_value(config, BATCH_SIZE), BATCH_SIZE),
         confidence=confidence_level(_value(config, CONFIDENCE)),
+        mode=scoring_mode(_value(config, MODE)),
         strict=bool(_value(config, STRICT)),
         report=_path(config, _value(config, REPORT)),
         markdown=_path(config, _value(config, MARKDOWN)),

@@ -166,9 +166,11 @@ def ftgate_comparison(
 ) -> Any:
     """Base vs tuned on this test's benchmark, paired on the same examples. The base side comes
     from the stored baseline snapshot when it matches (recorded on the first run)."""
+    spec = _spec(request.node)
+    mode = spec.mode if spec is not None else None
     if not request.config.pluginmanager.has_plugin("syrupy"):
-        return _guarded(lambda: ftgate.compare(ftgate_benchmark))
+        return _guarded(lambda: ftgate.compare(ftgate_benchmark, mode))
     from pytest_ftgate.snapshot import compare_with_baseline
 
     snapshot = request.getfixturevalue("snapshot")
-    return _guarded(lambda: compare_with_baseline(ftgate, ftgate_benchmark, snapshot))
+    return _guarded(lambda: compare_with_baseline(ftgate, ftgate_benchmark, snapshot, mode))

@@ -383,6 +383,10 @@ def headline(records: Sequence[GateRecord]) -> str:
     if not failed and not unsure:
         text = f"all {total} {noun} passed" if total > 1 else f"{records[0].title} passed"
         return text + own_note
+    if total == 1:  # "FPB regressed", not "1 of 1 benchmarks regressed (FPB)"
+        r = records[0]
+        word = {"fail": "regressed" if r.delta < 0 else "failed"}.get(r.outcome, r.outcome)
+        return f"{r.title} {word}{own_note}"
     parts = []
     if failed:
         verb = "regressed" if all(r.delta < 0 for r in failed) else "failed"

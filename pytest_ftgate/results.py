@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ class Prediction:
     gold: str
     correct: bool
     text: str = ""
+    logprobs: dict[str, float] | None = None  # logprob mode: each answer's log-probability
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Comparison:
     p_value: float = field(init=False)
     lost: list[Flip] = field(init=False)
     gained: list[Flip] = field(init=False)
+    drift: dict[str, float] | None = field(init=False)
 
     def __post_init__(self) -> None:
         base_ids = [p.id for p in self.base.predictions]
@@ -123,6 +126,7 @@ class Comparison:
         self.lost = [_flip(b, t) for b, t in pairs if b.correct and not t.correct]
         self.gained = [_flip(b, t) for b, t in pairs if t.correct and not b.correct]
         self.p_value = stats.mcnemar_exact(len(self.lost), len(self.gained))
+        self.drift = _drift(pairs)
 
     @property
     def benchmark(self) -> str:
@@ -170,10 +174,16 @@ class Comparison:
         if rules:
             head += "; " + ", ".join(rules)
         low, high = self.ci
-        return (
+        text = (
             f"{head}. {self.n} examples: {len(self.lost)} lost, {len(self.gained)} gained "
             f"({self.confidence:.0%} interval {low:+.1f} to {high:+.1f}, McNemar p={self.p_value:.3g})."
         )
+        if self.drift is not None:
+            text += (
+                f" Drift: gold answer log-prob {self.drift['gold_logprob_delta']:+.3f}, "
+                f"KL(base||tuned) {self.drift['kl']:.4f}."
+            )
+        return text
 
     def failure_detail(self, limit: int = 3) -> str:
         """The first few lost examples, for a failure message."""
@@ -198,6 +208,31 @@ class Comparison:
         if not verdict.passed:
             detail = self.failure_detail()
             raise AssertionError(verdict.reason + ("\n" + detail if detail else ""))
+
+
+def _drift(pairs: list[tuple[Prediction, Prediction]]) -> dict[str, float] | None:
+    """Mean change of the gold answer's log-probability, and mean KL divergence base -> tuned over
+    the answers (renormalised), where both sides were scored by log-probability. These move long
+    before accuracy does."""
+    scored = [(b.logprobs, t.logprobs, b.gold) for b, t in pairs if b.logprobs and t.logprobs]
+    if not scored:
+        return None
+    gold_delta = kl = 0.0
+    for base, tuned, gold in scored:
+        answers = [a for a in base if a in tuned]
+        key = next((a for a in answers if a.lower() == gold.strip().lower()), None)
+        if key is not None:
+            gold_delta += tuned[key] - base[key]
+        p, q = _normalise([base[a] for a in answers]), _normalise([tuned[a] for a in answers])
+        kl += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q) if pi > 0)
+    return {"gold_logprob_delta": gold_delta / len(scored), "kl": kl / len(scored), "n": float(len(scored))}
+
+
+def _normalise(logprobs: list[float]) -> list[float]:
+    top = max(logprobs)
+    weights = [math.exp(v - top) for v in logprobs]
+    total = sum(weights)
+    return [max(w / total, 1e-300) for w in weights]
 
 
 def _flip(base: Prediction, tuned: Prediction) -> Flip:

@@ -1,18 +1,71 @@
-"""Evaluate one model on one benchmark: cached outputs first, then batches through the backend."""
+"""Evaluate one model on one benchmark: cached records first, then batches through the backend.
+
+Two scoring modes, never mixed between base and tuned (the mode is part of every cache key,
+baseline fingerprint and report):
+
+- ``generate``: the seed study's protocol: greedy decoding up to the benchmark's ``max_tokens``,
+  then the benchmark's parsing rule.
+- ``logprob``: for benchmarks with a fixed answer set, one scoring pass per example: the answer
+  whose reply forms have the highest total probability wins (``Benchmark.answer_forms``).
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pytest_ftgate.backends import Model
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
+from pytest_ftgate.errors import BackendError, ConfigError
 from pytest_ftgate.results import EvalResult, ModelInfo, Prediction
 
 Progress = Callable[[str], None]
-DEFAULT_BATCH = 8
+MODES = ("generate", "logprob")
+DEFAULT_BATCH = 8  # examples per chunk when neither the user nor the backend says otherwise
 PROGRESS_EVERY = 10.0  # seconds between progress lines; the last batch always reports
+
+
+def check_mode(benchmark: Benchmark, mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"unknown scoring mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode == "logprob" and not benchmark.supports_logprob:
+        raise ConfigError(
+            f"{benchmark.title} has no fixed answer set, so it cannot be scored by log-probability: "
+            "use mode='generate' for it"
+        )
+    return mode
+
+
+def cache_key(benchmark: Benchmark, model: Model, mode: str) -> dict[str, Any]:
+    key: dict[str, Any] = {"model": model.fingerprint, "benchmark": benchmark.fingerprint(), "mode": mode}
+    if mode == "generate":
+        key["max_tokens"] = benchmark.max_tokens
+    else:
+        key["forms"] = benchmark.answer_forms()
+    return key
+
+
+def _score_batch(benchmark: Benchmark, model: Model, prompts: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
+    forms = benchmark.answer_forms()
+    flat = [form for variants in forms.values() for form in variants]
+    score = getattr(model.backend, "score", None)
+    if score is None:
+        raise BackendError(f"the {model.backend.name} backend cannot score log-probabilities: use mode='generate'")
+    records = []
+    for values in score(model, prompts, flat):
+        by_form = dict(zip(flat, values, strict=True))
+        logprobs = {answer: _logsumexp([by_form[f] for f in variants]) for answer, variants in forms.items()}
+        best = max(logprobs, key=lambda answer: logprobs[answer])
+        records.append({"output": best, "logprobs": logprobs})
+    return records
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def evaluate(
@@ -21,31 +74,31 @@ def evaluate(
     model: Model,
     *,
     cache: PredictionCache,
+    mode: str = "generate",
     batch_size: int | None = None,
     progress: Progress | None = None,
     role: str = "model",
 ) -> EvalResult:
     """Run ``model`` on ``examples`` (resuming from ``cache``) and score the outputs."""
-    key = {
-        "model": model.fingerprint,
-        "benchmark": benchmark.fingerprint(),
-        "mode": "generate",
-        "max_tokens": benchmark.max_tokens,
-    }
+    check_mode(benchmark, mode)
+    key = cache_key(benchmark, model, mode)
     start = time.perf_counter()
-    outputs = cache.get(key)
-    todo = [e for e in examples if e.id not in outputs]
-    step = batch_size or DEFAULT_BATCH
+    records = cache.get(key)
+    todo = [e for e in examples if e.id not in records]
+    step = batch_size or getattr(model.backend, "default_batch_size", None) or DEFAULT_BATCH
     done_before = len(examples) - len(todo)
     last_report = start
     for offset in range(0, len(todo), step):
         chunk = todo[offset : offset + step]
-        replies = model.backend.generate(
-            model, [benchmark.messages(e) for e in chunk], max_tokens=benchmark.max_tokens, batch_size=batch_size
-        )
-        for example, reply in zip(chunk, replies, strict=True):
-            outputs[example.id] = reply
-            cache.add(key, example.id, reply)
+        prompts = [benchmark.messages(e) for e in chunk]
+        if mode == "generate":
+            replies = model.backend.generate(model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size)
+            new = [{"output": reply} for reply in replies]
+        else:
+            new = _score_batch(benchmark, model, prompts)
+        for example, record in zip(chunk, new, strict=True):
+            records[example.id] = record
+            cache.add(key, example.id, record)
         now = time.perf_counter()
         done = offset + len(chunk)
         if progress is not None and (now - last_report >= PROGRESS_EVERY or done == len(todo)):
@@ -53,16 +106,16 @@ def evaluate(
             rate = done / max(now - start, 1e-9)
             left = (len(todo) - done) / rate if rate else 0.0
             progress(
-                f"{benchmark.title} {role}: {done_before + done}/{len(examples)} examples "
+                f"{benchmark.title} {role} ({mode}): {done_before + done}/{len(examples)} examples "
                 f"({rate:.1f}/s, ~{left:.0f} s left)"
             )
     predictions = []
     for example in examples:
-        output = outputs[example.id]
-        parsed = benchmark.parse(output)
-        predictions.append(
-            Prediction(example.id, output, parsed, example.gold, benchmark.is_correct(parsed, example.gold), example.text)
-        )
+        record = records[example.id]
+        prediction = benchmark.prediction(example, str(record["output"]))
+        if "logprobs" in record:
+            prediction = Prediction(**{**prediction.__dict__, "logprobs": dict(record["logprobs"])})
+        predictions.append(prediction)
     metrics = benchmark.metrics(predictions)
     return EvalResult(
         benchmark=benchmark.name,
@@ -73,5 +126,6 @@ def evaluate(
         predictions=predictions,
         seconds=time.perf_counter() - start,
         title=benchmark.title,
+        mode=mode,
         fingerprint=benchmark.fingerprint(),
     )

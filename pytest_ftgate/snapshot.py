@@ -69,21 +69,38 @@ def baseline_record(result: EvalResult, fingerprint: dict[str, str]) -> dict[str
         "benchmark": result.benchmark,
         "model": result.model.label,
         "fingerprint": fingerprint,
+        "mode": result.mode,
         "n": result.n,
         "score": round(result.score, 6),
         "metrics": {k: round(v, 6) for k, v in result.metrics.items()},
-        "predictions": {
-            p.id: {"correct": p.correct, "parsed": p.parsed, "output": p.output[:OUTPUT_CLIP]}
-            for p in result.predictions
-        },
+        "predictions": {p.id: _prediction_record(p) for p in result.predictions},
     }
+
+
+def _prediction_record(prediction: Prediction) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "correct": prediction.correct,
+        "parsed": prediction.parsed,
+        "output": prediction.output[:OUTPUT_CLIP],
+    }
+    if prediction.logprobs is not None:
+        record["logprobs"] = {k: round(v, 6) for k, v in prediction.logprobs.items()}
+    return record
 
 
 def result_from_record(record: dict[str, Any], benchmark: Benchmark, examples: list[Example]) -> EvalResult:
     """Rebuild the base ``EvalResult`` from a stored baseline (no model is run)."""
     stored = record["predictions"]
     predictions = [
-        Prediction(e.id, stored[e.id]["output"], stored[e.id]["parsed"], e.gold, stored[e.id]["correct"], e.text)
+        Prediction(
+            e.id,
+            stored[e.id]["output"],
+            stored[e.id]["parsed"],
+            e.gold,
+            stored[e.id]["correct"],
+            e.text,
+            stored[e.id].get("logprobs"),
+        )
         for e in examples
     ]
     return EvalResult(
@@ -95,6 +112,7 @@ def result_from_record(record: dict[str, Any], benchmark: Benchmark, examples: l
         predictions=predictions,
         seconds=0.0,
         title=benchmark.title,
+        mode=record.get("mode", "generate"),
         fingerprint=benchmark.fingerprint(),
     )
 
@@ -122,7 +140,9 @@ def _read(assertion: SnapshotAssertion, name: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("ftgate_baseline") == RECORD_VERSION else None
 
 
-def compare_with_baseline(gate: Gate, benchmark: str, snapshot: SnapshotAssertion) -> Comparison:
+def compare_with_baseline(
+    gate: Gate, benchmark: str, snapshot: SnapshotAssertion, mode: str | None = None
+) -> Comparison:
     """``gate.compare(benchmark)``, with the base side read from (or recorded to) a snapshot."""
     from syrupy.assertion import SnapshotAssertion
 
@@ -134,14 +154,16 @@ def compare_with_baseline(gate: Gate, benchmark: str, snapshot: SnapshotAssertio
         update_new_snapshots_only=True,  # the first run records; a changed one needs --snapshot-update
     )
     bench = gate.benchmark(benchmark)
-    expected = gate.baseline_fingerprint(bench)
-    stored = _read(assertion, bench.name)
+    mode = gate.mode_for(bench, mode)
+    expected = gate.baseline_fingerprint(bench, mode)
+    name = bench.name if mode == "generate" else f"{bench.name}-{mode}"
+    stored = _read(assertion, name)
     if stored is not None and not assertion.update_snapshots:
         if stored.get("fingerprint") != expected:
-            location = assertion.extension.get_location(test_location=assertion.test_location, index=bench.name)
+            location = assertion.extension.get_location(test_location=assertion.test_location, index=name)
             raise BaselineMismatch(mismatch_message(stored.get("fingerprint") or {}, expected, location))
         gate.use_baseline(bench, result_from_record(stored, bench, gate.examples(bench)))
-    comparison = gate.compare(bench)
-    if not assertion(name=bench.name) == baseline_record(comparison.base, expected):
+    comparison = gate.compare(bench, mode)
+    if not assertion(name=name) == baseline_record(comparison.base, expected):
         raise BaselineMismatch(f"the stored {bench.title} baseline could not be written or matched")
     return comparison

@@ -20,21 +20,21 @@ KEY = {"model": "m", "benchmark": "b", "mode": "generate", "max_tokens": 8}
 
 def test_round_trip_and_keys_never_mix(tmp_path: Path) -> None:
     cache = PredictionCache(tmp_path)
-    cache.add(KEY, "a", "positive")
-    cache.add(KEY, "b", "line one\nline two")
-    assert cache.get(KEY) == {"a": "positive", "b": "line one\nline two"}
+    cache.add(KEY, "a", {"output": "positive"})
+    cache.add(KEY, "b", {"output": "line one\nline two", "logprobs": {"A": -0.5}})
+    assert cache.get(KEY) == {"a": {"output": "positive"}, "b": {"output": "line one\nline two", "logprobs": {"A": -0.5}}}
     assert cache.get({**KEY, "model": "other"}) == {}
     assert PredictionCache(None).get(KEY) == {}
 
 
 def test_torn_record_spoils_only_itself(tmp_path: Path) -> None:
     cache = PredictionCache(tmp_path)
-    cache.add(KEY, "a", "positive")
+    cache.add(KEY, "a", {"output": "positive"})
     (file,) = (tmp_path / "predictions").glob("*.jsonl")
     with file.open("ab") as handle:
         handle.write(b'\n{"id": "b", "outp')  # killed mid-write
-    cache.add(KEY, "c", "neutral")
-    assert cache.get(KEY) == {"a": "positive", "c": "neutral"}
+    cache.add(KEY, "c", {"output": "neutral"})
+    assert cache.get(KEY) == {"a": {"output": "positive"}, "c": {"output": "neutral"}}
 
 
 GATE_TEST = """

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -73,7 +73,9 @@ class FakeServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     inflight: int = 0
     max_inflight: int = 0
+    answers: dict[str, str] = field(default_factory=dict)  # model -> fixed reply (else an echo)
     url: str = ""
+    stop: Callable[[], None] = lambda: None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reply(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
@@ -82,7 +84,7 @@ class FakeServer:
                 return self.script.pop(0)
         if self.models is not None and body.get("model") not in self.models:
             return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}, {}
-        text = "echo: " + body["messages"][-1]["content"]
+        text = self.answers.get(body["model"]) or "echo: " + body["messages"][-1]["content"]
         return 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}, {}
 
 
@@ -136,9 +138,14 @@ def fake() -> Iterator[FakeServer]:
     server.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
+
+    def stop() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+
+    server.stop = stop
     yield server
-    httpd.shutdown()
-    httpd.server_close()
+    stop()
 
 
 def ok(text: str) -> tuple[int, Any, dict[str, str]]:
@@ -248,6 +255,25 @@ def test_malformed_replies_are_errors(fake: FakeServer, answer: tuple[int, Any, 
         backend.generate(model, PROMPTS[:1], max_tokens=8, batch_size=None)
 
 
+def test_a_retry_goes_to_another_replica(fake: FakeServer) -> None:
+    port = fake.url.split(":")[2].split("/")[0]
+    backend = fast(f"{fake.url},http://localhost:{port}/v1")  # two names of one server: two replicas
+    model = backend.load("fake-model")
+    fake.requests.clear()
+    fake.script = [(503, {"error": "overloaded"}, {}), ok("positive")]
+    assert backend.generate(model, PROMPTS[:1], max_tokens=8, batch_size=None) == ["positive"]
+    hosts = [r["headers"]["Host"].split(":")[0] for r in fake.requests]
+    assert len(set(hosts)) == 2, hosts
+
+
+def test_a_server_that_goes_away_mid_run(fake: FakeServer) -> None:
+    backend = fast(fake.url)
+    model = backend.load("fake-model")
+    fake.stop()
+    with pytest.raises(BackendError, match=f"server {fake.url} gave no answer after 3 attempts"):
+        backend.generate(model, PROMPTS[:3], max_tokens=8, batch_size=None)
+
+
 def test_unknown_model_lists_what_is_served(fake: FakeServer) -> None:
     with pytest.raises(ModelError) as info:
         OpenAIBackend(fake.url).load("fake-modle")
@@ -273,7 +299,7 @@ def test_requests_are_bounded_and_ordered(fake: FakeServer) -> None:
     model = backend.load("fake-model")
     replies = backend.generate(model, PROMPTS, max_tokens=8, batch_size=None)
     assert replies == [f"echo: {s}" for s in SENTENCES]
-    assert fake.max_inflight == 3
+    assert 2 <= fake.max_inflight <= 3  # concurrent, and never more than the bound
     body = fake.requests[-1]["body"]
     assert body["temperature"] == 0 and body["seed"] == 0 and body["max_tokens"] == 8
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
@@ -292,6 +318,44 @@ def test_local_adapter_folders_point_to_served_names(fake: FakeServer, tmp_path:
     base = backend.load("fake-model")
     with pytest.raises(AdapterError, match="--lora-modules NAME=.*--ftgate-candidate=NAME"):
         backend.with_adapter(base, str(tmp_path))
+
+
+def test_pytest_options_reach_the_backend(pytester: pytest.Pytester, fake: FakeServer) -> None:
+    """--ftgate-backend=openai --ftgate-base-url=... through the plugin; a served candidate is gated."""
+    fake.models = ["org/base", "org/tuned"]  # one slash: the gate's local-folder check lets these through
+    fake.answers = {"org/base": "positive", "org/tuned": "negative"}
+    rows = "".join(json.dumps({"id": f"s{i}", "q": s, "a": "positive"}) + "\n" for i, s in enumerate(SENTENCES))
+    (pytester.path / "rows.jsonl").write_text(rows)
+    pytester.makeconftest(
+        """
+        from pathlib import Path
+        import pytest_ftgate
+
+        pytest_ftgate.register_benchmark(pytest_ftgate.Benchmark.from_jsonl(
+            "served", Path(__file__).parent / "rows.jsonl", system="One word.", template="{q}", answer="a",
+            kind="label", choices=("positive", "negative", "neutral"), max_tokens=4, title="Served",
+        ))
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.ftgate("served", max_drop=2.0)
+        def test_gate():
+            pass
+        """
+    )
+    result = pytester.runpytest(
+        "--ftgate-backend=openai",
+        f"--ftgate-base-url={fake.url}",
+        "--ftgate-base=org/base",
+        "--ftgate-candidate=org/tuned",
+        f"--ftgate-cache={pytester.path / 'cache'}",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Served dropped 100.0 points (100.0 -> 0.0)*"])
+    assert {r["body"]["model"] for r in fake.requests} == {"org/base", "org/tuned"}
 
 
 # -- real mlx_lm.server processes ------------------------------------------------------------------

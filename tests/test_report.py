@@ -244,7 +244,12 @@ def test_headline_wording(records: list[GateRecord]) -> None:
     assert report.headline([records[0], records[2]]) == "all 2 benchmarks passed"
     assert report.headline([records[0]]) == "MedMCQA passed"
     short = record("medmcqa", title="MedMCQA", n=100, lost=0, gained=1, both=40, max_drop=None, min_gain=5.0)
-    assert report.headline([short]) == "1 of 1 benchmarks failed (MedMCQA)"
+    assert report.headline([short]) == "MedMCQA failed"
+    assert report.headline([records[1]]) == "FPB regressed"
+    unsure = record("sentiment", title="Sentiment", n=100, lost=3, gained=1, both=60, max_drop=2.0, strict=True)
+    assert report.headline([unsure]) == "Sentiment inconclusive"
+    assert report.headline([records[0], unsure]) == "1 of 2 benchmarks inconclusive"
+    assert report.headline([records[1], unsure]) == "1 of 2 benchmarks regressed (FPB), 1 inconclusive"
     assert report.headline([]) == "no gates ran"
 
 

@@ -207,9 +207,37 @@ class MLXBackend:
 
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
-        ids = mx.array([loaded.tokenizer.encode(self._prompt(loaded, PROBE), add_special_tokens=False)])
-        output = loaded.model(ids)
-        return getattr(output, "logits", output).astype(mx.float32)
+        return self._logits(loaded, list(loaded.tokenizer.encode(self._prompt(loaded, PROBE), add_special_tokens=False)))
+
+    def score(self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]) -> list[list[float]]:
+        """Log-probability of each continuation as the start of the reply to each prompt. One forward
+        pass per prompt scores every single-token continuation; a longer one costs one more pass."""
+        import mlx.core as mx
+
+        loaded: _Loaded = model.handle
+        self._activate(loaded, model.adapter)
+        tokenizer = loaded.tokenizer
+        pieces = [list(tokenizer.encode(c, add_special_tokens=False)) for c in continuations]
+        rows = []
+        for messages in prompts:
+            ids = list(tokenizer.encode(self._prompt(loaded, messages), add_special_tokens=False))
+            last = _log_softmax(self._logits(loaded, ids)[-1])
+            row = []
+            for piece in pieces:
+                if len(piece) == 1:
+                    row.append(float(last[piece[0]]))
+                    continue
+                steps = _log_softmax(self._logits(loaded, ids + piece[:-1])[len(ids) - 1 :])
+                row.append(float(sum(steps[i, token] for i, token in enumerate(piece))))
+            rows.append(row)
+            mx.clear_cache()
+        return rows
+
+    def _logits(self, loaded: _Loaded, ids: list[int]) -> Any:
+        import mlx.core as mx
+
+        output = loaded.model(mx.array([ids]))
+        return getattr(output, "logits", output)[0].astype(mx.float32)
 
     def generate(
         self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
@@ -258,6 +286,12 @@ def _add_lm_lora(loaded: _Loaded, info: AdapterInfo, weights: dict[str, Any]) ->
     relative = sorted({k.split(".", 3)[3].rsplit(".", 1)[0] for k in weights if k.startswith("model.layers.")})
     params = {"rank": info.rank, "scale": info.scale, "dropout": 0.0, "keys": relative}
     linear_to_lora_layers(loaded.model, len(layers), params)
+
+
+def _log_softmax(logits: Any) -> Any:
+    import mlx.core as mx
+
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
 def _snapshot_path(model: str) -> Path:

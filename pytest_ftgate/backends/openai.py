@@ -17,8 +17,12 @@ Configuration
       the first retry (0.5, doubled each time, with jitter, at most ``max_wait`` = 60). Retried:
       429, 408 and 5xx answers, refused or dropped connections and timeouts; a ``Retry-After``
       header is honoured (up to ``max_wait``). ``seed`` (0; ``None`` leaves it out) is sent with
-      ``temperature: 0``. In-flight requests are also bounded by the runner's batch
-      (``--ftgate-batch-size``, default 8): raise it to keep several replicas busy.
+      ``temperature: 0``; mlx_lm.server batches only requests without a seed, so ``seed=None``
+      is faster there (greedy answers were the same in our tests). ``chat_template_kwargs``
+      (default ``{"enable_thinking": False}``, the seed study's prompts; vLLM, llama.cpp and
+      mlx_lm.server read it, and mlx_lm.server otherwise turns Gemma 4's thinking on) is dropped,
+      with a note, when a server refuses it. In-flight requests are also bounded by the runner's
+      batch (``--ftgate-batch-size``, default 8): raise it to keep several replicas busy.
 
 Models are served model NAMES: ``--ftgate-base=NAME`` and ``--ftgate-candidate=NAME``. ``load``
 checks that every replica answers and serves the name: a name missing from ``GET /models`` is
@@ -39,10 +43,11 @@ fill with the time of the request) and the servers' ``system_fingerprint``. It d
 the URL, so replicas and moved servers share cached predictions. Redeploying other weights under
 the same name is invisible to it: use a new name, or ``--ftgate-no-cache``.
 
-Scoring: ``generate`` is the gate's path (one greedy chat completion per prompt). Servers that
-return ``logprobs`` also allow ``choice_logprobs`` (first-token log-probabilities of each choice,
-from ``top_logprobs``); ``supports_logprobs`` tells, and ``notes`` records why generate mode is
-used otherwise, for the report.
+Scoring: ``generate`` only (one greedy chat completion per prompt). There is no ``score``: chat
+completions cannot score a given reply, so the runner's ``logprob`` mode is refused for this
+backend. Servers that return ``logprobs`` allow ``choice_logprobs`` (the first reply token's
+log-probability for each choice, from ``top_logprobs``; not used by the runner);
+``supports_logprobs`` tells, and ``notes`` records why not, for the report.
 """
 
 from __future__ import annotations

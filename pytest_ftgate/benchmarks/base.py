@@ -120,6 +120,24 @@ class Benchmark:
             return parsing.numeric_correct(parsed, gold)
         return parsing.exact_correct(parsed, gold)
 
+    @property
+    def supports_logprob(self) -> bool:
+        """Whether ``logprob`` scoring applies: a fixed set of answers to choose from."""
+        return self.kind in ("choice", "label") and bool(self.choices)
+
+    def answer_forms(self) -> dict[str, tuple[str, ...]]:
+        """For ``logprob`` scoring: each answer and the reply texts that express it. A reply starts
+        right after the chat template's generation prompt, so forms carry no leading space; an
+        answer's probability is the sum over its forms (``positive``, ``Positive``, ``POSITIVE``)."""
+        forms: dict[str, tuple[str, ...]] = {}
+        for choice in self.choices:
+            answer = self.parse(choice)
+            if answer is None:
+                continue
+            text = choice.strip()
+            forms[answer] = tuple(dict.fromkeys((text, text.capitalize(), text.upper())))
+        return forms
+
     def prediction(self, example: Example, output: str) -> Prediction:
         """Parse and score one reply: the ``Prediction`` a runner stores."""
         parsed = self.parse(output)
