@@ -76,6 +76,7 @@ class Gate:
         self._examples: dict[str, list[Example]] = {}
         self._results: dict[tuple[str, str, str], EvalResult] = {}
         self._baselines: dict[tuple[str, str], EvalResult] = {}
+        self.notes: list[str] = []  # things the report should say (e.g. a mode that could not apply)
 
     # -- models ------------------------------------------------------------------------------
 
@@ -127,9 +128,14 @@ class Gate:
     def mode_for(self, benchmark: str | Benchmark, mode: str | None = None) -> str:
         """The scoring mode: ``mode`` if given, else the gate's where the benchmark supports it."""
         bench = self.benchmark(benchmark)
+        can_score = hasattr(self.backend, "score")
         if mode is not None:
+            if mode == "logprob" and not can_score:
+                raise ConfigError(f"the {self.backend.name} backend cannot score log-probabilities: use mode='generate'")
             return check_mode(bench, mode)
-        return self.mode if self.mode == "generate" or bench.supports_logprob else "generate"
+        if self.mode == "logprob" and bench.supports_logprob and not can_score:
+            self.notes.append(f"{bench.title}: generate mode (the {self.backend.name} backend has no log-probabilities)")
+        return self.mode if self.mode == "generate" or (bench.supports_logprob and can_score) else "generate"
 
     def evaluate(self, benchmark: str | Benchmark, model: Model, mode: str | None = None) -> EvalResult:
         """Evaluate ``model`` on the benchmark's (limited) examples; memoised per model and mode."""

@@ -40,7 +40,8 @@ may be added within version 1, a removed or changed field means version 2.
     ``base`` / ``tuned``
         ``score`` (primary metric, points), ``model`` (label), ``fingerprint`` (of everything that
         defines the model's answers), ``metrics`` (dict, points: ``accuracy``, ``unparsed_rate``,
-        ``macro_f1`` for FPB, ...), ``seconds`` (evaluation wall time; small when cached).
+        ``macro_f1`` for FPB, ...; null where undefined), ``seconds`` (evaluation wall time;
+        small when cached).
     ``delta``
         ``tuned.score - base.score``, points.
     ``ci``
@@ -72,12 +73,13 @@ may be added within version 1, a removed or changed field means version 2.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import html
 import math
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,7 @@ __all__ = [
     "LostExample",
     "advice",
     "collate",
+    "headline",
     "junit_properties",
     "load_json",
     "make_meta",
@@ -255,14 +258,14 @@ class GateRecord:
                 "score": self.base,
                 "model": self.base_model,
                 "fingerprint": self.base_fingerprint,
-                "metrics": dict(self.base_metrics),
+                "metrics": _json_metrics(self.base_metrics),
                 "seconds": self.base_seconds,
             },
             "tuned": {
                 "score": self.tuned,
                 "model": self.tuned_model,
                 "fingerprint": self.tuned_fingerprint,
-                "metrics": dict(self.tuned_metrics),
+                "metrics": _json_metrics(self.tuned_metrics),
                 "seconds": self.tuned_seconds,
             },
             "delta": self.delta,
@@ -311,8 +314,8 @@ class GateRecord:
             base_fingerprint=str(base.get("fingerprint", "")),
             tuned_model=str(tuned.get("model", "")),
             tuned_fingerprint=str(tuned.get("fingerprint", "")),
-            base_metrics={str(k): float(v) for k, v in base.get("metrics", {}).items()},
-            tuned_metrics={str(k): float(v) for k, v in tuned.get("metrics", {}).items()},
+            base_metrics=_read_metrics(base.get("metrics", {})),
+            tuned_metrics=_read_metrics(tuned.get("metrics", {})),
             mode=str(data.get("mode", "generate")),
             test_outcome=data.get("test_outcome"),
         )
@@ -379,7 +382,9 @@ def headline(records: Sequence[GateRecord]) -> str:
     failed = [r for r in records if r.outcome == "fail"]
     unsure = sum(r.outcome == "inconclusive" for r in records)
     own = sum(r.test_outcome == "failed" and r.outcome != "fail" for r in records)
-    own_note = f" ({own} test{'s' if own > 1 else ''} failed on {'their' if own > 1 else 'its'} own assertions)" if own else ""
+    own_note = (
+        f" ({own} test{'s' if own > 1 else ''} failed on {'their' if own > 1 else 'its'} own assertions)" if own else ""
+    )
     if not failed and not unsure:
         text = f"all {total} {noun} passed" if total > 1 else f"{records[0].title} passed"
         return text + own_note
@@ -491,7 +496,7 @@ def load_json(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[GateRe
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read ftgate report {where}: {exc}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ConfigError(f"{where} is not an ftgate report (no \"schema\": \"{SCHEMA}\")")
+        raise ConfigError(f'{where} is not an ftgate report (no "schema": "{SCHEMA}")')
     if data.get("version") != SCHEMA_VERSION:
         raise ConfigError(
             f"{where} has report version {data.get('version')!r}; this pytest-ftgate reads version "
@@ -501,19 +506,19 @@ def load_json(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[GateRe
 
 
 def _atomic_write(path: Path, payload: bytes) -> Path:
+    """Write ``payload`` to a temporary file beside ``path``, then ``os.replace`` it: a reader never
+    sees half a report. The file gets the usual permissions (umask), unlike ``mkstemp``'s 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with tmp.open("xb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise
     return path
 
@@ -750,7 +755,9 @@ def _same_path(a: Path, b: Path) -> bool:
 
 def _md_context(records: Sequence[GateRecord], meta: Mapping[str, Any]) -> str:
     base = meta.get("base") or next((r.base_model for r in records if r.base_model), None)
-    tuned = meta.get("adapter") or meta.get("candidate") or next((r.tuned_model for r in records if r.tuned_model), None)
+    tuned = (
+        meta.get("adapter") or meta.get("candidate") or next((r.tuned_model for r in records if r.tuned_model), None)
+    )
     kind = "adapter" if meta.get("adapter") else "candidate" if meta.get("candidate") else "tuned"
     parts = []
     if base and tuned:
@@ -1029,6 +1036,15 @@ def _clip(text: str, width: int) -> str:
     """Keep line breaks (the Markdown shows them) but trim trailing space and length."""
     text = str(text).strip()
     return text if len(text) <= width else text[: width - 1].rstrip() + "\u2026"
+
+
+def _json_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN or infinity: an undefined metric is written as null."""
+    return {key: (value if math.isfinite(value) else None) for key, value in metrics.items()}
+
+
+def _read_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {str(key): (math.nan if value is None else float(value)) for key, value in metrics.items()}
 
 
 def _opt_float(value: Any) -> float | None:

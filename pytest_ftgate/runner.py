@@ -11,6 +11,7 @@ baseline fingerprint and report):
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,14 @@ def _score_batch(benchmark: Benchmark, model: Model, prompts: list[list[dict[str
     return records
 
 
+def _accepts_stop(backend: object) -> bool:
+    """Backends written before stop rules existed keep working: they just decode to the end."""
+    try:
+        return "stop" in inspect.signature(backend.generate).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return False
+
+
 def _logsumexp(values: Sequence[float]) -> float:
     top = max(values)
     return top + math.log(sum(math.exp(v - top) for v in values))
@@ -92,7 +101,10 @@ def evaluate(
         chunk = todo[offset : offset + step]
         prompts = [benchmark.messages(e) for e in chunk]
         if mode == "generate":
-            replies = model.backend.generate(model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size)
+            extra = {"stop": benchmark.answer_decided} if _accepts_stop(model.backend) else {}
+            replies = model.backend.generate(
+                model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size, **extra
+            )
             new = [{"output": reply} for reply in replies]
         else:
             new = _score_batch(benchmark, model, prompts)

@@ -41,9 +41,7 @@ def pair(
             b_ok, t_ok = True, True
         else:
             b_ok, t_ok = False, False
-        question, gold, b_out, t_out = texts.get(
-            i, (f"question {i}", "A", "A" if b_ok else "B", "A" if t_ok else "C")
-        )
+        question, gold, b_out, t_out = texts.get(i, (f"question {i}", "A", "A" if b_ok else "B", "A" if t_ok else "C"))
         base_preds.append(Prediction(f"{benchmark}-{i:04d}", b_out, b_out[:1] or None, gold, b_ok, question))
         tuned_preds.append(Prediction(f"{benchmark}-{i:04d}", t_out, t_out[:1] or None, gold, t_ok, question))
 
@@ -173,20 +171,53 @@ def test_collate_dedupes_and_sorts(records: list[GateRecord]) -> None:
 
 def test_json_schema_fields(records: list[GateRecord], tmp_path: Path) -> None:
     meta = report.make_meta(
-        started=0.0, backend="mlx", base="mlx-community/gemma-4-e4b-it-4bit", adapter="adapters/run7",
-        confidence=0.95, limit=500, strict=False,
+        started=0.0,
+        backend="mlx",
+        base="mlx-community/gemma-4-e4b-it-4bit",
+        adapter="adapters/run7",
+        confidence=0.95,
+        limit=500,
+        strict=False,
     )
     path = report.write_json(tmp_path / "out" / "ftgate.json", records, meta=meta)
     data = json.loads(path.read_text())
     assert data["schema"] == "pytest-ftgate/report" and data["version"] == 1
-    assert set(data["meta"]) >= {"ftgate", "started", "finished", "backend", "base", "adapter", "candidate",
-                                 "confidence", "limit", "strict"}
+    assert set(data["meta"]) >= {
+        "ftgate",
+        "started",
+        "finished",
+        "backend",
+        "base",
+        "adapter",
+        "candidate",
+        "confidence",
+        "limit",
+        "strict",
+    }
     assert data["meta"]["started"] == "1970-01-01T00:00:00Z"
     assert data["summary"] == {"gates": 3, "passed": 2, "failed": 1, "inconclusive": 0, "outcome": "fail"}
     gate = data["gates"][1]
-    assert set(gate) == {"nodeid", "benchmark", "title", "mode", "n", "base", "tuned", "delta", "ci", "confidence",
-                         "p_value", "lost", "gained", "thresholds", "verdict", "test_outcome", "seconds",
-                         "top_lost", "advice"}
+    assert set(gate) == {
+        "nodeid",
+        "benchmark",
+        "title",
+        "mode",
+        "n",
+        "base",
+        "tuned",
+        "delta",
+        "ci",
+        "confidence",
+        "p_value",
+        "lost",
+        "gained",
+        "thresholds",
+        "verdict",
+        "test_outcome",
+        "seconds",
+        "top_lost",
+        "advice",
+    }
     assert set(gate["base"]) == {"score", "model", "fingerprint", "metrics", "seconds"}
     assert gate["thresholds"] == {"max_drop": 2.0, "min_gain": None, "strict": False}
     assert gate["verdict"]["outcome"] == "fail"
@@ -198,6 +229,13 @@ def test_json_schema_fields(records: list[GateRecord], tmp_path: Path) -> None:
     assert back == records and meta_back == meta
 
 
+def test_report_files_get_the_usual_permissions(records: list[GateRecord], tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    for path in (report.write_json(tmp_path / "r.json", records), report.write_markdown(tmp_path / "r.md", records)):
+        assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_load_json_rejects_other_versions(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"schema": report.SCHEMA, "version": 99, "gates": []}))
@@ -206,6 +244,12 @@ def test_load_json_rejects_other_versions(tmp_path: Path) -> None:
     path.write_text("{}")
     with pytest.raises(ConfigError, match="not an ftgate report"):
         report.load_json(path)
+
+
+def test_undefined_metric_is_null_in_json(records: list[GateRecord], tmp_path: Path) -> None:
+    records[0].tuned_metrics["macro_f1"] = float("nan")
+    path = report.write_json(tmp_path / "r.json", records)
+    assert json.loads(path.read_text())["gates"][0]["tuned"]["metrics"]["macro_f1"] is None
 
 
 def test_empty_run_json() -> None:
@@ -328,11 +372,13 @@ def test_markdown_table_and_details(records: list[GateRecord]) -> None:
     assert fpb_row.count(" | ") == 6  # seven cells
     conv_row = next(line for line in lines if line.startswith("| ConvFinQA | 5.9"))
     assert "pass (min gain 5)" in conv_row
-    assert any(line.startswith("| MedMCQA | 35.5 | baseline below 40%: train aggressively | improved") for line in lines)
+    assert any(
+        line.startswith("| MedMCQA | 35.5 | baseline below 40%: train aggressively | improved") for line in lines
+    )
     # one details block, for the failing benchmark only
     assert text.count("<details>") == 1 and text.count("</details>") == 1
     assert "<summary>\u274c FPB: 300 examples lost, 25 gained; first 5 lost below</summary>" in text
-    details = text[text.index("<details>"):]
+    details = text[text.index("<details>") :]
     assert "FPB dropped 28.4 points" in details
 
 
@@ -408,8 +454,17 @@ def test_junit_properties(records: list[GateRecord]) -> None:
     props = report.junit_properties(fpb)
     names = [name for name, _ in props]
     assert names == [
-        "ftgate_benchmark", "ftgate_base", "ftgate_tuned", "ftgate_delta", "ftgate_ci_low", "ftgate_ci_high",
-        "ftgate_n", "ftgate_lost", "ftgate_gained", "ftgate_p_value", "ftgate_verdict",
+        "ftgate_benchmark",
+        "ftgate_base",
+        "ftgate_tuned",
+        "ftgate_delta",
+        "ftgate_ci_low",
+        "ftgate_ci_high",
+        "ftgate_n",
+        "ftgate_lost",
+        "ftgate_gained",
+        "ftgate_p_value",
+        "ftgate_verdict",
     ]
     values = dict(props)
     assert all(isinstance(v, str) for v in values.values())

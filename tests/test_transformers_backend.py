@@ -163,8 +163,8 @@ def test_probe_logits_agree_with_the_mlx_backend(loaded: dict[str, Any], adapter
     mlx_tuned = mlx.with_adapter(mlx_base, str(adapters["mlx-tune"]))
     tuned = backend.with_adapter(base, str(adapters["mlx-tune"]))
     for ours, theirs in ((base, mlx_base), (tuned, mlx_tuned)):
-        mine = backend.probe_logits(ours).numpy()
-        other = np.array(mlx.probe_logits(theirs))
+        mine = backend.probe_logits(ours).numpy().reshape(-1, 917)  # (positions, vocabulary)
+        other = np.array(mlx.probe_logits(theirs)).reshape(-1, 917)
         assert mine.shape == other.shape
         assert float(np.abs(mine - other).max()) < 1e-3
         assert (mine.argmax(-1) == other.argmax(-1)).all()

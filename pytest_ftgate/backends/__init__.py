@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,7 +33,13 @@ class Model:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What a backend provides. ``generate`` gets chat messages and returns one reply per prompt."""
+    """What a backend provides. ``generate`` gets chat messages and returns one reply per prompt,
+    greedy, at most ``max_tokens`` tokens; ``stop(text)`` (when given) says that the reply so far
+    already decides the answer, so decoding that sequence may end early.
+
+    Optional: ``describe(model) -> dict[str, str]`` (fingerprint parts without loading, for stored
+    baselines), ``score(model, prompts, continuations) -> list[list[float]]`` (log-probabilities,
+    for ``logprob`` mode), ``default_batch_size`` and ``remote`` (models are served names)."""
 
     name: str
 
@@ -44,7 +50,13 @@ class Backend(Protocol):
     def with_adapter(self, base: Model, adapter: str) -> Model: ...
 
     def generate(
-        self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
+        self,
+        model: Model,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int,
+        batch_size: int | None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[str]: ...
 
 

@@ -15,7 +15,7 @@ import contextlib
 import io
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -240,7 +240,13 @@ class MLXBackend:
         return getattr(output, "logits", output)[0].astype(mx.float32)
 
     def generate(
-        self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
+        self,
+        model: Model,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int,
+        batch_size: int | None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[str]:
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)

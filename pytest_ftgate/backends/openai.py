@@ -66,7 +66,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,7 +285,13 @@ class OpenAIBackend:
     # -- inference ---------------------------------------------------------------------------
 
     def generate(
-        self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
+        self,
+        model: Model,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int,
+        batch_size: int | None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[str]:
         """One greedy chat completion per prompt, ``concurrency`` per replica at once, in order."""
         served = self._served(model)

@@ -31,7 +31,7 @@ import copy
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -377,7 +377,13 @@ class TransformersBackend:
             return output.logits.float().cpu()
 
     def generate(
-        self, model: Model, prompts: Sequence[Sequence[Message]], *, max_tokens: int, batch_size: int | None
+        self,
+        model: Model,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int,
+        batch_size: int | None,
+        stop: Callable[[str], bool] | None = None,
     ) -> list[str]:
         import torch
 

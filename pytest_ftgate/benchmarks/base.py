@@ -120,6 +120,12 @@ class Benchmark:
             return parsing.numeric_correct(parsed, gold)
         return parsing.exact_correct(parsed, gold)
 
+    def answer_decided(self, text: str) -> bool:
+        """Whether a reply that starts with ``text`` has an answer no later token can change, so
+        generation may stop (the benchmark's ``max_tokens`` stays the ceiling). The default is
+        never: decode to ``max_tokens`` or end of sequence, as the seed did."""
+        return False
+
     @property
     def supports_logprob(self) -> bool:
         """Whether ``logprob`` scoring applies: a fixed set of answers to choose from."""
