@@ -20,8 +20,9 @@ may be added within version 1, a removed or changed field means version 2.
     The run. ``ftgate``: pytest-ftgate version. ``started`` / ``finished``: ISO 8601 UTC times.
     ``backend``: backend name. ``base``: base model (hub id or folder). ``adapter``: adapter folder
     or null. ``candidate``: candidate model or null. ``confidence``: confidence level of the
-    intervals (e.g. 0.95). ``limit``: examples per benchmark or null (all). ``strict``: the
-    session's default policy. Callers may add keys; readers ignore those they do not know.
+    intervals (e.g. 0.95). ``limit``: examples per benchmark or null (all). ``mode``: the scoring
+    mode asked for (``generate`` or ``logprob``; each gate records the mode it used). ``strict``:
+    the session's default policy. Callers may add keys; readers ignore those they do not know.
 ``summary``
     ``gates`` (number of gated tests), ``passed``, ``failed``, ``inconclusive`` (counts by
     verdict) and ``outcome``: ``"fail"`` if any gate failed, else ``"inconclusive"`` if any was,
@@ -415,6 +416,7 @@ def make_meta(
     candidate: str | None = None,
     confidence: float | None = None,
     limit: int | None = None,
+    mode: str | None = None,
     strict: bool | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
@@ -429,6 +431,7 @@ def make_meta(
         "candidate": candidate,
         "confidence": confidence,
         "limit": limit,
+        "mode": mode,
         "strict": strict,
     }
     meta.update(extra)

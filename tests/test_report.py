@@ -177,6 +177,7 @@ def test_json_schema_fields(records: list[GateRecord], tmp_path: Path) -> None:
         adapter="adapters/run7",
         confidence=0.95,
         limit=500,
+        mode="generate",
         strict=False,
     )
     path = report.write_json(tmp_path / "out" / "ftgate.json", records, meta=meta)
@@ -192,6 +193,7 @@ def test_json_schema_fields(records: list[GateRecord], tmp_path: Path) -> None:
         "candidate",
         "confidence",
         "limit",
+        "mode",
         "strict",
     }
     assert data["meta"]["started"] == "1970-01-01T00:00:00Z"
