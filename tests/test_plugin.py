@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from pytest_ftgate import options
@@ -225,3 +227,82 @@ def test_xdist_two_workers(gate_project: pytest.Pytester) -> None:
     result = gate_project.runpytest("-n", "2", adapter_args(gate_project, fake_flips=6))
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*Sentiment dropped 15.0 points*"])
+
+
+def test_reports_terminal_json_markdown_plot_junit(gate_project: pytest.Pytester) -> None:
+    import json
+
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed")
+    gate_project.makepyfile(GATE_TEST)
+    out = gate_project.path / "out"
+    # In a subprocess: pytester drops the modules a test imported (matplotlib, numpy) when it ends,
+    # and numpy's C extension cannot be imported twice in one process.
+    result = gate_project.runpytest_subprocess(
+        adapter_args(gate_project, fake_flips=6),
+        f"{options.REPORT}={out / 'r.json'}",
+        f"{options.MARKDOWN}={out / 'r.md'}",
+        f"{options.PLOT}={out / 'r.png'}",
+        f"--junitxml={out / 'junit.xml'}",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*= ftgate =*",
+        "benchmark*base*tuned*delta*95% CI*n*verdict*time",
+        "Sentiment*100.0*85.0*-15.0*[[]-*40*fail*",
+        "ftgate: Sentiment regressed",
+        "*baseline above 70%: don't fine-tune*measured: regressed -15.0 (forgetting)",
+        "ftgate: JSON report written to *r.json",
+    ])
+    data = json.loads((out / "r.json").read_text())
+    assert data["schema"] == "pytest-ftgate/report" and data["version"] == 1
+    assert data["summary"]["failed"] == 1
+    gate = data["gates"][0]
+    assert (gate["benchmark"], gate["lost"], gate["test_outcome"]) == ("sentiment", 6, "failed")
+    assert data["meta"]["adapter"].endswith("lora") and data["meta"]["backend"] == "fake"
+    assert (out / "r.md").read_text().startswith("### \u274c ftgate: Sentiment regressed")
+    junit = (out / "junit.xml").read_text()
+    assert '<property name="ftgate_delta" value="-15.00"' in junit
+    assert junit.count('name="ftgate_verdict"') == 1
+    assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_custom_assertion_failure_still_reported(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.ftgate("sentiment", max_drop=50.0)
+        def test_custom(ftgate_comparison):
+            assert ftgate_comparison.tuned.score > 99
+        """
+    )
+    result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["Sentiment*pass (test failed)*", "ftgate: Sentiment passed (1 test failed on its own assertions)"])
+
+
+def test_plot_without_matplotlib_is_a_usage_error(gate_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    gate_project.makepyfile(GATE_TEST)
+    result = gate_project.runpytest(adapter_args(gate_project), f"{options.PLOT}=out.png")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--ftgate-plot needs matplotlib*pip install 'pytest-ftgate[[]plot[]]'*"])
+
+
+def test_xdist_summary_printed_once_with_every_workers_records(gate_project: pytest.Pytester) -> None:
+    import json
+
+    pytest.importorskip("xdist")
+    gate_project.makepyfile(test_a=GATE_TEST, test_b=GATE_TEST.replace("test_no_forgetting", "test_other"))
+    result = gate_project.runpytest(
+        "-n", "2", adapter_args(gate_project, fake_flips=6), f"{options.REPORT}=r.json"
+    )
+    result.assert_outcomes(failed=2)
+    text = result.stdout.str()
+    assert text.count("= ftgate =") == 1
+    result.stdout.fnmatch_lines(["Sentiment (test_no_forgetting)*fail*", "Sentiment (test_other)*fail*", "ftgate: 2 of 2 gates regressed*"])
+    data = json.loads((gate_project.path / "r.json").read_text())
+    assert [g["nodeid"] for g in data["gates"]] == ["test_a.py::test_no_forgetting", "test_b.py::test_other"]

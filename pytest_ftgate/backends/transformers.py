@@ -20,8 +20,14 @@ tuned model is the one that was trained.
 Chat prompts: the tokenizer's chat template with ``add_generation_prompt=True``. A template that
 rejects the system role (Gemma 2, some Mistral templates) gets the system text folded into the
 first user message, ``system + "\\n\\n" + user``, the usual convention for such models.
-Generation is greedy (``do_sample=False``), batched with left padding, prompts sorted by length
-within a call; only the new tokens are decoded (``skip_special_tokens=True``).
+Generation is greedy, by ftgate's own loop over the model's forward pass (the same tokens as
+``generate(do_sample=False)``): prompts sorted by length, batched with left padding (position ids
+count real tokens only), a ``DynamicCache`` per batch, batch size fitted to free GPU memory unless
+``--ftgate-batch-size`` is given. A sequence leaves its batch at end-of-sequence, at
+``max_tokens``, or when the benchmark's stop rule (``stop``) says its answer can no longer
+change; its cache rows are dropped. Only the new tokens are decoded (``skip_special_tokens=True``).
+``score`` (``logprob`` mode) is one batched forward pass with ``logits_to_keep=1`` for
+single-token answers, plus one shared-cache pass for longer ones.
 """
 
 from __future__ import annotations
@@ -45,7 +51,12 @@ from pytest_ftgate.fingerprint import model_fingerprint
 from pytest_ftgate.options import looks_local
 
 ALLOW_PICKLE_ENV = "FTGATE_ALLOW_PICKLE"
-DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
+# Batch sizing without --ftgate-batch-size: on a GPU, the share of free memory the batch may use
+# (KV cache and prefill activations, estimated by _row_bytes) and a ceiling on rows; on a CPU, a
+# token budget per forward pass (measured with SmolLM2-135M on 2 cores: more rows bring nothing).
+GPU_MEMORY_SHARE = 0.7
+GPU_MAX_ROWS = 1024
+CPU_TOKENS_PER_BATCH = 4096
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
 
@@ -376,6 +387,14 @@ class TransformersBackend:
             output = loaded.model(**batch)
             return output.logits.float().cpu()
 
+    @property
+    def default_batch_size(self) -> int:
+        """Examples the runner hands over per call (its unit of caching and progress); the backend
+        splits them into batches that fit memory itself."""
+        import torch
+
+        return 1024 if torch.cuda.is_available() else 64
+
     def generate(
         self,
         model: Model,
@@ -385,53 +404,190 @@ class TransformersBackend:
         batch_size: int | None,
         stop: Callable[[str], bool] | None = None,
     ) -> list[str]:
+        """Greedy replies, batched with left padding (prompts sorted by length, so batches carry
+        little padding), one KV cache per batch. A sequence leaves the batch at its end-of-sequence
+        token, at ``max_tokens``, or as soon as ``stop(reply so far)`` says its answer is decided;
+        the cache rows of finished sequences are dropped, so the rest run on a smaller batch.
+        Without ``batch_size`` the batch is sized to the memory free for it (``auto_batch_size``)."""
         import torch
 
         loaded: _Loaded = model.handle
-        texts = [self._prompt(loaded, messages) for messages in prompts]
-        size = batch_size or DEFAULT_BATCH.get(loaded.device.split(":")[0], 16)
-        lengths = [len(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])  # less padding per batch
-        replies: list[str] = [""] * len(texts)
-        config = self._generation_config(loaded, max_tokens)
+        ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: OOM shows early
+        eos = _eos_ids(loaded)
+        replies: list[str] = [""] * len(ids)
         with self._active(model), torch.inference_mode():
             start = 0
+            size = batch_size
             while start < len(order):
-                chunk = order[start : start + size]
+                rows = size or self.auto_batch_size(loaded, len(ids[order[start]]) + max_tokens)
+                chunk = order[start : start + rows]
                 try:
-                    outputs = self._generate_batch(loaded, [texts[i] for i in chunk], config)
+                    tokens = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
                 except torch.cuda.OutOfMemoryError:
-                    if size == 1:
+                    if len(chunk) == 1:
                         raise BackendError(
                             f"out of GPU memory generating one prompt with {model.label}: use a smaller model"
                         ) from None
-                    size = max(1, size // 2)
+                    size = max(1, len(chunk) // 2)
                     torch.cuda.empty_cache()
                     continue
-                for index, reply in zip(chunk, outputs, strict=True):
-                    replies[index] = reply
+                for index, row in zip(chunk, tokens, strict=True):
+                    replies[index] = loaded.tokenizer.decode(row, skip_special_tokens=True)
                 start += len(chunk)
         return replies
 
-    def _generation_config(self, loaded: _Loaded, max_tokens: int) -> Any:
-        config = copy.deepcopy(loaded.model.generation_config)
-        config.do_sample = False
-        config.num_beams = 1
-        config.temperature = None
-        config.top_p = None
-        config.top_k = None
-        config.max_new_tokens = max_tokens
-        config.max_length = None
-        config.pad_token_id = loaded.tokenizer.pad_token_id
-        if config.eos_token_id is None:
-            config.eos_token_id = loaded.tokenizer.eos_token_id
-        return config
+    def auto_batch_size(self, loaded: _Loaded, length: int, copies: int = 1) -> int:
+        """Rows per batch for sequences of up to ``length`` tokens: on a GPU, as many as the free
+        memory holds (KV cache plus prefill activations, times ``copies`` when the cache is
+        repeated, with a safety margin); on a CPU, enough rows for ~4k tokens per forward pass
+        (more only adds padding and cache traffic)."""
+        import torch
 
-    def _generate_batch(self, loaded: _Loaded, texts: list[str], config: Any) -> list[str]:
-        batch = self._encode(loaded, texts)
-        output = loaded.model.generate(**batch, generation_config=config)
-        new = output[:, batch["input_ids"].shape[1] :]
-        return [str(t) for t in loaded.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        if not loaded.device.startswith("cuda"):
+            return max(1, min(64, CPU_TOKENS_PER_BATCH // max(length, 1)))
+        free, _ = torch.cuda.mem_get_info(torch.device(loaded.device))
+        per_row = _row_bytes(loaded.model, length) * copies
+        return max(1, min(GPU_MAX_ROWS, int(free * GPU_MEMORY_SHARE) // max(per_row, 1)))
+
+    def _ids(self, loaded: _Loaded, text: str) -> list[int]:
+        # The chat template already writes every special token (bos included): add none.
+        return list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _prefill(self, loaded: _Loaded, ids: list[list[int]], keep: int = 1) -> tuple[Any, Any, Any, Any]:
+        """One forward pass over left-padded prompts. Returns (logits of the last ``keep``
+        positions, attention mask, next position ids, cache). Position ids count real tokens
+        only, as ``generate`` does, so a padded row computes what it computes alone."""
+        import torch
+        from transformers import DynamicCache
+
+        device = loaded.model.device
+        width = max(len(row) for row in ids)
+        pad = loaded.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=loaded.model.config)
+        output = loaded.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            **_cache_arg(loaded.model, cache),
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        return output.logits, mask, positions[:, -1:] + 1, cache
+
+    def _decode(
+        self,
+        loaded: _Loaded,
+        ids: list[list[int]],
+        max_tokens: int,
+        eos: set[int],
+        stop: Callable[[str], bool] | None,
+    ) -> list[list[int]]:
+        """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded)."""
+        import torch
+
+        logits, mask, position, cache = self._prefill(loaded, ids)
+        next_tokens = logits[:, -1].argmax(-1)
+        out: list[list[int]] = [[] for _ in ids]
+        active = list(range(len(ids)))  # batch row -> output row
+        for _ in range(max_tokens):
+            keep = []
+            for slot, token in enumerate(next_tokens.tolist()):
+                row = active[slot]
+                if token in eos:
+                    continue
+                out[row].append(token)
+                if len(out[row]) >= max_tokens:
+                    continue
+                if stop is not None and stop(_stable(loaded.tokenizer.decode(out[row], skip_special_tokens=True))):
+                    continue
+                keep.append(slot)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(index)
+                mask, position, next_tokens = mask[index], position[index], next_tokens[index]
+                active = [active[slot] for slot in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            output = loaded.model(
+                input_ids=next_tokens[:, None],
+                attention_mask=mask,
+                position_ids=position,
+                **_cache_arg(loaded.model, cache),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            position = position + 1
+            next_tokens = output.logits[:, -1].argmax(-1)
+        return out
+
+    def score(self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]) -> list[list[float]]:
+        """Log-probability of each continuation as the start of the reply to each prompt.
+
+        One batched forward pass over the prompts (left padded) keeps only the last position's
+        logits (``logits_to_keep=1``): that scores every single-token continuation. Longer
+        continuations then share the prompts' KV cache: it is repeated once per such
+        continuation and one more pass over their tokens (right padded, which later positions
+        cannot see) adds the rest of their log-probabilities."""
+        import torch
+
+        loaded: _Loaded = model.handle
+        pieces = [self._ids(loaded, str(c)) for c in continuations]
+        if any(not piece for piece in pieces):
+            raise BackendError(f"a continuation encodes to no tokens: {list(continuations)!r}")
+        ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        longer = [j for j, piece in enumerate(pieces) if len(piece) > 1]
+        extra = max((len(pieces[j]) for j in longer), default=1) - 1
+        rows: list[list[float]] = [[] for _ in ids]
+        with self._active(model), torch.inference_mode():
+            start = 0
+            while start < len(order):
+                size = self.auto_batch_size(loaded, len(ids[order[start]]) + extra, copies=1 + len(longer))
+                chunk = order[start : start + size]
+                scores = self._score_batch(loaded, [ids[i] for i in chunk], pieces, longer, extra)
+                for index, values in zip(chunk, scores, strict=True):
+                    rows[index] = values
+                start += len(chunk)
+        return rows
+
+    def _score_batch(
+        self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]], longer: list[int], extra: int
+    ) -> list[list[float]]:
+        import torch
+
+        logits, mask, position, cache = self._prefill(loaded, ids)
+        first = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B, vocab)
+        firsts = torch.tensor([piece[0] for piece in pieces], device=first.device)
+        totals = first[:, firsts]  # (B, continuations)
+        if longer:
+            m, batch = len(longer), len(ids)
+            pad = loaded.tokenizer.pad_token_id
+            block = torch.tensor(
+                [pieces[j][1:] + [pad] * (extra - len(pieces[j]) + 1) for j in longer], device=mask.device
+            )  # (m, extra): each longer continuation without its first token
+            inputs = torch.cat([firsts[longer][:, None], block[:, :-1]], dim=1) if extra > 1 else firsts[longer][:, None]
+            cache.batch_repeat_interleave(m)
+            full_mask = torch.cat([mask.repeat_interleave(m, dim=0), mask.new_ones((batch * m, extra))], dim=1)
+            steps = position.repeat_interleave(m, dim=0) + torch.arange(extra, device=mask.device)
+            output = loaded.model(
+                input_ids=inputs.repeat(batch, 1),
+                attention_mask=full_mask,
+                position_ids=steps,
+                **_cache_arg(loaded.model, cache),
+                use_cache=True,
+                logits_to_keep=extra,
+            )
+            logprobs = torch.log_softmax(output.logits.float(), dim=-1).view(batch, m, extra, -1)
+            for k, j in enumerate(longer):
+                tail = pieces[j][1:]
+                picked = logprobs[:, k, torch.arange(len(tail)), torch.tensor(tail, device=logprobs.device)]
+                totals[:, j] += picked.sum(-1)
+        return [[float(v) for v in row] for row in totals.cpu().tolist()]
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
@@ -491,3 +647,57 @@ def _raise_misfit(info: AdapterInfo, loaded: _Loaded, unknown: list[str], mismat
         f"{len(unknown)} unknown keys, {len(mismatched)} shape mismatches ({detail}). "
         "The adapter was trained for another base model: pass that base with --ftgate-base"
     )
+
+
+def _stable(text: str) -> str:
+    """The reply so far without a trailing U+FFFD: a partly decoded multi-byte character, which a
+    stop rule must not take for a finished (non-word) character."""
+    return text.rstrip("\ufffd")
+
+
+def _eos_ids(loaded: _Loaded) -> set[int]:
+    """The token ids that end a sequence, as ``generate`` would take them."""
+    ids: set[int] = set()
+    for value in (loaded.model.generation_config.eos_token_id, loaded.tokenizer.eos_token_id):
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple)) else [value])
+    return ids
+
+
+def _row_bytes(model: Any, length: int) -> int:
+    """Estimated GPU bytes one batch row of ``length`` tokens needs: its KV cache (sliding-window
+    layers capped at the window, KV-shared layers free) plus prefill activations."""
+    config = model.config.get_text_config(decoder=True)
+    element = 2 if str(model.dtype).endswith(("float16", "bfloat16")) else 4
+    layers = int(getattr(config, "num_hidden_layers", 1))
+    shared = int(getattr(config, "num_kv_shared_layers", 0) or 0)
+    types = list(getattr(config, "layer_types", None) or ["full_attention"] * layers)
+    heads = int(getattr(config, "num_attention_heads", 1))
+    kv_heads = int(getattr(config, "num_key_value_heads", heads) or heads)
+    hidden = int(getattr(config, "hidden_size", 1024))
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    global_dim = int(getattr(config, "global_head_dim", None) or head_dim)
+    window = getattr(config, "sliding_window", None) or length
+    kv = 0
+    for layer_type in types[: layers - shared]:
+        sliding = layer_type == "sliding_attention"
+        kept = min(length, int(window)) if sliding else length
+        kv += 2 * kv_heads * (head_dim if sliding else global_dim) * kept * element
+    intermediate = int(getattr(config, "intermediate_size", 4 * hidden))
+    activations = length * (6 * hidden + 3 * intermediate + 2 * heads * global_dim) * element
+    return kv + activations
+
+
+def _cache_arg(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV cache keyword of ``model``'s forward: ``cache`` since transformers 5.2x,
+    ``past_key_values`` before (still accepted, with a deprecation warning)."""
+    import inspect
+
+    kind = type(model)
+    if kind not in _CACHE_KEYWORD:
+        _CACHE_KEYWORD[kind] = "cache" if "cache" in inspect.signature(kind.forward).parameters else "past_key_values"
+    return {_CACHE_KEYWORD[kind]: cache}
+
+
+_CACHE_KEYWORD: dict[type, str] = {}

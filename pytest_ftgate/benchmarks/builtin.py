@@ -7,6 +7,7 @@ nor ``sklearn``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from pytest_ftgate.benchmarks.data import (
 )
 from pytest_ftgate.errors import DataError
 from pytest_ftgate.results import Prediction
+
+_NUMBER = re.compile(parsing.NUMBER_PATTERN)  # the ConvFinQA reply rule's number
 
 # An example built from one row, with whether its id came from the data (else a content hash).
 _Built = tuple[Example, bool, str]
@@ -106,6 +109,17 @@ class MedMCQA(Benchmark):
             stratum=gold,
         )
         return example, ident is not None, where
+
+    def answer_decided(self, text: str) -> bool:
+        """Decided once the first standalone A-D of the upper-cased reply is followed by a
+        character: that character is then a non-word one, so ``\\b`` holds whatever comes next,
+        and no later text can put a match before it. A letter at the very end is not decided
+        ("A" may become "AN"). This also ends a reply that "thinks" first as soon as the seed's
+        rule has picked its letter, which is what caps the cost of MedMCQA's 200-token ceiling."""
+        upper = text.upper()
+        letters = tuple(choice.strip().upper() for choice in self.choices)
+        match = parsing._choice_regex(letters).search(upper)
+        return match is not None and match.end() < len(upper)
 
 
 # --------------------------------------------------------------------------- FPB
@@ -243,6 +257,11 @@ class FPB(Benchmark):
 
     def parse(self, output: str) -> str | None:
         return parsing.first_label(output, FPB_LABELS)
+
+    def answer_decided(self, text: str) -> bool:
+        """Decided only once "positive" appears: the rule checks positive, then negative, then
+        neutral anywhere in the reply, so a later "positive" would override either of the others."""
+        return FPB_LABELS[0] in text.lower()
 
     def is_correct(self, parsed: str | None, gold: str) -> bool:
         return (parsed or self.DEFAULT) == gold
@@ -427,6 +446,20 @@ class ConvFinQA(Benchmark):
             text=question.strip(),
         )
         return example, True, where
+
+    def answer_decided(self, text: str) -> bool:
+        """Decided once the first number (commas removed, as the rule does) is followed by a
+        character that cannot continue it: not a digit, not a comma (removed, so "1,2" is 12),
+        and not a "." at the very end when the number has no decimals yet ("3." may become 3.5).
+        With no number yet nothing is decided (a yes/no answer can still be overridden)."""
+        flat = text.replace(",", "")
+        match = _NUMBER.search(flat)
+        if match is None:
+            return False
+        end = match.end()
+        if end >= len(flat):
+            return False
+        return not (flat[end] == "." and end + 1 == len(flat) and "." not in match.group())
 
     def _check_golds(self, examples: list[Example], source: str) -> list[Example]:
         if examples and not any(parsing.gold_number(ex.gold) is not None for ex in examples):
