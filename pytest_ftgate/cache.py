@@ -20,10 +20,13 @@ from pytest_ftgate.fingerprint import digest
 class PredictionCache:
     """``get(key)`` -> {example id: record}; ``add(key, id, record)`` appends one record.
 
-    A record is a small JSON object: ``{"output": ...}``, plus ``"logprobs"`` in logprob mode."""
+    A record is a small JSON object: ``{"output": ...}``, plus ``"logprobs"`` in logprob mode.
+    Records are also kept in memory for the session, so ``root=None`` (``--ftgate-no-cache``)
+    still never evaluates an example twice in one run."""
 
     def __init__(self, root: str | os.PathLike[str] | None) -> None:
         self.root = Path(root) if root else None
+        self._memory: dict[str, dict[str, dict[str, Any]]] = {}
 
     def _file(self, key: dict[str, Any]) -> Path | None:
         if self.root is None:
@@ -31,10 +34,11 @@ class PredictionCache:
         return self.root / "predictions" / f"{digest(key)[:32]}.jsonl"
 
     def get(self, key: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        memory = self._memory.get(digest(key), {})
         file = self._file(key)
         if file is None or not file.is_file():
-            return {}
-        entries: dict[str, dict[str, Any]] = {}
+            return dict(memory)
+        entries: dict[str, dict[str, Any]] = dict(memory)
         with file.open("rb") as handle:
             for line in handle:
                 try:
@@ -46,6 +50,7 @@ class PredictionCache:
         return entries
 
     def add(self, key: dict[str, Any], example_id: str, record: dict[str, Any]) -> None:
+        self._memory.setdefault(digest(key), {})[example_id] = record
         file = self._file(key)
         if file is None:
             return

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pytest_ftgate import benchmarks as registry
+from pytest_ftgate import stats
 from pytest_ftgate.adapters import inspect_adapter
 from pytest_ftgate.backends import Backend, Model, create_backend
 from pytest_ftgate.benchmarks.base import Benchmark, Example
@@ -15,10 +17,12 @@ from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.errors import ConfigError, DataError, ModelError
 from pytest_ftgate.fingerprint import digest
 from pytest_ftgate.options import DEFAULT_BASE, DEFAULT_CACHE, looks_local, positive_int
-from pytest_ftgate.results import Comparison, EvalResult
+from pytest_ftgate.results import Comparison, EarlyStop, EvalResult
 from pytest_ftgate.runner import MODES, Progress, check_mode, evaluate
 
 BackendFactory = Callable[[str], Backend]
+EARLY_CHUNK = 50  # examples per look when stopping early
+EARLY_SEED = "ftgate-early-stop-1"  # the shuffle is fixed: same order, same stopping point, every run
 
 
 class Gate:
@@ -182,18 +186,63 @@ class Gate:
             "examples": digest([e.id for e in self.examples(bench)]),
         }
 
-    def compare(self, benchmark: str | Benchmark, mode: str | None = None) -> Comparison:
+    def compare(
+        self,
+        benchmark: str | Benchmark,
+        mode: str | None = None,
+        *,
+        early_stop: dict[str, Any] | None = None,
+    ) -> Comparison:
         """Base and tuned on the same examples, scored the same way. The tuned model is prepared
-        first so that a broken adapter stops the run before the base is evaluated."""
+        first so that a broken adapter stops the run before the base is evaluated.
+
+        ``early_stop={"max_drop": ..., "min_gain": ..., "strict": ...}`` evaluates shuffled chunks
+        of ``EARLY_CHUNK`` examples and stops as soon as the verdict for those thresholds can no
+        longer change (``stats.early_stop_decision``); ``comparison.early`` says how many were used.
+        """
         bench = self.benchmark(benchmark)
         mode = self.mode_for(bench, mode)
         tuned_model = self.tuned_model
+        if early_stop is not None:
+            return self._compare_early(bench, mode, tuned_model, **early_stop)
         base = self.baseline(bench, mode)
         tuned = self.evaluate(bench, tuned_model, mode)
         return Comparison(base, tuned, confidence=self.confidence)
 
+    def _compare_early(
+        self, bench: Benchmark, mode: str, tuned_model: Model, *, max_drop: float | None, min_gain: float | None, strict: bool
+    ) -> Comparison:
+        examples = self.examples(bench)
+        order = sorted(examples, key=lambda e: digest([EARLY_SEED, e.id]))  # a fixed, content-blind shuffle
+        stored = self._baselines.get((bench.name, mode))
+        for end in range(min(EARLY_CHUNK, len(order)), len(order) + EARLY_CHUNK, EARLY_CHUNK):
+            part = order[: min(end, len(order))]
+            run = {"cache": self.cache, "mode": mode, "batch_size": self.batch_size}
+            base = _subset(bench, stored, part) if stored else evaluate(bench, part, self.base_model, **run)
+            tuned = evaluate(bench, part, tuned_model, **run)
+            comparison = Comparison(base, tuned, confidence=self.confidence)
+            lost, gained, n = len(comparison.lost), len(comparison.gained), len(part)
+            outcome = stats.early_stop_decision(
+                lost, gained, n, len(order), max_drop=max_drop, min_gain=min_gain, strict=strict, confidence=self.confidence
+            )
+            if self.progress is not None:
+                self.progress(f"{bench.title} early stop ({mode}): {n}/{len(order)} examples, {lost} lost, {gained} gained")
+            if outcome is not None:
+                interval = stats.paired_confidence_sequence(lost, gained, n, confidence=self.confidence, n_max=len(order))
+                comparison.early = EarlyStop(n, len(order), outcome, interval, max_drop, min_gain, strict)  # type: ignore[arg-type]
+                return comparison
+        raise AssertionError("early_stop_decision decides at the last example")  # pragma: no cover
+
     def __repr__(self) -> str:
         return f"Gate(base={self.base!r}, adapter={self.adapter!r}, candidate={self.candidate!r})"
+
+
+def _subset(bench: Benchmark, result: EvalResult, examples: list[Example]) -> EvalResult:
+    """A stored result restricted to ``examples`` (early stopping with a stored baseline)."""
+    by_id = result.by_id()
+    predictions = [by_id[e.id] for e in examples]
+    metrics = bench.metrics(predictions)
+    return replace(result, n=len(predictions), score=metrics[bench.primary_metric], metrics=metrics, predictions=predictions)
 
 
 def _check_local_model(model: str, option: str) -> None:

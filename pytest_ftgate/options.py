@@ -27,6 +27,7 @@ BATCH_SIZE = "--ftgate-batch-size"
 CONFIDENCE = "--ftgate-confidence"
 MODE = "--ftgate-mode"
 STRICT = "--ftgate-strict"
+EARLY_STOP = "--ftgate-early-stop"
 REPORT = "--ftgate-report"
 MARKDOWN = "--ftgate-markdown"
 PLOT = "--ftgate-plot"
@@ -51,6 +52,7 @@ _OPTIONS: dict[str, tuple[str, str | None]] = {
 _FLAGS: dict[str, str] = {
     NO_CACHE: "Do not read or write the prediction cache",
     STRICT: "Pass only when the interval proves each threshold holds (default: judge the measured delta)",
+    EARLY_STOP: "Evaluate shuffled chunks and stop once the verdict can no longer change (anytime-valid)",
 }
 
 
@@ -85,6 +87,7 @@ class Settings:
     confidence: float = 0.95
     mode: str = "generate"
     strict: bool = False
+    early_stop: bool = False
     report: str | None = None
     markdown: str | None = None
     plot: str | None = None
@@ -180,6 +183,7 @@ def read_settings(config: pytest.Config) -> Settings:
         confidence=confidence_level(_value(config, CONFIDENCE)),
         mode=scoring_mode(_value(config, MODE)),
         strict=bool(_value(config, STRICT)),
+        early_stop=bool(_value(config, EARLY_STOP)),
         report=_path(config, _value(config, REPORT)),
         markdown=_path(config, _value(config, MARKDOWN)),
         plot=_path(config, _value(config, PLOT)),

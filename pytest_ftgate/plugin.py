@@ -266,10 +266,15 @@ def ftgate_comparison(
     """Base vs tuned on this test's benchmark, paired on the same examples. The base side comes
     from the stored baseline snapshot when it matches (recorded on the first run)."""
     spec = _spec(request.node)
+    settings = request.config.stash[_SETTINGS]
     mode = spec.mode if spec is not None else None
+    early_stop = None
+    if settings.early_stop and spec is not None and (spec.max_drop is not None or spec.min_gain is not None):
+        strict = spec.strict if spec.strict is not None else settings.strict
+        early_stop = {"max_drop": spec.max_drop, "min_gain": spec.min_gain, "strict": strict}
     if not request.config.pluginmanager.has_plugin("syrupy"):
-        return _guarded(lambda: ftgate.compare(ftgate_benchmark, mode))
+        return _guarded(lambda: ftgate.compare(ftgate_benchmark, mode, early_stop=early_stop))
     from pytest_ftgate.snapshot import compare_with_baseline
 
     snapshot = request.getfixturevalue("snapshot")
-    return _guarded(lambda: compare_with_baseline(ftgate, ftgate_benchmark, snapshot, mode))
+    return _guarded(lambda: compare_with_baseline(ftgate, ftgate_benchmark, snapshot, mode, early_stop))

@@ -95,6 +95,20 @@ class Verdict:
         return f"{self.outcome}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class EarlyStop:
+    """A comparison that stopped before the last example because the verdict the complete run
+    would reach could no longer change (anytime-valid confidence sequence, ``stats``)."""
+
+    used: int
+    total: int
+    outcome: Outcome
+    interval: tuple[float, float]
+    max_drop: float | None
+    min_gain: float | None
+    strict: bool
+
+
 @dataclass
 class Comparison:
     """Base and tuned on the same examples, paired. ``delta`` and ``ci`` are in points (tuned - base)."""
@@ -108,6 +122,7 @@ class Comparison:
     lost: list[Flip] = field(init=False)
     gained: list[Flip] = field(init=False)
     drift: dict[str, float] | None = field(init=False)
+    early: EarlyStop | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         base_ids = [p.id for p in self.base.predictions]
@@ -144,6 +159,15 @@ class Comparison:
         self, max_drop: float | None = None, min_gain: float | None = None, strict: bool = False
     ) -> Verdict:
         """Judge the comparison against the user's thresholds (points). See ``stats.decide``."""
+        early = self.early
+        if early is not None and (early.max_drop, early.min_gain, early.strict) == (max_drop, min_gain, strict):
+            low, high = early.interval
+            return Verdict(
+                early.outcome,
+                f"{self.summary(max_drop=max_drop, min_gain=min_gain)} Stopped early after {early.used} of "
+                f"{early.total} examples: the complete run's verdict can no longer change (anytime-valid "
+                f"{self.confidence:.0%} interval for its delta {low:+.1f} to {high:+.1f}).",
+            )
         flip_rate = (len(self.lost) + len(self.gained)) / self.n if self.n else None
         outcome, why = stats.decide(
             self.delta,

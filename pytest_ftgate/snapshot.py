@@ -141,7 +141,11 @@ def _read(assertion: SnapshotAssertion, name: str) -> dict[str, Any] | None:
 
 
 def compare_with_baseline(
-    gate: Gate, benchmark: str, snapshot: SnapshotAssertion, mode: str | None = None
+    gate: Gate,
+    benchmark: str,
+    snapshot: SnapshotAssertion,
+    mode: str | None = None,
+    early_stop: dict[str, Any] | None = None,
 ) -> Comparison:
     """``gate.compare(benchmark)``, with the base side read from (or recorded to) a snapshot."""
     from syrupy.assertion import SnapshotAssertion
@@ -163,7 +167,9 @@ def compare_with_baseline(
             location = assertion.extension.get_location(test_location=assertion.test_location, index=name)
             raise BaselineMismatch(mismatch_message(stored.get("fingerprint") or {}, expected, location))
         gate.use_baseline(bench, result_from_record(stored, bench, gate.examples(bench)))
-    comparison = gate.compare(bench, mode)
+    comparison = gate.compare(bench, mode, early_stop=early_stop)
+    if comparison.base.n < len(gate.examples(bench)):
+        return comparison  # stopped early without a stored baseline: nothing complete to record
     if not assertion(name=name) == baseline_record(comparison.base, expected):
         raise BaselineMismatch(f"the stored {bench.title} baseline could not be written or matched")
     return comparison

@@ -197,10 +197,7 @@ def _corpus() -> list[str]:
     lines = list(_CORPUS_LINES)
     # The words tests rely on, at line start (as after "<|turn>model\n") and after a space, so
     # that BPE makes each of them a single token in both forms.
-    focus = (
-        "positive negative neutral Positive Negative Neutral model user system assistant answer"
-        " A B C D"
-    ).split()
+    focus = ["positive", "negative", "neutral", "Positive", "Negative", "Neutral", "model", "user", "system", "assistant", "answer", "A", "B", "C", "D"]
     return lines * 3 + ([" ".join(focus)] + focus + [" " + w for w in focus]) * 20
 
 

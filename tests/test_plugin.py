@@ -306,3 +306,29 @@ def test_xdist_summary_printed_once_with_every_workers_records(gate_project: pyt
     result.stdout.fnmatch_lines(["Sentiment (test_no_forgetting)*fail*", "Sentiment (test_other)*fail*", "ftgate: 2 of 2 gates regressed*"])
     data = json.loads((gate_project.path / "r.json").read_text())
     assert [g["nodeid"] for g in data["gates"]] == ["test_a.py::test_no_forgetting", "test_b.py::test_other"]
+
+
+def test_early_stop_uses_fewer_examples(gate_project: pytest.Pytester) -> None:
+    write_sentiment(gate_project.path / "sentiment.jsonl", n=400)
+    gate_project.makepyfile(GATE_TEST + """
+
+def test_calls():
+    import conftest
+    print("CALLS", conftest.CALLS["examples"])
+""")
+    args = [adapter_args(gate_project, fake_flips=200), "-s", options.EARLY_STOP, "-p", "no:syrupy"]
+    result = gate_project.runpytest(*args)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.re_match_lines([r".*CALLS 100$"])  # 50 base + 50 tuned instead of 800
+    result.stdout.re_match_lines(
+        [r".*Stopped early after 50 of 400 examples: the complete run's verdict can no longer change.*"]
+    )
+
+
+def test_early_stop_agrees_with_the_complete_run_when_close(gate_project: pytest.Pytester) -> None:
+    write_sentiment(gate_project.path / "sentiment.jsonl", n=400)
+    gate_project.makepyfile(GATE_TEST)
+    full = gate_project.runpytest(adapter_args(gate_project, fake_flips=9), "-p", "no:syrupy", options.NO_CACHE)
+    early = gate_project.runpytest(adapter_args(gate_project, fake_flips=9), "-p", "no:syrupy", options.EARLY_STOP)
+    full.assert_outcomes(failed=1)  # 9 of 400 lost: -2.25 points, past the 2.0 margin
+    early.assert_outcomes(failed=1)

@@ -32,6 +32,9 @@ PROBE: list[Message] = [
 ]
 # Relative change of the probe logits below which an adapter counts as having no effect.
 NO_EFFECT_TOLERANCE = 1e-6
+# Batch sizing without --ftgate-batch-size: tokens per forward pass, and a ceiling on rows.
+TOKENS_PER_BATCH = 4096
+MAX_ROWS = 64
 
 
 @contextlib.contextmanager
@@ -203,35 +206,147 @@ class MLXBackend:
 
     def probe_logits(self, model: Model) -> Any:
         """Logits of every position of a fixed probe prompt (used to prove an adapter acts)."""
-        import mlx.core as mx
 
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
         return self._logits(loaded, list(loaded.tokenizer.encode(self._prompt(loaded, PROBE), add_special_tokens=False)))
 
+    @property
+    def default_batch_size(self) -> int:
+        """Examples the runner hands over per call (its unit of caching and progress); the backend
+        cuts them into batches itself."""
+        return 64
+
+    def auto_batch_size(self, length: int) -> int:
+        """Rows per batch for sequences of up to ``length`` tokens: a token budget per forward
+        pass (measured on Linux CPU; more rows add padding and cache traffic, not speed)."""
+        return max(1, min(MAX_ROWS, TOKENS_PER_BATCH // max(length, 1)))
+
+    def _ids(self, loaded: _Loaded, messages: Sequence[Message]) -> list[int]:
+        return list(loaded.tokenizer.encode(self._prompt(loaded, messages), add_special_tokens=False))
+
+    def _forward(self, loaded: _Loaded, tokens: Any, cache: list[Any]) -> Any:
+        """Logits (batch, positions, vocabulary) of the language model over ``tokens``."""
+        language = loaded.model.language_model if loaded.vision else loaded.model
+        output = language(tokens, cache=cache)
+        return getattr(output, "logits", output)
+
+    def _batch_cache(self, loaded: _Loaded, pads: list[int]) -> list[Any] | None:
+        """A left-padded batch KV cache shaped like the model's own (``BatchKVCache`` per full
+        attention layer, ``BatchRotatingKVCache`` per sliding one): padded keys are masked and each
+        row's positions start at its first real token, so a row computes what it would alone.
+        None when the model uses a cache kind that has no batch form."""
+        if loaded.vision:
+            from mlx_vlm.models import cache as caches
+
+            template = loaded.model.language_model.make_cache()
+        else:
+            from mlx_lm.models import cache as caches
+
+            template = caches.make_prompt_cache(loaded.model)
+        batch = []
+        for layer in template:
+            if type(layer) is caches.KVCache:
+                batch.append(caches.BatchKVCache(pads))
+            elif type(layer) is caches.RotatingKVCache and getattr(layer, "keep", 0) == 0:
+                batch.append(caches.BatchRotatingKVCache(layer.max_size, pads))
+            else:
+                return None
+        return batch
+
+    def _prefill(self, loaded: _Loaded, ids: list[list[int]]) -> tuple[Any, list[Any]]:
+        """One forward pass over left-padded prompts: (last-position logits, cache)."""
+        import mlx.core as mx
+
+        width = max(len(row) for row in ids)
+        pads = [width - len(row) for row in ids]
+        cache = self._batch_cache(loaded, pads)
+        if cache is None:
+            if len(ids) > 1:
+                raise BackendError("this model's KV cache has no batched form")
+            cache = self._single_cache(loaded)
+        tokens = mx.array([[0] * pad + row for pad, row in zip(pads, ids)])
+        return self._forward(loaded, tokens, cache)[:, -1, :], cache
+
+    def _single_cache(self, loaded: _Loaded) -> list[Any]:
+        if loaded.vision:
+            return list(loaded.model.language_model.make_cache())
+        from mlx_lm.models.cache import make_prompt_cache
+
+        return list(make_prompt_cache(loaded.model))
+
+    def _eos(self, loaded: _Loaded) -> set[int]:
+        """End-of-sequence ids as ``mlx_vlm.generate`` / ``mlx_lm.generate`` take them."""
+        tokenizer = loaded.tokenizer
+        if loaded.vision:
+            criteria = tokenizer.stopping_criteria
+            criteria.reset(loaded.model.config.eos_token_id)
+            return {int(t) for t in criteria.eos_token_ids}
+        return {int(t) for t in tokenizer.eos_token_ids}
+
     def score(self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]) -> list[list[float]]:
-        """Log-probability of each continuation as the start of the reply to each prompt. One forward
-        pass per prompt scores every single-token continuation; a longer one costs one more pass."""
+        """Log-probability of each continuation as the start of the reply to each prompt.
+
+        One batched forward pass over the left-padded prompts scores every single-token
+        continuation. A longer continuation is then fed on top of the batch's KV cache (all rows at
+        once) and trimmed off again, so the prompts are never computed twice."""
         import mlx.core as mx
 
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
         tokenizer = loaded.tokenizer
         pieces = [list(tokenizer.encode(c, add_special_tokens=False)) for c in continuations]
-        rows = []
-        for messages in prompts:
-            ids = list(tokenizer.encode(self._prompt(loaded, messages), add_special_tokens=False))
-            last = _log_softmax(self._logits(loaded, ids)[-1])
-            row = []
-            for piece in pieces:
-                if len(piece) == 1:
-                    row.append(float(last[piece[0]]))
-                    continue
-                steps = _log_softmax(self._logits(loaded, ids + piece[:-1])[len(ids) - 1 :])
-                row.append(float(sum(steps[i, token] for i, token in enumerate(piece))))
-            rows.append(row)
+        if any(not piece for piece in pieces):
+            raise BackendError(f"a continuation encodes to no tokens: {list(continuations)!r}")
+        ids = [self._ids(loaded, messages) for messages in prompts]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        extra = max(len(piece) for piece in pieces) - 1
+        rows: list[list[float]] = [[] for _ in ids]
+        start = 0
+        while start < len(order):
+            chunk = order[start : start + self.auto_batch_size(len(ids[order[start]]) + extra)]
+            batch = [ids[i] for i in chunk]
+            try:
+                scores = self._score_batch(loaded, batch, pieces)
+            except BackendError:
+                scores = [self._score_batch(loaded, [row], pieces)[0] for row in batch]
+            for index, values in zip(chunk, scores, strict=True):
+                rows[index] = values
+            start += len(chunk)
             mx.clear_cache()
         return rows
+
+    def _score_batch(self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]]) -> list[list[float]]:
+        import mlx.core as mx
+
+        last, cache = self._prefill(loaded, ids)
+        first = _log_softmax(last.astype(mx.float32))
+        totals = [first[:, piece[0]] for piece in pieces]
+        for j, piece in enumerate(pieces):
+            if len(piece) == 1:
+                continue
+            if not all(c.is_trimmable() for c in cache):
+                # a cache that cannot be rolled back: score this continuation with its own pass
+                logits = self._forward_rows(loaded, [row + piece[:-1] for row in ids])[:, -len(piece) + 1 :, :]
+            else:
+                logits = self._forward(loaded, mx.array([piece[:-1]] * len(ids)), cache)
+                mx.eval(logits)
+                for c in cache:
+                    c.trim(len(piece) - 1)
+            steps = _log_softmax(logits.astype(mx.float32))
+            for k, token in enumerate(piece[1:]):
+                totals[j] = totals[j] + steps[:, k, token]
+        mx.eval(totals)
+        return [list(values) for values in zip(*(t.tolist() for t in totals), strict=True)]
+
+    def _forward_rows(self, loaded: _Loaded, ids: list[list[int]]) -> Any:
+        """All-position logits of left-padded rows (a fresh batch cache)."""
+        import mlx.core as mx
+
+        width = max(len(row) for row in ids)
+        pads = [width - len(row) for row in ids]
+        cache = self._batch_cache(loaded, pads) or self._single_cache(loaded)
+        return self._forward(loaded, mx.array([[0] * pad + row for pad, row in zip(pads, ids)]), cache)
 
     def _logits(self, loaded: _Loaded, ids: list[int]) -> Any:
         import mlx.core as mx
@@ -248,23 +363,67 @@ class MLXBackend:
         batch_size: int | None,
         stop: Callable[[str], bool] | None = None,
     ) -> list[str]:
+        """Greedy replies, batched with left padding (longest prompts first), the same tokens as
+        ``mlx_vlm.generate`` / ``mlx_lm.generate`` one prompt at a time. A sequence leaves its
+        batch (its cache rows are dropped) at end-of-sequence, at ``max_tokens``, or when
+        ``stop(reply so far)`` says its answer is decided. The reply text is the decoding
+        of the new tokens by their streaming detokenizer, special tokens kept, as they return it."""
+        import mlx.core as mx
+
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
-        replies = []
-        for messages in prompts:
-            prompt = self._prompt(loaded, messages)
-            if loaded.vision:
-                import mlx_vlm
-
-                result = mlx_vlm.generate(
-                    loaded.model, loaded.processor, prompt, max_tokens=max_tokens, temperature=0.0, verbose=False
-                )
-                replies.append(str(getattr(result, "text", result)))
-            else:
-                import mlx_lm
-
-                replies.append(mlx_lm.generate(loaded.model, loaded.tokenizer, prompt, max_tokens=max_tokens))
+        ids = [self._ids(loaded, messages) for messages in prompts]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        eos = self._eos(loaded)
+        replies = [""] * len(ids)
+        start = 0
+        while start < len(order):
+            size = batch_size or self.auto_batch_size(len(ids[order[start]]) + max_tokens)
+            if self._batch_cache(loaded, [0]) is None:
+                size = 1
+            chunk = order[start : start + size]
+            for index, tokens in zip(chunk, self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop), strict=True):
+                replies[index] = _detokenize(loaded, tokens)
+            start += len(chunk)
+            mx.clear_cache()
         return replies
+
+    def _decode(
+        self,
+        loaded: _Loaded,
+        ids: list[list[int]],
+        max_tokens: int,
+        eos: set[int],
+        stop: Callable[[str], bool] | None,
+    ) -> list[list[int]]:
+        import mlx.core as mx
+
+        last, cache = self._prefill(loaded, ids)
+        next_tokens = mx.argmax(last, axis=-1)
+        out: list[list[int]] = [[] for _ in ids]
+        active = list(range(len(ids)))
+        for _ in range(max_tokens):
+            keep = []
+            for slot, token in enumerate(next_tokens.tolist()):
+                row = active[slot]
+                if token in eos:
+                    continue
+                out[row].append(token)
+                if len(out[row]) >= max_tokens:
+                    continue
+                if stop is not None and stop(_stable(loaded.tokenizer.decode(out[row]))):
+                    continue
+                keep.append(slot)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = mx.array(keep)
+                for c in cache:
+                    c.filter(index)
+                next_tokens = next_tokens[index]
+                active = [active[slot] for slot in keep]
+            next_tokens = mx.argmax(self._forward(loaded, next_tokens[:, None], cache)[:, -1, :], axis=-1)
+        return out
 
 
 def _add_vlm_lora(loaded: _Loaded, info: AdapterInfo) -> None:
@@ -292,6 +451,24 @@ def _add_lm_lora(loaded: _Loaded, info: AdapterInfo, weights: dict[str, Any]) ->
     relative = sorted({k.split(".", 3)[3].rsplit(".", 1)[0] for k in weights if k.startswith("model.layers.")})
     params = {"rank": info.rank, "scale": info.scale, "dropout": 0.0, "keys": relative}
     linear_to_lora_layers(loaded.model, len(layers), params)
+
+
+def _detokenize(loaded: _Loaded, tokens: list[int]) -> str:
+    """The reply text exactly as ``mlx_vlm.generate`` / ``mlx_lm.generate`` build it: their streaming
+    detokenizer (which, unlike ``tokenizer.decode``, leaves out bytes that never complete a
+    character)."""
+    detokenizer = loaded.processor.detokenizer if loaded.vision else loaded.tokenizer.detokenizer
+    detokenizer.reset()
+    for token in tokens:
+        detokenizer.add_token(token)
+    detokenizer.finalize()
+    return str(detokenizer.text)
+
+
+def _stable(text: str) -> str:
+    """The reply so far without a trailing U+FFFD: a partly decoded multi-byte character, which a
+    stop rule must not take for a finished (non-word) character."""
+    return text.rstrip("\ufffd")
 
 
 def _log_softmax(logits: Any) -> Any:
