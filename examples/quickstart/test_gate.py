@@ -11,4 +11,4 @@ def test_fpb_does_not_forget():
 @pytest.mark.ftgate("medmcqa", min_gain=5.0)  # the medical adapter must help by 5 points
 def test_medmcqa_improves(ftgate_comparison):
     # Custom assertions see the whole paired comparison.
-    assert ftgate_comparison.tuned.metrics["unparsed_rate"] < 50
+    assert ftgate_comparison.tuned.metrics["unparsed_rate"] <= ftgate_comparison.base.metrics["unparsed_rate"] + 5

@@ -260,11 +260,10 @@ class MLXBackend:
 
         width = max(len(row) for row in ids)
         pads = [width - len(row) for row in ids]
-        cache = self._batch_cache(loaded, pads)
+        # one row: the model's own cache (and its fused causal attention, no mask array)
+        cache = self._batch_cache(loaded, pads) if len(ids) > 1 else self._single_cache(loaded)
         if cache is None:
-            if len(ids) > 1:
-                raise BackendError("this model's KV cache has no batched form")
-            cache = self._single_cache(loaded)
+            raise BackendError("this model's KV cache has no batched form")
         tokens = mx.array([[0] * pad + row for pad, row in zip(pads, ids)])
         return self._forward(loaded, tokens, cache)[:, -1, :], cache
 
