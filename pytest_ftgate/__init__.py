@@ -11,7 +11,7 @@ from pytest_ftgate.benchmarks import register_benchmark
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.errors import AdapterError, ConfigError, DataError, FtgateError, ModelError
 from pytest_ftgate.gate import Gate
-from pytest_ftgate.results import Comparison, EvalResult, ModelInfo, Prediction, Verdict, compare
+from pytest_ftgate.results import Comparison, EvalResult, ModelInfo, Parity, Prediction, Verdict, compare, parity
 
 __all__ = [
     "AdapterError",
@@ -27,9 +27,11 @@ __all__ = [
     "Model",
     "ModelError",
     "ModelInfo",
+    "Parity",
     "Prediction",
     "Verdict",
     "compare",
+    "parity",
     "register_backend",
     "register_benchmark",
 ]

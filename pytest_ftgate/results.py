@@ -268,6 +268,35 @@ def _clip(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+@dataclass(frozen=True)
+class Parity:
+    """The same model run two ways (two backends, or an export against its source): how often
+    the parsed answers agree, and the examples where they do not."""
+
+    a: EvalResult
+    b: EvalResult
+    agreement: float  # percent of examples with the same parsed answer
+    differing: list[Flip]  # base_output = a's reply, tuned_output = b's reply
+
+    def summary(self) -> str:
+        return (
+            f"{self.a.title or self.a.benchmark}: {self.a.model.label} and {self.b.model.label} agree on "
+            f"{self.agreement:.1f}% of {self.a.n} examples ({len(self.differing)} differ; scores "
+            f"{self.a.score:.1f} vs {self.b.score:.1f})"
+        )
+
+
+def parity(a: EvalResult, b: EvalResult) -> Parity:
+    """Agreement of two results of the same benchmark on the same examples (cross-backend parity).
+    Backend disagreements are a known source of silent score shifts: measure them."""
+    by_id = b.by_id()
+    if a.benchmark != b.benchmark or set(by_id) != {p.id for p in a.predictions}:
+        raise ValueError("parity needs the same benchmark evaluated on the same example ids")
+    differing = [_flip(p, by_id[p.id]) for p in a.predictions if p.parsed != by_id[p.id].parsed]
+    agreement = 100.0 * (a.n - len(differing)) / a.n if a.n else 100.0
+    return Parity(a, b, agreement, differing)
+
+
 def compare(base: EvalResult, tuned: EvalResult, *, confidence: float = 0.95) -> Comparison:
     """Pair two results of the same benchmark on the same examples."""
     return Comparison(base, tuned, confidence=confidence)
