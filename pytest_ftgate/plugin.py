@@ -15,6 +15,7 @@ from pytest_ftgate.marker import MARKER, MARKER_HELP, GateSpec, parse_marker
 from pytest_ftgate.results import Comparison, Verdict
 
 BENCHMARK_PARAM = "ftgate_benchmark"
+XDIST_GROUP = "ftgate"
 _SETTINGS = pytest.StashKey["options.Settings"]()
 _RECORDS = pytest.StashKey["list[report.GateRecord]"]()  # gated tests of this process (+ workers' on the controller)
 _RECORD = pytest.StashKey["report.GateRecord"]()  # on an item: its record, to note the test's outcome
@@ -97,6 +98,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if BENCHMARK_PARAM not in metafunc.fixturenames:
             metafunc.fixturenames.append(BENCHMARK_PARAM)
         metafunc.parametrize(BENCHMARK_PARAM, spec.benchmarks, ids=list(spec.benchmarks))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put every gated test in one ``xdist_group``: under ``-n N --dist loadgroup`` they share one
+    worker, so the model is loaded (and held in memory) once, while other tests spread out."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker(MARKER) is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
 
 
 def _spec(item: pytest.Item) -> GateSpec | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 
@@ -10,6 +11,8 @@ from pytest_ftgate import options
 from tests.conftest import write_fake_adapter, write_sentiment
 
 GATE_TEST = """
+import re
+
 import pytest
 
 @pytest.mark.ftgate("sentiment", max_drop=2.0)
@@ -332,3 +335,16 @@ def test_early_stop_agrees_with_the_complete_run_when_close(gate_project: pytest
     early = gate_project.runpytest(adapter_args(gate_project, fake_flips=9), "-p", "no:syrupy", options.EARLY_STOP)
     full.assert_outcomes(failed=1)  # 9 of 400 lost: -2.25 points, past the 2.0 margin
     early.assert_outcomes(failed=1)
+
+
+def test_gated_tests_share_one_xdist_group(gate_project: pytest.Pytester) -> None:
+    """``-n N --dist loadgroup`` then keeps every gate on one worker: one model load, one copy."""
+    pytest.importorskip("xdist")
+    gate_project.makepyfile(
+        test_a=GATE_TEST.replace("test_no_forgetting", "test_a"),
+        test_c="import pytest\n\n@pytest.mark.xdist_group('mine')\n"
+        "@pytest.mark.ftgate('sentiment', max_drop=1.0)\ndef test_own_group():\n    pass\n\ndef test_plain():\n    pass\n",
+    )
+    items, _ = gate_project.inline_genitems()
+    groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
+    assert groups == {"test_a": ["ftgate"], "test_own_group": ["mine"], "test_plain": []}
