@@ -348,3 +348,11 @@ def test_gated_tests_share_one_xdist_group(gate_project: pytest.Pytester) -> Non
     items, _ = gate_project.inline_genitems()
     groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
     assert groups == {"test_a": ["ftgate"], "test_own_group": ["mine"], "test_plain": []}
+
+
+def test_progress_is_live_and_quiet_under_q(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile(GATE_TEST)
+    loud = gate_project.runpytest(adapter_args(gate_project), options.NO_CACHE)
+    loud.stdout.fnmatch_lines(["ftgate: Sentiment base (generate): 40/40 examples (*/s, ~0 s left)"])
+    quiet = gate_project.runpytest(adapter_args(gate_project), options.NO_CACHE, "-q")
+    assert "examples (" not in quiet.stdout.str()
