@@ -151,9 +151,13 @@ def accuracy(args: argparse.Namespace) -> None:
             "gold_counts": golds,
             "pred_counts": preds,
             "seconds": round(seconds, 1),
+            "correct_when_parsed": sum(c for c, p in zip(correct, parsed) if p is not None),
             "examples": [[e.gold, r] for e, r in list(zip(examples, replies))[:6]],
         }
         print(json.dumps(summary[name], indent=1), flush=True)
+        summary[name]["replies"] = [
+            {"id": e.id, "gold": e.gold, "reply": r, "parsed": p} for e, r, p in zip(examples, replies, parsed)
+        ]
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
 

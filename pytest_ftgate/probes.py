@@ -1,8 +1,10 @@
 """Seeded probe sets that ftgate generates itself, so a gate can run offline with no dataset.
 
-These are synthetic and clearly named as such (``finsent-probe``): templated financial sentences
-whose sentiment follows from the template. They are not a substitute for FPB; they make the
-offline demo and smoke gates possible without copying any licensed data into the project.
+These are synthetic and clearly named as such: ``finsent-probe`` (templated financial sentences
+whose sentiment follows from the template, scored like FPB) and ``arith-probe`` (templated
+financial arithmetic questions, scored like ConvFinQA). They are not a substitute for the real
+benchmarks; they make the offline demo and smoke gates possible without copying any licensed data
+into the project. ``arith_rows(seed=...)`` with another seed also gives training data for them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import random
 from pathlib import Path
 
 from pytest_ftgate.benchmarks.base import Example
-from pytest_ftgate.benchmarks.builtin import FPB
+from pytest_ftgate.benchmarks.builtin import FPB, ConvFinQA
 
 _COMPANIES = ["Nordea", "Fiskars", "Kone", "Outokumpu", "Wartsila", "Stora Enso", "Elisa", "Neste", "Orion", "Valmet"]
 _METRICS = ["net sales", "operating profit", "order intake", "quarterly revenue", "earnings per share"]
@@ -64,6 +66,50 @@ class FinSentProbe(FPB):
 
     def load_hub(self) -> list[Example]:
         return [self.build(row, f"finsent-probe row {i}")[0] for i, row in enumerate(finsent_rows(self.size))]
+
+    def load_local(self, data_dir: str | Path) -> list[Example]:
+        return self.load_hub()
+
+
+_ARITH = [
+    ("{c} reported revenue of {a} million in 2022 and {b} million in 2023. By how many million did revenue change?",
+     lambda a, b: b - a),
+    ("{c} had {a} million in cash and raised {b} million more. How much cash does it have now, in millions?",
+     lambda a, b: a + b),
+    ("{c}'s operating profit was {a} million on net sales of {b} million. What is the operating margin in percent?",
+     lambda a, b: round(100 * a / b, 1)),
+    ("{c}'s share price moved from {a} to {b}. What was the percentage change?",
+     lambda a, b: round(100 * (b - a) / a, 1)),
+]
+
+
+def arith_rows(n: int = 60, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` seeded financial arithmetic questions (``id``, ``question``, ``answer``, ``kind``)."""
+    rng = random.Random(f"arith-{seed}")
+    rows = []
+    for i in range(n):
+        template, solve = _ARITH[i % len(_ARITH)]
+        a = rng.randint(20, 400)
+        b = rng.randint(a + 5, a + 300) if i % len(_ARITH) in (2,) else rng.randint(20, 400)
+        question = template.format(c=rng.choice(_COMPANIES), a=a, b=b)
+        answer = solve(a, b)
+        rows.append({"id": f"arith-{seed}-{i:03d}", "question": question, "answer": f"{answer:g}", "kind": str(i % 4)})
+    return rows
+
+
+class ArithProbe(ConvFinQA):
+    """ConvFinQA's prompt and number rule on the synthetic ``arith_rows`` (no data files needed)."""
+
+    name = "arith-probe"
+    title = "Arithmetic probe (synthetic)"
+    version = "1"
+    size = 60
+
+    def load_hub(self) -> list[Example]:
+        return [
+            Example(id=row["id"], prompt=row["question"], gold=row["answer"], text=row["question"], stratum=row["kind"])
+            for row in arith_rows(self.size)
+        ]
 
     def load_local(self, data_dir: str | Path) -> list[Example]:
         return self.load_hub()

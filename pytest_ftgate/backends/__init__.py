@@ -65,6 +65,7 @@ REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mlx": ("pytest_ftgate.backends.mlx:MLXBackend", "mlx", ("mlx", "mlx_vlm", "mlx_tune")),
     "openai": ("pytest_ftgate.backends.openai:OpenAIBackend", "openai", ()),
     "transformers": ("pytest_ftgate.backends.transformers:TransformersBackend", "torch", ("torch", "transformers", "peft")),
+    "llamacpp": ("pytest_ftgate.backends.llamacpp:LlamaCppBackend", "llamacpp", ("llama_cpp",)),
 }
 _EXTERNAL: dict[str, str] = {}
 

@@ -35,6 +35,7 @@ NO_EFFECT_TOLERANCE = 1e-6
 # Batch sizing without --ftgate-batch-size: tokens per forward pass, and a ceiling on rows.
 TOKENS_PER_BATCH = 4096
 MAX_ROWS = 64
+PREFILL_CHUNK = 512  # prompt tokens per forward pass while filling the KV cache
 
 
 @contextlib.contextmanager
@@ -255,7 +256,12 @@ class MLXBackend:
         return batch
 
     def _prefill(self, loaded: _Loaded, ids: list[list[int]]) -> tuple[Any, list[Any]]:
-        """One forward pass over left-padded prompts: (last-position logits, cache)."""
+        """The prompts through the model, left padded: (last-position logits, cache).
+
+        All but the last token go in chunks of ``PREFILL_CHUNK`` whose logits are never evaluated
+        (MLX is lazy: the vocabulary projection is skipped), as ``mlx_lm.generate`` does; sliding
+        window layers then attend to a window plus a chunk, not to the whole prompt. The last
+        token goes alone, so only its logits are computed."""
         import mlx.core as mx
 
         width = max(len(row) for row in ids)
@@ -265,7 +271,10 @@ class MLXBackend:
         if cache is None:
             raise BackendError("this model's KV cache has no batched form")
         tokens = mx.array([[0] * pad + row for pad, row in zip(pads, ids)])
-        return self._forward(loaded, tokens, cache)[:, -1, :], cache
+        for begin in range(0, width - 1, PREFILL_CHUNK):
+            self._forward(loaded, tokens[:, begin : min(begin + PREFILL_CHUNK, width - 1)], cache)
+            mx.eval([c.state for c in cache])
+        return self._forward(loaded, tokens[:, -1:], cache)[:, -1, :], cache
 
     def _single_cache(self, loaded: _Loaded) -> list[Any]:
         if loaded.vision:

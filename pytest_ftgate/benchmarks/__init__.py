@@ -21,6 +21,7 @@ _BUILTINS: dict[str, str] = {
     "fpb": "pytest_ftgate.benchmarks.builtin:FPB",
     "convfinqa": "pytest_ftgate.benchmarks.builtin:ConvFinQA",
     "finsent-probe": "pytest_ftgate.probes:FinSentProbe",
+    "arith-probe": "pytest_ftgate.probes:ArithProbe",
 }
 
 # name -> a Benchmark instance, a Benchmark subclass, or "module:Class" (instantiated on first use)

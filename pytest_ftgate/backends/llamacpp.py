@@ -1,0 +1,725 @@
+"""The ``llamacpp`` backend: GGUF models (any quantization) and LoRA GGUF adapters through llama-cpp-python.
+
+Models: a ``.gguf`` file, or a folder that holds exactly one. The file is checked before llama.cpp
+sees it (``GGUF`` magic, a readable header, ``general.type`` not ``adapter``), so a wrong path gets
+an error that names the file and the fix instead of a crash in C. The model loads with
+``llama_cpp.Llama(path, n_ctx=min(trained context, 8192), logits_all=False, seed=0,
+n_threads=os.cpu_count())``.
+
+Chat prompts: the chat template stored in the GGUF (``tokenizer.chat_template``), rendered with
+llama-cpp-python's own Jinja formatter (``Jinja2ChatFormatter``, the one ``create_chat_completion``
+uses for GGUF templates) with ``add_generation_prompt=True``. The text is tokenized with special
+tokens parsed; a BOS token is put first when the GGUF asks for one (``add_bos_token``) and the
+template did not write it, as llama.cpp's server does. A template that rejects the system role gets
+the system text folded into the first user message (``system + "\\n\\n" + user``).
+
+Generation is greedy, by ftgate's own loop over ``Llama.eval`` and the last position's logits
+(argmax; the same tokens as ``create_chat_completion(temperature=0)``), one prompt at a time. The KV
+cache keeps the previous prompt: a prompt that starts with the same tokens (every prompt of a
+benchmark shares its system message) only evaluates the rest. A reply ends at an end-of-generation
+token (``llama_vocab_is_eog``: ``<|im_end|>``, ``<|eot_id|>`` ...), at ``max_tokens``, or when the
+benchmark's stop rule says its answer is decided. The reply is the detokenized new tokens, special
+tokens left out.
+
+Adapters: a LoRA GGUF (llama.cpp's ``convert_lora_to_gguf.py``) is loaded with
+``llama_adapter_lora_init`` onto the already loaded base and switched on and off per call with
+``llama_set_adapters_lora``, so base and tuned share one copy of the weights and one context (the
+KV cache is dropped at every switch). llama.cpp applies the adapter's own ``adapter.lora.alpha``
+(scale 1.0 here). An adapter for another base (other architecture, unknown tensor, wrong shape) is
+refused with llama.cpp's own reason; one that leaves the logits of a probe prompt unchanged is an
+``AdapterError``, as in the other backends.
+
+``score`` (``logprob`` mode): one evaluation of each prompt (sharing the cached prefix), the log
+softmax of the last position scores every single-token continuation; a longer continuation adds
+one extra decode of its tokens (logits for every position), after which the cache is rolled back
+to the prompt.
+
+Nothing in this module imports llama_cpp at import time: ``import pytest_ftgate`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pytest_ftgate.backends import Message, Model
+from pytest_ftgate.backends.mlx import NO_EFFECT_TOLERANCE, PROBE
+from pytest_ftgate.errors import AdapterError, BackendError, ModelError
+from pytest_ftgate.fingerprint import _memo_hash, digest
+
+GGUF_MAGIC = b"GGUF"
+# Context size when the model was trained for more (Llama 3.1: 131072 would cost GBs of KV cache).
+MAX_CONTEXT = 8192
+DISTRIBUTION = "llama-cpp-python"
+INSTALL_HINT = "pip install 'pytest-ftgate[llamacpp]' (llama-cpp-python builds from source: ~10 minutes)"
+
+
+# -- GGUF headers (read without llama.cpp) ------------------------------------------------------
+
+# GGUF value types: 0 u8, 1 i8, 2 u16, 3 i16, 4 u32, 5 i32, 6 f32, 7 bool, 8 string, 9 array,
+# 10 u64, 11 i64, 12 f64.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_ARRAY_KEEP = 64  # arrays longer than this (vocabularies, merges) are skipped, only counted
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """The metadata and tensor table of a GGUF file (values of long arrays are left out)."""
+
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    tensors: dict[str, tuple[tuple[int, ...], int]]  # name -> (dims as GGUF orders them, type)
+
+    @property
+    def kind(self) -> str:
+        return str(self.metadata.get("general.type", "model"))
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", "?"))
+
+    @property
+    def context_length(self) -> int | None:
+        value = self.metadata.get(f"{self.architecture}.context_length")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def chat_template(self) -> str | None:
+        value = self.metadata.get("tokenizer.chat_template")
+        return value if isinstance(value, str) and value.strip() else None
+
+
+class _Reader:
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        self.handle = handle
+        self.path = path
+
+    def take(self, size: int) -> bytes:
+        data = self.handle.read(size)
+        if len(data) != size:
+            raise EOFError
+        return data
+
+    def unpack(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        size = self.unpack("<Q")
+        if size > 1 << 28:
+            raise ValueError(f"string of {size} bytes")
+        return self.take(size).decode("utf-8", errors="replace")
+
+    def value(self, kind: int) -> Any:
+        if kind in _SCALARS:
+            return self.unpack(_SCALARS[kind])
+        if kind == 8:
+            return self.string()
+        if kind == 9:
+            inner = self.unpack("<I")
+            count = self.unpack("<Q")
+            if count <= _ARRAY_KEEP:
+                return [self.value(inner) for _ in range(count)]
+            if inner in _SCALARS:  # skip without reading element by element
+                self.handle.seek(count * struct.calcsize(_SCALARS[inner]), os.SEEK_CUR)
+            else:
+                for _ in range(count):
+                    self.value(inner)
+            return ("array", count)
+        raise ValueError(f"unknown GGUF value type {kind}")
+
+
+_HEADERS: dict[tuple[str, int, int], GGUFHeader] = {}
+
+
+def read_gguf_header(path: Path, *, role: str = "model", option: str = "--ftgate-base") -> GGUFHeader:
+    """Parse a GGUF file's header. Raises ModelError (``role="model"``) or AdapterError naming the
+    file and the fix when it is not a complete GGUF file. Memoised by (path, size, mtime)."""
+    error = ModelError if role == "model" else AdapterError
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise error(f"{role} file {path} cannot be read ({exc}): check {option}") from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _HEADERS:
+        return _HEADERS[key]
+    try:
+        with path.open("rb") as raw:
+            handle = _Reader(raw, path)  # type: ignore[arg-type]
+            magic = raw.read(4)
+            if magic != GGUF_MAGIC:
+                hint = (
+                    " (it is a safetensors file: convert the model with llama.cpp's convert_hf_to_gguf.py, or use "
+                    "--ftgate-backend=transformers)"
+                    if path.suffix == ".safetensors"
+                    else ""
+                )
+                raise error(
+                    f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'){hint}: point {option} at a "
+                    f".gguf file written by llama.cpp (convert_hf_to_gguf.py, llama-quantize)"
+                )
+            version = handle.unpack("<I")
+            if version < 2:
+                raise error(f"{path} is a GGUF v{version} file, which llama.cpp no longer reads: convert the model again")
+            n_tensors = handle.unpack("<Q")
+            n_kv = handle.unpack("<Q")
+            meta: dict[str, Any] = {}
+            for _ in range(n_kv):
+                name = handle.string()
+                meta[name] = handle.value(handle.unpack("<I"))
+            tensors: dict[str, tuple[tuple[int, ...], int]] = {}
+            for _ in range(n_tensors):
+                name = handle.string()
+                dims = tuple(handle.unpack("<Q") for _ in range(handle.unpack("<I")))
+                kind = handle.unpack("<I")
+                handle.unpack("<Q")  # data offset
+                tensors[name] = (dims, kind)
+    except (EOFError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        detail = "it ends inside its header" if isinstance(exc, EOFError) else str(exc)
+        raise error(
+            f"{path} is not a complete GGUF file ({detail}): it is truncated or corrupt; download or convert it again"
+        ) from None
+    header = GGUFHeader(path, version, meta, tensors)
+    _HEADERS[key] = header
+    return header
+
+
+def find_gguf(value: str | os.PathLike[str], *, role: str = "model", option: str = "--ftgate-base") -> Path:
+    """The GGUF file a model (or adapter) argument means: the file itself, or the only ``.gguf`` in a folder."""
+    error = ModelError if role == "model" else AdapterError
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise error(
+            f"{role} file {path} does not exist: check {option} (the llamacpp backend takes a .gguf file, or a "
+            "folder that holds one)"
+        )
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
+        if not found:
+            raise error(f"{path} holds no .gguf file: point {option} at a GGUF file (the llamacpp backend reads GGUF only)")
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found[:6])
+            raise error(f"{path} holds {len(found)} .gguf files ({names}): point {option} at the one to use")
+        path = found[0]
+    return path.resolve()
+
+
+# -- llama.cpp's log, captured for error messages -----------------------------------------------
+
+
+@contextlib.contextmanager
+def _captured_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines (warnings and errors) while the block runs, then give the log
+    back to llama-cpp-python's own handler. The lines explain failed loads in our messages."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def collect(level: int, text: bytes, user_data: Any) -> None:
+        if level in (2, 3, 5):  # warn, error, continuation
+            lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _reason(lines: list[str], fallback: str) -> str:
+    text = " ".join("".join(lines).split())
+    for marker in ("failed to apply lora adapter:", "error loading model:"):
+        if marker in text:
+            text = text.split(marker, 1)[1].strip()
+            break
+    if len(text) > 300:
+        text = text[:300] + " ..."
+    return text or fallback
+
+
+# -- the backend --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Adapter:
+    pointer: Any = field(repr=False)
+    path: Path
+    scale: float = 1.0
+
+
+@dataclass
+class _Loaded:
+    """One loaded GGUF model: its llama-cpp-python ``Llama``, header and LoRA adapters."""
+
+    llm: Any = field(repr=False)
+    path: Path
+    header: GGUFHeader = field(repr=False)
+    n_ctx: int
+    adapters: dict[str, _Adapter] = field(default_factory=dict)  # adapter fingerprint -> adapter
+    active: str | None = None  # fingerprint of the adapter now set on the context
+    cached: list[int] = field(default_factory=list)  # tokens whose keys and values the KV cache holds
+    fold_system: bool = False  # the chat template rejects the system role
+    eog: dict[int, bool] = field(default_factory=dict)
+    formatter: Any = field(default=None, repr=False)
+
+
+class LlamaCppBackend:
+    """Backend over llama-cpp-python. One instance keeps each GGUF loaded once per ``load`` call.
+
+    Options: ``n_ctx`` (context size; default the trained one, at most 8192) and ``n_threads``
+    (default ``os.cpu_count()``, or ``FTGATE_LLAMACPP_THREADS``)."""
+
+    name = "llamacpp"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def version(self) -> str:
+        try:
+            return f"{DISTRIBUTION}=={metadata.version(DISTRIBUTION)}"
+        except metadata.PackageNotFoundError:
+            return f"{DISTRIBUTION} missing"
+
+    @property
+    def default_batch_size(self) -> int:
+        """Examples the runner hands over per call (its unit of caching and progress)."""
+        return 32
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _model_header(self, model: str) -> GGUFHeader:
+        path = find_gguf(model)
+        header = read_gguf_header(path)
+        if header.kind == "adapter":
+            raise ModelError(
+                f"{path} is a LoRA adapter GGUF, not a model: pass it with --ftgate-adapter and the model it was "
+                "made for with --ftgate-base"
+            )
+        return header
+
+    def describe(self, model: str) -> dict[str, str]:
+        """Fingerprint parts of a GGUF model (the file hashed once, nothing loaded). The file holds
+        the weights, tokenizer and chat template together; the template is also hashed on its own
+        so a stale baseline can say that it changed."""
+        header = self._model_header(model)
+        return {
+            "weights": _memo_hash(header.path),
+            "chat_template": digest(header.chat_template or ""),
+            "backend": f"{self.name} {self.version()}",
+        }
+
+    def load(self, model: str) -> Model:
+        header = self._model_header(model)
+        if header.chat_template is None:
+            raise ModelError(
+                f"{header.path} has no chat template (tokenizer.chat_template): ftgate sends chat prompts; use an "
+                "instruct model's GGUF, or convert the model again from a folder that has its chat template"
+            )
+        import llama_cpp
+
+        trained = header.context_length or MAX_CONTEXT
+        n_ctx = int(self.options.get("n_ctx") or min(trained, MAX_CONTEXT))
+        threads = self.options.get("n_threads") or os.environ.get("FTGATE_LLAMACPP_THREADS") or os.cpu_count() or 1
+        with _captured_log() as log:
+            try:
+                llm = llama_cpp.Llama(
+                    model_path=str(header.path),
+                    n_ctx=n_ctx,
+                    n_batch=512,
+                    logits_all=False,
+                    verbose=False,
+                    seed=0,
+                    n_threads=int(threads),
+                    n_threads_batch=int(threads),
+                )
+            except Exception as exc:  # llama.cpp reports through its log and a ValueError
+                reason = _reason(log, f"{type(exc).__name__}: {exc}")
+                raise ModelError(
+                    f"llama.cpp could not load {header.path}: {reason}. The file may be truncated, or made by a newer "
+                    f"llama.cpp than {self.version()} supports (architecture {header.architecture!r}): upgrade "
+                    "llama-cpp-python or convert the model again"
+                ) from None
+        loaded = _Loaded(llm, header.path, header, n_ctx)
+        loaded.formatter = _formatter(llm, header.chat_template)
+        return Model(label=model, fingerprint=digest(self.describe(model)), backend=self, handle=loaded)
+
+    def with_adapter(self, base: Model, adapter: str) -> Model:
+        """Load a LoRA GGUF onto ``base``'s model (one copy of the weights) and check that it acts."""
+        import llama_cpp
+
+        loaded: _Loaded = base.handle
+        path = find_gguf(adapter, role="adapter", option="--ftgate-adapter")
+        header = read_gguf_header(path, role="adapter", option="--ftgate-adapter")
+        if header.kind != "adapter" or header.metadata.get("adapter.type", "lora") != "lora":
+            raise AdapterError(
+                f"{path} is not a LoRA adapter GGUF (general.type={header.kind!r}, "
+                f"adapter.type={header.metadata.get('adapter.type')!r}): convert the peft adapter with llama.cpp's "
+                "convert_lora_to_gguf.py, or pass a whole model with --ftgate-candidate"
+            )
+        if header.architecture != loaded.header.architecture:
+            raise AdapterError(
+                f"{path} is a LoRA adapter for a {header.architecture!r} model, but the base {loaded.path} is "
+                f"{loaded.header.architecture!r}: the adapter was trained for another base model; pass that base "
+                "with --ftgate-base"
+            )
+        fp = _memo_hash(path)
+        if fp not in loaded.adapters:
+            with _captured_log() as log:
+                pointer = llama_cpp.llama_adapter_lora_init(loaded.llm.model, str(path).encode("utf-8"))
+            if not pointer:
+                reason = _reason(log, "llama.cpp gave no reason")
+                raise AdapterError(
+                    f"{path} does not fit base model {loaded.path}: {reason}. The adapter was trained for another "
+                    "base model: pass that base with --ftgate-base"
+                )
+            loaded.adapters[fp] = _Adapter(pointer, path)
+        tuned = Model(
+            label=f"{base.label} + {path.name}",
+            fingerprint=f"{base.fingerprint}+{fp}",
+            backend=self,
+            handle=loaded,
+            adapter=fp,
+        )
+        try:
+            self._check_effect(base, tuned, path)
+        except AdapterError:
+            self._remove(loaded, fp)
+            raise
+        return tuned
+
+    def _remove(self, loaded: _Loaded, fp: str) -> None:
+        import llama_cpp
+
+        entry = loaded.adapters.pop(fp, None)
+        if entry is None:
+            return
+        if loaded.active == fp:
+            self._activate(loaded, None)
+        llama_cpp.llama_adapter_lora_free(entry.pointer)
+
+    def _activate(self, loaded: _Loaded, adapter: str | None) -> None:
+        """Set ``adapter`` (or none) on the context. The KV cache was computed with the previous
+        setting, so it is dropped."""
+        if loaded.active == adapter:
+            return
+        import llama_cpp
+
+        if adapter is None:
+            llama_cpp.llama_set_adapters_lora(loaded.llm.ctx, None, 0, None)
+        else:
+            entry = loaded.adapters.get(adapter)
+            if entry is None:
+                raise BackendError(f"adapter {adapter[:12]} is no longer loaded on {loaded.path}: load the base again")
+            pointers = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(entry.pointer)
+            scales = (ctypes.c_float * 1)(entry.scale)
+            llama_cpp.llama_set_adapters_lora(loaded.llm.ctx, pointers, 1, scales)
+        loaded.active = adapter
+        self._forget(loaded)
+
+    @staticmethod
+    def _forget(loaded: _Loaded) -> None:
+        loaded.cached = []
+        loaded.llm.n_tokens = 0
+
+    def _check_effect(self, base: Model, tuned: Model, path: Path) -> None:
+        import numpy as np
+
+        base_logits = self.probe_logits(base)
+        tuned_logits = self.probe_logits(tuned)
+        change = float(np.max(np.abs(tuned_logits - base_logits)))
+        size = float(np.max(np.abs(base_logits))) or 1.0
+        if change <= NO_EFFECT_TOLERANCE * size:
+            raise AdapterError(
+                f"adapter {path} has no effect: the model's logits on a probe prompt are unchanged "
+                f"(max change {change:.3g}). Its LoRA B matrices are probably zero (an untrained or "
+                "empty adapter): check that training ran and that the right adapter was converted"
+            )
+
+    # -- prompts and evaluation ----------------------------------------------------------------
+
+    def _prompt(self, loaded: _Loaded, messages: Sequence[Message]) -> str:
+        messages = [dict(m) for m in messages]
+        if not loaded.fold_system:
+            try:
+                return _render(loaded, messages)
+            except Exception as exc:
+                first_error = exc
+                if not any(m.get("role") == "system" for m in messages):
+                    raise BackendError(
+                        f"the chat template of {loaded.path} failed: {type(exc).__name__}: {exc}"
+                    ) from None
+            try:
+                text = _render(loaded, _folded(messages))
+            except Exception:
+                raise BackendError(
+                    f"the chat template of {loaded.path} failed: {type(first_error).__name__}: {first_error}"
+                ) from None
+            loaded.fold_system = True
+            return text
+        return _render(loaded, _folded(messages))
+
+    def _ids(self, loaded: _Loaded, messages: Sequence[Message]) -> list[int]:
+        import llama_cpp
+
+        llm = loaded.llm
+        ids = list(llm.tokenize(self._prompt(loaded, messages).encode("utf-8"), add_bos=False, special=True))
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        bos = llm.token_bos()
+        if llama_cpp.llama_vocab_get_add_bos(vocab) and bos >= 0 and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        if not ids:
+            raise BackendError(f"the chat template of {loaded.path} rendered an empty prompt")
+        return ids
+
+    def _check_room(self, loaded: _Loaded, length: int, extra: int) -> None:
+        if length + extra > loaded.n_ctx:
+            raise BackendError(
+                f"a prompt of {length} tokens plus {extra} new tokens does not fit the context of {loaded.n_ctx} "
+                f"tokens of {loaded.path.name}: create the backend with a larger n_ctx "
+                f"(the model was trained for {loaded.header.context_length})"
+            )
+
+    def _last_logits(self, loaded: _Loaded) -> Any:
+        import llama_cpp
+        import numpy as np
+
+        pointer = llama_cpp.llama_get_logits_ith(loaded.llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(loaded.llm.n_vocab(),)).astype(np.float32, copy=True)
+
+    def _feed(self, loaded: _Loaded, ids: list[int]) -> Any:
+        """Evaluate a prompt, reusing the cached tokens it starts with; the last position's logits."""
+        cached = loaded.cached
+        common = 0
+        limit = min(len(cached), len(ids) - 1)  # at least one token is evaluated: its logits are needed
+        while common < limit and cached[common] == ids[common]:
+            common += 1
+        llm = loaded.llm
+        llm.n_tokens = common  # eval drops the cache from here on
+        loaded.cached = list(ids[:common])
+        self._eval(loaded, ids[common:])
+        return self._last_logits(loaded)
+
+    def _eval(self, loaded: _Loaded, tokens: Sequence[int]) -> None:
+        try:
+            loaded.llm.eval(list(tokens))
+        except Exception as exc:
+            self._forget(loaded)
+            raise BackendError(f"llama.cpp failed to evaluate {len(tokens)} tokens: {type(exc).__name__}: {exc}") from None
+        loaded.cached.extend(tokens)
+
+    def _eval_all(self, loaded: _Loaded, tokens: Sequence[int]) -> Any:
+        """Evaluate ``tokens`` after the cached ones and return the logits of every position
+        (``len(tokens)`` x vocabulary), without ``logits_all`` on the whole context."""
+        import numpy as np
+
+        llm = loaded.llm
+        rows = []
+        for start in range(0, len(tokens), llm.n_batch):
+            part = list(tokens[start : start + llm.n_batch])
+            n_past = len(loaded.cached)
+            llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+            llm._batch.set_batch(batch=part, n_past=n_past, logits_all=True)
+            try:
+                llm._ctx.decode(llm._batch)
+            except Exception as exc:
+                self._forget(loaded)
+                raise BackendError(f"llama.cpp failed to evaluate {len(part)} tokens: {type(exc).__name__}: {exc}") from None
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(part) * llm.n_vocab(),))
+            rows.append(logits.reshape(len(part), llm.n_vocab()).astype(np.float32, copy=True))
+            llm.input_ids[n_past : n_past + len(part)] = part
+            llm.n_tokens = n_past + len(part)
+            loaded.cached.extend(part)
+        return np.concatenate(rows, axis=0)
+
+    def _rollback(self, loaded: _Loaded, length: int) -> None:
+        """Forget the cached tokens after the first ``length`` (the next eval drops their cache)."""
+        del loaded.cached[length:]
+        loaded.llm.n_tokens = length
+
+    def _is_eog(self, loaded: _Loaded, token: int) -> bool:
+        if token not in loaded.eog:
+            import llama_cpp
+
+            vocab = llama_cpp.llama_model_get_vocab(loaded.llm.model)
+            loaded.eog[token] = bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        return loaded.eog[token]
+
+    def _text(self, loaded: _Loaded, tokens: list[int]) -> str:
+        return bytes(loaded.llm.detokenize(tokens)).decode("utf-8", errors="ignore")
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def probe_logits(self, model: Model) -> Any:
+        """Logits (float32, positions x vocabulary) of a fixed probe prompt (proves an adapter acts)."""
+        loaded: _Loaded = model.handle
+        self._activate(loaded, model.adapter)
+        ids = self._ids(loaded, PROBE)
+        self._forget(loaded)
+        return self._eval_all(loaded, ids)
+
+    def generate(
+        self,
+        model: Model,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int,
+        batch_size: int | None,
+        stop: Callable[[str], bool] | None = None,
+    ) -> list[str]:
+        """Greedy replies, one prompt at a time (``batch_size`` only sizes the runner's chunks:
+        llama-cpp-python runs one sequence per context). Prompts are taken in sorted token order so
+        that each shares as long a prefix as possible with the one before (KV cache reuse)."""
+        import numpy as np
+
+        loaded: _Loaded = model.handle
+        self._activate(loaded, model.adapter)
+        ids = [self._ids(loaded, messages) for messages in prompts]
+        replies = [""] * len(ids)
+        for index in sorted(range(len(ids)), key=lambda i: ids[i]):
+            self._check_room(loaded, len(ids[index]), max_tokens)
+            logits = self._feed(loaded, ids[index])
+            out: list[int] = []
+            while True:
+                token = int(np.argmax(logits))
+                if self._is_eog(loaded, token):
+                    break
+                out.append(token)
+                if len(out) >= max_tokens:
+                    break
+                if stop is not None and stop(self._text(loaded, out)):
+                    break
+                self._eval(loaded, [token])
+                logits = self._last_logits(loaded)
+            replies[index] = self._text(loaded, out)
+        return replies
+
+    def score(self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]) -> list[list[float]]:
+        """Log-probability of each continuation as the start of the reply to each prompt: one
+        evaluation per prompt for every single-token continuation, one extra decode per longer one."""
+        import numpy as np
+
+        loaded: _Loaded = model.handle
+        self._activate(loaded, model.adapter)
+        llm = loaded.llm
+        pieces = [list(llm.tokenize(str(c).encode("utf-8"), add_bos=False, special=False)) for c in continuations]
+        if any(not piece for piece in pieces):
+            raise BackendError(f"a continuation encodes to no tokens: {list(continuations)!r}")
+        ids = [self._ids(loaded, messages) for messages in prompts]
+        extra = max(len(piece) for piece in pieces)
+        rows: list[list[float]] = [[] for _ in ids]
+        for index in sorted(range(len(ids)), key=lambda i: ids[i]):
+            prompt = ids[index]
+            self._check_room(loaded, len(prompt), extra)
+            first = _log_softmax(self._feed(loaded, prompt))
+            values = []
+            for piece in pieces:
+                total = float(first[piece[0]])
+                if len(piece) > 1:
+                    steps = _log_softmax(self._eval_all(loaded, piece[:-1]))
+                    total += float(sum(steps[k, token] for k, token in enumerate(piece[1:])))
+                    self._rollback(loaded, len(prompt))
+                values.append(total)
+            rows[index] = values
+        assert all(np.isfinite(v) for row in rows for v in row)
+        return rows
+
+
+def _formatter(llm: Any, template: str) -> Any:
+    """llama-cpp-python's Jinja formatter for the GGUF's chat template (as create_chat_completion builds it)."""
+    from llama_cpp import llama_chat_format
+
+    def token_text(token: int) -> str:
+        return llm._model.token_get_text(token) if token != -1 else ""
+
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=token_text(llm.token_eos()),
+        bos_token=token_text(llm.token_bos()),
+        add_generation_prompt=True,
+        stop_token_ids=[llm.token_eos()],
+    )
+
+
+def _render(loaded: _Loaded, messages: list[dict[str, str]]) -> str:
+    return str(loaded.formatter(messages=messages).prompt)
+
+
+def _folded(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system")
+    rest = [dict(m) for m in messages if m.get("role") != "system"]
+    for message in rest:
+        if message.get("role") == "user" and system:
+            message["content"] = f"{system}\n\n{message['content']}"
+            break
+    return rest
+
+
+def _log_softmax(logits: Any) -> Any:
+    import numpy as np
+
+    values = np.asarray(logits, dtype=np.float64)
+    top = values.max(axis=-1, keepdims=True)
+    return values - top - np.log(np.exp(values - top).sum(axis=-1, keepdims=True))
+
+
+# -- quantized exports (for candidate gates) ----------------------------------------------------
+
+# llama.cpp file types by the names llama-quantize uses.
+QUANT_TYPES = {
+    "F16": "LLAMA_FTYPE_MOSTLY_F16",
+    "BF16": "LLAMA_FTYPE_MOSTLY_BF16",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
+}
+
+
+def quantize_gguf(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    kind: str,
+    *,
+    allow_requantize: bool = True,
+    threads: int | None = None,
+) -> Path:
+    """Write ``source`` quantized as ``kind`` (``"Q4_K_M"``, ``"Q8_0"``, ``"F16"`` ...) to ``dest``, as
+    ``llama-quantize`` does (``llama_model_quantize``). A quantized source is dequantized first
+    (``allow_requantize``; ``kind="F16"`` turns a quantized GGUF into an f16 one). The file is written
+    under a temporary name and moved into place. Tensors whose rows do not fit a k-quant's 256-value
+    blocks get llama.cpp's fallback type, as with the command line tool."""
+    import llama_cpp
+
+    name = kind.upper()
+    if name not in QUANT_TYPES:
+        raise ModelError(f"unknown quantization {kind!r}: use one of {', '.join(QUANT_TYPES)}")
+    src = find_gguf(source)
+    read_gguf_header(src)
+    target = Path(dest).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[name])
+    params.allow_requantize = allow_requantize
+    params.nthread = int(threads or os.cpu_count() or 1)
+    with _captured_log() as log:
+        code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if code != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"llama.cpp could not quantize {src} to {name}: {_reason(log, f'error {code}')}")
+    os.replace(tmp, target)
+    return target
