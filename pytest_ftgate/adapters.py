@@ -193,7 +193,9 @@ def _inspect_peft(folder: Path) -> AdapterInfo:
     config = _load_config(folder)
     file = folder / CONFIG
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise AdapterError(f"{file}: peft_type {config.get('peft_type')!r} is not supported; ftgate gates LoRA adapters")
+        raise AdapterError(
+            f"{file}: peft_type {config.get('peft_type')!r} is not supported; ftgate gates LoRA adapters"
+        )
     rank = int(_positive(config.get("r"), file, "r"))
     alpha = _positive(config.get("lora_alpha", rank), file, "lora_alpha")
     scale = alpha / (rank**0.5) if config.get("use_rslora") else alpha / rank

@@ -15,14 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-TEST_FILE = '''
+TEST_FILE = """
 import pytest
 
 
 @pytest.mark.ftgate("finsent-probe", max_drop=2.0)
 def test_sentiment_does_not_forget():
     pass
-'''
+"""
 
 
 def _say(text: str) -> None:

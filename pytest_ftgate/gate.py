@@ -115,7 +115,9 @@ class Gate:
             elif self.candidate is not None:
                 self._tuned_model = self.backend.load(self.candidate)
             else:
-                raise ConfigError("no adapter or candidate to gate: pass --ftgate-adapter=DIR or --ftgate-candidate=MODEL")
+                raise ConfigError(
+                    "no adapter or candidate to gate: pass --ftgate-adapter=DIR or --ftgate-candidate=MODEL"
+                )
         return self._tuned_model
 
     # -- benchmarks --------------------------------------------------------------------------
@@ -135,10 +137,14 @@ class Gate:
         can_score = hasattr(self.backend, "score")
         if mode is not None:
             if mode == "logprob" and not can_score:
-                raise ConfigError(f"the {self.backend.name} backend cannot score log-probabilities: use mode='generate'")
+                raise ConfigError(
+                    f"the {self.backend.name} backend cannot score log-probabilities: use mode='generate'"
+                )
             return check_mode(bench, mode)
         if self.mode == "logprob" and bench.supports_logprob and not can_score:
-            self.notes.append(f"{bench.title}: generate mode (the {self.backend.name} backend has no log-probabilities)")
+            self.notes.append(
+                f"{bench.title}: generate mode (the {self.backend.name} backend has no log-probabilities)"
+            )
         return self.mode if self.mode == "generate" or (bench.supports_logprob and can_score) else "generate"
 
     def evaluate(self, benchmark: str | Benchmark, model: Model, mode: str | None = None) -> EvalResult:
@@ -210,7 +216,14 @@ class Gate:
         return Comparison(base, tuned, confidence=self.confidence)
 
     def _compare_early(
-        self, bench: Benchmark, mode: str, tuned_model: Model, *, max_drop: float | None, min_gain: float | None, strict: bool
+        self,
+        bench: Benchmark,
+        mode: str,
+        tuned_model: Model,
+        *,
+        max_drop: float | None,
+        min_gain: float | None,
+        strict: bool,
     ) -> Comparison:
         examples = self.examples(bench)
         order = sorted(examples, key=lambda e: digest([EARLY_SEED, e.id]))  # a fixed, content-blind shuffle
@@ -223,12 +236,23 @@ class Gate:
             comparison = Comparison(base, tuned, confidence=self.confidence)
             lost, gained, n = len(comparison.lost), len(comparison.gained), len(part)
             outcome = stats.early_stop_decision(
-                lost, gained, n, len(order), max_drop=max_drop, min_gain=min_gain, strict=strict, confidence=self.confidence
+                lost,
+                gained,
+                n,
+                len(order),
+                max_drop=max_drop,
+                min_gain=min_gain,
+                strict=strict,
+                confidence=self.confidence,
             )
             if self.progress is not None:
-                self.progress(f"{bench.title} early stop ({mode}): {n}/{len(order)} examples, {lost} lost, {gained} gained")
+                self.progress(
+                    f"{bench.title} early stop ({mode}): {n}/{len(order)} examples, {lost} lost, {gained} gained"
+                )
             if outcome is not None:
-                interval = stats.paired_confidence_sequence(lost, gained, n, confidence=self.confidence, n_max=len(order))
+                interval = stats.paired_confidence_sequence(
+                    lost, gained, n, confidence=self.confidence, n_max=len(order)
+                )
                 comparison.early = EarlyStop(n, len(order), outcome, interval, max_drop, min_gain, strict)  # type: ignore[arg-type]
                 return comparison
         raise AssertionError("early_stop_decision decides at the last example")  # pragma: no cover
@@ -242,7 +266,9 @@ def _subset(bench: Benchmark, result: EvalResult, examples: list[Example]) -> Ev
     by_id = result.by_id()
     predictions = [by_id[e.id] for e in examples]
     metrics = bench.metrics(predictions)
-    return replace(result, n=len(predictions), score=metrics[bench.primary_metric], metrics=metrics, predictions=predictions)
+    return replace(
+        result, n=len(predictions), score=metrics[bench.primary_metric], metrics=metrics, predictions=predictions
+    )
 
 
 def _check_local_model(model: str, option: str) -> None:

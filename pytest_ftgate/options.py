@@ -44,7 +44,10 @@ _OPTIONS: dict[str, tuple[str, str | None]] = {
     CACHE: (f"Prediction cache folder (default {DEFAULT_CACHE})", DEFAULT_CACHE),
     BATCH_SIZE: ("Examples per forward batch (default: the backend chooses)", None),
     CONFIDENCE: ("Confidence level of intervals (default 0.95)", "0.95"),
-    MODE: ("Scoring: generate (the seed protocol) or logprob (one pass, where a benchmark has fixed answers)", "generate"),
+    MODE: (
+        "Scoring: generate (the seed protocol) or logprob (one pass, where a benchmark has fixed answers)",
+        "generate",
+    ),
     REPORT: ("Write a JSON report to PATH", None),
     MARKDOWN: ("Write a Markdown summary to PATH", None),
     PLOT: ("Write a PNG chart to PATH", None),

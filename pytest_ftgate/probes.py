@@ -49,8 +49,11 @@ def finsent_rows(n: int = 60, seed: int = 0) -> list[dict[str, str]]:
     rows = []
     for i, label in enumerate(labels):
         sentence = rng.choice(_TEMPLATES[label]).format(
-            c=rng.choice(_COMPANIES), m=rng.choice(_METRICS), p=rng.randint(2, 40),
-            n=rng.randint(40, 900), d=rng.choice(_DAYS),
+            c=rng.choice(_COMPANIES),
+            m=rng.choice(_METRICS),
+            p=rng.randint(2, 40),
+            n=rng.randint(40, 900),
+            d=rng.choice(_DAYS),
         )
         rows.append({"id": f"finsent-{i:03d}", "sentence": sentence, "label": label})
     return rows
@@ -72,14 +75,22 @@ class FinSentProbe(FPB):
 
 
 _ARITH = [
-    ("{c} reported revenue of {a} million in 2022 and {b} million in 2023. By how many million did revenue change?",
-     lambda a, b: b - a),
-    ("{c} had {a} million in cash and raised {b} million more. How much cash does it have now, in millions?",
-     lambda a, b: a + b),
-    ("{c}'s operating profit was {a} million on net sales of {b} million. What is the operating margin in percent?",
-     lambda a, b: round(100 * a / b, 1)),
-    ("{c}'s share price moved from {a} to {b}. What was the percentage change?",
-     lambda a, b: round(100 * (b - a) / a, 1)),
+    (
+        "{c} reported revenue of {a} million in 2022 and {b} million in 2023. By how many million did revenue change?",
+        lambda a, b: b - a,
+    ),
+    (
+        "{c} had {a} million in cash and raised {b} million more. How much cash does it have now, in millions?",
+        lambda a, b: a + b,
+    ),
+    (
+        "{c}'s operating profit was {a} million on net sales of {b} million. What is the operating margin in percent?",
+        lambda a, b: round(100 * a / b, 1),
+    ),
+    (
+        "{c}'s share price moved from {a} to {b}. What was the percentage change?",
+        lambda a, b: round(100 * (b - a) / a, 1),
+    ),
 ]
 
 

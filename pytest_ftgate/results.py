@@ -155,9 +155,7 @@ class Comparison:
     def n(self) -> int:
         return self.base.n
 
-    def verdict(
-        self, max_drop: float | None = None, min_gain: float | None = None, strict: bool = False
-    ) -> Verdict:
+    def verdict(self, max_drop: float | None = None, min_gain: float | None = None, strict: bool = False) -> Verdict:
         """Judge the comparison against the user's thresholds (points). See ``stats.decide``."""
         early = self.early
         if early is not None and (early.max_drop, early.min_gain, early.strict) == (max_drop, min_gain, strict):
@@ -248,7 +246,7 @@ def _drift(pairs: list[tuple[Prediction, Prediction]]) -> dict[str, float] | Non
         if key is not None:
             gold_delta += tuned[key] - base[key]
         p, q = _normalise([base[a] for a in answers]), _normalise([tuned[a] for a in answers])
-        kl += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q) if pi > 0)
+        kl += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True) if pi > 0)
     return {"gold_logprob_delta": gold_delta / len(scored), "kl": kl / len(scored), "n": float(len(scored))}
 
 

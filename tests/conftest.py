@@ -15,7 +15,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # model gives the gold word written into each question; an adapter folder's "fake_flips" says how
 # many examples (the first ones) the tuned model gets wrong, and "fake_fixes" whether the tuned
 # model fixes the questions the base gets wrong (marked "(base wrong)").
-FAKE_CONFTEST = r'''
+FAKE_CONFTEST = r"""
 import json, re
 from pathlib import Path
 import pytest
@@ -68,7 +68,7 @@ pytest_ftgate.register_benchmark(
         choices=("positive", "negative", "neutral"), max_tokens=8, title="Sentiment",
     )
 )
-'''
+"""
 
 
 def write_sentiment(path: Path, n: int = 40, base_wrong: int = 0) -> None:
@@ -84,12 +84,26 @@ def write_fake_adapter(folder: Path, **config: object) -> Path:
     """A structurally valid mlx adapter folder (real safetensors header) with fake settings."""
     folder.mkdir(parents=True, exist_ok=True)
     payload = b"\0" * 16
-    header = json.dumps({"language_model.model.layers.0.self_attn.q_proj.lora_a": {
-        "dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+    header = json.dumps(
+        {
+            "language_model.model.layers.0.self_attn.q_proj.lora_a": {
+                "dtype": "F32",
+                "shape": [2, 2],
+                "data_offsets": [0, 16],
+            }
+        }
+    ).encode()
     (folder / "adapters.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + payload)
-    cfg = {"fine_tune_type": "lora", "num_layers": 1,
-           "lora_parameters": {"rank": 2, "scale": 1.0, "dropout": 0.0,
-                               "keys": ["language_model.model.layers.0.self_attn.q_proj"]}}
+    cfg = {
+        "fine_tune_type": "lora",
+        "num_layers": 1,
+        "lora_parameters": {
+            "rank": 2,
+            "scale": 1.0,
+            "dropout": 0.0,
+            "keys": ["language_model.model.layers.0.self_attn.q_proj"],
+        },
+    }
     cfg.update(config)
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     return folder

@@ -22,7 +22,10 @@ def test_round_trip_and_keys_never_mix(tmp_path: Path) -> None:
     cache = PredictionCache(tmp_path)
     cache.add(KEY, "a", {"output": "positive"})
     cache.add(KEY, "b", {"output": "line one\nline two", "logprobs": {"A": -0.5}})
-    assert cache.get(KEY) == {"a": {"output": "positive"}, "b": {"output": "line one\nline two", "logprobs": {"A": -0.5}}}
+    assert cache.get(KEY) == {
+        "a": {"output": "positive"},
+        "b": {"output": "line one\nline two", "logprobs": {"A": -0.5}},
+    }
     assert cache.get({**KEY, "model": "other"}) == {}
     assert PredictionCache(None).get(KEY) == {}
 
@@ -54,8 +57,17 @@ def test_killed_run_resumes_with_every_complete_entry(gate_project: pytest.Pytes
     gate_project.makepyfile(GATE_TEST)
     adapter = write_fake_adapter(gate_project.path / "lora", fake_flips=6)
     args = [
-        sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "-p", "no:syrupy",
-        f"{options.ADAPTER}={adapter}", f"{options.BATCH_SIZE}=1", f"{options.CACHE}=cache",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:syrupy",
+        f"{options.ADAPTER}={adapter}",
+        f"{options.BATCH_SIZE}=1",
+        f"{options.CACHE}=cache",
     ]
     env = {**os.environ, "FAKE_DELAY": "0.05"}
     process = subprocess.Popen(args, cwd=gate_project.path, env=env, stdout=subprocess.DEVNULL)
@@ -72,7 +84,9 @@ def test_killed_run_resumes_with_every_complete_entry(gate_project: pytest.Pytes
 
     resumed = subprocess.run(args, cwd=gate_project.path, capture_output=True, text=True)
     assert f"CALLS {80 - done}" in resumed.stdout, resumed.stdout  # every complete entry was reused
-    fresh = subprocess.run([*args[:-1], f"{options.CACHE}=fresh"], cwd=gate_project.path, capture_output=True, text=True)
+    fresh = subprocess.run(
+        [*args[:-1], f"{options.CACHE}=fresh"], cwd=gate_project.path, capture_output=True, text=True
+    )
     assert "CALLS 80" in fresh.stdout
     verdict = "Sentiment dropped 15.0 points (100.0 -> 85.0) after fine-tuning; allowed 2.0. 40 examples: 6 lost"
     assert verdict in resumed.stdout and verdict in fresh.stdout

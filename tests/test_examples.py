@@ -34,7 +34,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def run_example(pytester: pytest.Pytester, name: str, models: dict[str, Path], adapter: str) -> pytest.RunResult:
     shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
     return pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider",
+        "-p",
+        "no:cacheprovider",
         f"{options.BASE}={models['base']}",
         f"{options.ADAPTER}={models[adapter]}",
         f"{options.BACKEND}=mlx",

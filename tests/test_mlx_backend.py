@@ -68,11 +68,13 @@ def test_forgetting_adapter_fails(pytester: pytest.Pytester, tiny: Path, adapter
     pytester.makepyfile(FPB_GATE)
     result = pytester.runpytest(*gate_args(tiny, adapters["forget"], pytester.path))
     result.assert_outcomes(failed=1)
-    result.stdout.re_match_lines([
-        r".*FPB dropped \d+\.\d points \(\d+\.\d -> \d+\.\d\) after fine-tuning; allowed 2\.0\. "
-        r"50 examples: \d+ lost, \d+ gained.*",
-        r".*lost .*tuned='positive'.*",
-    ])
+    result.stdout.re_match_lines(
+        [
+            r".*FPB dropped \d+\.\d points \(\d+\.\d -> \d+\.\d\) after fine-tuning; allowed 2\.0\. "
+            r"50 examples: \d+ lost, \d+ gained.*",
+            r".*lost .*tuned='positive'.*",
+        ]
+    )
 
 
 @needs_data
@@ -138,7 +140,7 @@ def test_adapter_for_another_base_is_refused(tiny: Path, adapters: dict[str, Pat
         mx.save_safetensors(str(folder / "adapters.safetensors"), weights)
         gate = Gate(base=str(tiny), adapter=folder, backend="mlx", cache=None)
         with pytest.raises(AdapterError, match="does not fit base model .*trained for another base model"):
-            gate.tuned_model
+            _ = gate.tuned_model
 
 
 def test_trainer_output_dir_is_accepted(tiny: Path, adapters: dict[str, Path], tmp_path: Path) -> None:

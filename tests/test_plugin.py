@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 
 import pytest
 
@@ -27,9 +26,22 @@ def adapter_args(pytester: pytest.Pytester, name: str = "lora", **config: object
 
 def test_options_and_ini_keys_are_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
-    for option in (options.ADAPTER, options.BASE, options.CANDIDATE, options.BACKEND, options.BASE_URL,
-                   options.LIMIT, options.DATA, options.CACHE, options.NO_CACHE, options.BATCH_SIZE,
-                   options.CONFIDENCE, options.REPORT, options.MARKDOWN, options.PLOT):
+    for option in (
+        options.ADAPTER,
+        options.BASE,
+        options.CANDIDATE,
+        options.BACKEND,
+        options.BASE_URL,
+        options.LIMIT,
+        options.DATA,
+        options.CACHE,
+        options.NO_CACHE,
+        options.BATCH_SIZE,
+        options.CONFIDENCE,
+        options.REPORT,
+        options.MARKDOWN,
+        options.PLOT,
+    ):
         result.stdout.fnmatch_lines([f"*{option}*"])
         result.stdout.fnmatch_lines([f"*{options.ini_name(option)} *"])
 
@@ -55,17 +67,21 @@ def test_fails_with_readable_message(gate_project: pytest.Pytester) -> None:
     result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
     result.assert_outcomes(failed=1)
     # 40 examples, 6 lost: 100.0 -> 85.0
-    result.stdout.fnmatch_lines([
-        "*Sentiment dropped 15.0 points (100.0 -> 85.0) after fine-tuning; allowed 2.0. "
-        "40 examples: 6 lost, 0 gained (95% interval*",
-        "*lost s000*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*Sentiment dropped 15.0 points (100.0 -> 85.0) after fine-tuning; allowed 2.0. "
+            "40 examples: 6 lost, 0 gained (95% interval*",
+            "*lost s000*",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()
 
 
 def test_ini_keys_work_like_options(gate_project: pytest.Pytester) -> None:
     adapter = write_fake_adapter(gate_project.path / "lora", fake_flips=6)
-    gate_project.makeini(f"[pytest]\nftgate_backend = fake\nftgate_base = base\nftgate_adapter = {adapter}\nftgate_limit = 10\n")
+    gate_project.makeini(
+        f"[pytest]\nftgate_backend = fake\nftgate_base = base\nftgate_adapter = {adapter}\nftgate_limit = 10\n"
+    )
     gate_project.makepyfile(GATE_TEST)
     result = gate_project.runpytest()
     result.assert_outcomes(failed=1)
@@ -91,7 +107,9 @@ def test_min_gain(gate_project: pytest.Pytester) -> None:
 
 
 def test_list_form_gives_one_test_per_benchmark(gate_project: pytest.Pytester) -> None:
-    gate_project.makeconftest(gate_project.path.joinpath("conftest.py").read_text() + """
+    gate_project.makeconftest(
+        gate_project.path.joinpath("conftest.py").read_text()
+        + """
 pytest_ftgate.register_benchmark(
     pytest_ftgate.Benchmark.from_jsonl(
         "sentiment2", Path(__file__).parent / "sentiment.jsonl",
@@ -99,7 +117,8 @@ pytest_ftgate.register_benchmark(
         choices=("positive", "negative", "neutral"), max_tokens=8,
     )
 )
-""")
+"""
+    )
     gate_project.makepyfile("""
         import pytest
 
@@ -159,14 +178,18 @@ def test_missing_adapter_path_is_a_usage_error(gate_project: pytest.Pytester) ->
     gate_project.makepyfile(GATE_TEST)
     result = gate_project.runpytest(f"{options.ADAPTER}=nowhere/lora")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*adapter folder */nowhere/lora does not exist: check the path given to --ftgate-adapter*"])
+    result.stderr.fnmatch_lines(
+        ["*adapter folder */nowhere/lora does not exist: check the path given to --ftgate-adapter*"]
+    )
 
 
 def test_folder_without_weights(gate_project: pytest.Pytester) -> None:
     (gate_project.path / "empty").mkdir()
     result = gate_project.runpytest(f"{options.ADAPTER}=empty")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*empty holds no adapter weights (adapters.safetensors or adapter_model.safetensors)*"])
+    result.stderr.fnmatch_lines(
+        ["*empty holds no adapter weights (adapters.safetensors or adapter_model.safetensors)*"]
+    )
 
 
 def test_corrupt_safetensors(gate_project: pytest.Pytester) -> None:
@@ -209,12 +232,15 @@ def test_unknown_backend(gate_project: pytest.Pytester) -> None:
 
 
 def test_cache_reused_on_second_run(gate_project: pytest.Pytester) -> None:
-    gate_project.makepyfile(GATE_TEST + """
+    gate_project.makepyfile(
+        GATE_TEST
+        + """
 
 def test_calls():
     import conftest
     print("CALLS", conftest.CALLS["examples"])
-""")
+"""
+    )
     args = [adapter_args(gate_project, fake_flips=1), "-s", "-p", "no:randomly"]
     first = gate_project.runpytest(*args)
     first.stdout.fnmatch_lines(["*CALLS 80*"])  # 40 base + 40 tuned
@@ -249,14 +275,16 @@ def test_reports_terminal_json_markdown_plot_junit(gate_project: pytest.Pytester
         f"--junitxml={out / 'junit.xml'}",
     )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*= ftgate =*",
-        "benchmark*base*tuned*delta*95% CI*n*verdict*time",
-        "Sentiment*100.0*85.0*-15.0*[[]-*40*fail*",
-        "ftgate: Sentiment regressed",
-        "*baseline above 70%: don't fine-tune*measured: regressed -15.0 (forgetting)",
-        "ftgate: JSON report written to *r.json",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= ftgate =*",
+            "benchmark*base*tuned*delta*95% CI*n*verdict*time",
+            "Sentiment*100.0*85.0*-15.0*[[]-*40*fail*",
+            "ftgate: Sentiment regressed",
+            "*baseline above 70%: don't fine-tune*measured: regressed -15.0 (forgetting)",
+            "ftgate: JSON report written to *r.json",
+        ]
+    )
     data = json.loads((out / "r.json").read_text())
     assert data["schema"] == "pytest-ftgate/report" and data["version"] == 1
     assert data["summary"]["failed"] == 1
@@ -282,10 +310,14 @@ def test_custom_assertion_failure_still_reported(gate_project: pytest.Pytester) 
     )
     result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["Sentiment*pass (test failed)*", "ftgate: Sentiment passed (1 test failed on its own assertions)"])
+    result.stdout.fnmatch_lines(
+        ["Sentiment*pass (test failed)*", "ftgate: Sentiment passed (1 test failed on its own assertions)"]
+    )
 
 
-def test_plot_without_matplotlib_is_a_usage_error(gate_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plot_without_matplotlib_is_a_usage_error(
+    gate_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -300,25 +332,28 @@ def test_xdist_summary_printed_once_with_every_workers_records(gate_project: pyt
 
     pytest.importorskip("xdist")
     gate_project.makepyfile(test_a=GATE_TEST, test_b=GATE_TEST.replace("test_no_forgetting", "test_other"))
-    result = gate_project.runpytest(
-        "-n", "2", adapter_args(gate_project, fake_flips=6), f"{options.REPORT}=r.json"
-    )
+    result = gate_project.runpytest("-n", "2", adapter_args(gate_project, fake_flips=6), f"{options.REPORT}=r.json")
     result.assert_outcomes(failed=2)
     text = result.stdout.str()
     assert text.count("= ftgate =") == 1
-    result.stdout.fnmatch_lines(["Sentiment (test_no_forgetting)*fail*", "Sentiment (test_other)*fail*", "ftgate: 2 of 2 gates regressed*"])
+    result.stdout.fnmatch_lines(
+        ["Sentiment (test_no_forgetting)*fail*", "Sentiment (test_other)*fail*", "ftgate: 2 of 2 gates regressed*"]
+    )
     data = json.loads((gate_project.path / "r.json").read_text())
     assert [g["nodeid"] for g in data["gates"]] == ["test_a.py::test_no_forgetting", "test_b.py::test_other"]
 
 
 def test_early_stop_uses_fewer_examples(gate_project: pytest.Pytester) -> None:
     write_sentiment(gate_project.path / "sentiment.jsonl", n=400)
-    gate_project.makepyfile(GATE_TEST + """
+    gate_project.makepyfile(
+        GATE_TEST
+        + """
 
 def test_calls():
     import conftest
     print("CALLS", conftest.CALLS["examples"])
-""")
+"""
+    )
     args = [adapter_args(gate_project, fake_flips=200), "-s", options.EARLY_STOP, "-p", "no:syrupy"]
     result = gate_project.runpytest(*args)
     result.assert_outcomes(failed=1, passed=1)

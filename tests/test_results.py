@@ -11,12 +11,21 @@ from pytest_ftgate import EvalResult, ModelInfo, Prediction, compare
 
 def result(correct: list[bool], name: str = "fpb", logprobs: list[dict[str, float]] | None = None) -> EvalResult:
     predictions = [
-        Prediction(f"e{i}", "positive" if ok else "negative", "positive" if ok else "negative", "positive", ok,
-                   f"sentence {i}", logprobs[i] if logprobs else None)
+        Prediction(
+            f"e{i}",
+            "positive" if ok else "negative",
+            "positive" if ok else "negative",
+            "positive",
+            ok,
+            f"sentence {i}",
+            logprobs[i] if logprobs else None,
+        )
         for i, ok in enumerate(correct)
     ]
     score = 100 * sum(correct) / len(correct)
-    return EvalResult(name, ModelInfo("m", "f"), len(correct), score, {"accuracy": score}, predictions, 1.0, title="FPB")
+    return EvalResult(
+        name, ModelInfo("m", "f"), len(correct), score, {"accuracy": score}, predictions, 1.0, title="FPB"
+    )
 
 
 def test_pairs_and_flips() -> None:

@@ -64,10 +64,12 @@ def test_cycle(run, gate_project: pytest.Pytester) -> None:  # type: ignore[no-u
     conftest.write_text(conftest.read_text().replace("Answer with one word.", "Answer in one word."))
     stale = run()
     stale.assert_outcomes(passed=1, errors=1)
-    stale.stdout.fnmatch_lines([
-        "*baseline was recorded for another prompt, parsing or benchmark version: "
-        "run pytest --snapshot-update to re-record it*"
-    ])
+    stale.stdout.fnmatch_lines(
+        [
+            "*baseline was recorded for another prompt, parsing or benchmark version: "
+            "run pytest --snapshot-update to re-record it*"
+        ]
+    )
 
     updated = run("--snapshot-update")
     updated.assert_outcomes(passed=2)

@@ -64,7 +64,11 @@ class Backend(Protocol):
 REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mlx": ("pytest_ftgate.backends.mlx:MLXBackend", "mlx", ("mlx", "mlx_vlm", "mlx_tune")),
     "openai": ("pytest_ftgate.backends.openai:OpenAIBackend", "openai", ()),
-    "transformers": ("pytest_ftgate.backends.transformers:TransformersBackend", "torch", ("torch", "transformers", "peft")),
+    "transformers": (
+        "pytest_ftgate.backends.transformers:TransformersBackend",
+        "torch",
+        ("torch", "transformers", "peft"),
+    ),
     "llamacpp": ("pytest_ftgate.backends.llamacpp:LlamaCppBackend", "llamacpp", ("llama_cpp",)),
 }
 _EXTERNAL: dict[str, str] = {}
@@ -111,9 +115,7 @@ def create_backend(name: str, **options: Any) -> Backend:
         target, extra, modules = REGISTRY[name]
         missing = [m for m in modules if importlib.util.find_spec(m) is None]
         if missing:
-            raise BackendError(
-                f"the {name!r} backend needs {', '.join(missing)}: pip install 'pytest-ftgate[{extra}]'"
-            )
+            raise BackendError(f"the {name!r} backend needs {', '.join(missing)}: pip install 'pytest-ftgate[{extra}]'")
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     backend: Backend = cls(**options)

@@ -270,7 +270,7 @@ class MLXBackend:
         cache = self._batch_cache(loaded, pads) if len(ids) > 1 else self._single_cache(loaded)
         if cache is None:
             raise BackendError("this model's KV cache has no batched form")
-        tokens = mx.array([[0] * pad + row for pad, row in zip(pads, ids)])
+        tokens = mx.array([[0] * pad + row for pad, row in zip(pads, ids, strict=True)])
         for begin in range(0, width - 1, PREFILL_CHUNK):
             self._forward(loaded, tokens[:, begin : min(begin + PREFILL_CHUNK, width - 1)], cache)
             mx.eval([c.state for c in cache])
@@ -292,7 +292,9 @@ class MLXBackend:
             return {int(t) for t in criteria.eos_token_ids}
         return {int(t) for t in tokenizer.eos_token_ids}
 
-    def score(self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]) -> list[list[float]]:
+    def score(
+        self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]
+    ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt.
 
         One batched forward pass over the left-padded prompts scores every single-token
@@ -354,7 +356,7 @@ class MLXBackend:
         width = max(len(row) for row in ids)
         pads = [width - len(row) for row in ids]
         cache = self._batch_cache(loaded, pads) or self._single_cache(loaded)
-        return self._forward(loaded, mx.array([[0] * pad + row for pad, row in zip(pads, ids)]), cache)
+        return self._forward(loaded, mx.array([[0] * pad + row for pad, row in zip(pads, ids, strict=True)]), cache)
 
     def _logits(self, loaded: _Loaded, ids: list[int]) -> Any:
         import mlx.core as mx
@@ -390,7 +392,8 @@ class MLXBackend:
             if self._batch_cache(loaded, [0]) is None:
                 size = 1
             chunk = order[start : start + size]
-            for index, tokens in zip(chunk, self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop), strict=True):
+            outputs = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
+            for index, tokens in zip(chunk, outputs, strict=True):
                 replies[index] = _detokenize(loaded, tokens)
             start += len(chunk)
             mx.clear_cache()
@@ -412,7 +415,8 @@ class MLXBackend:
         active = list(range(len(ids)))
         for _ in range(max_tokens):
             keep = []
-            for slot, token in enumerate(next_tokens.tolist()):
+            values: list[int] = next_tokens.tolist()  # type: ignore[assignment]
+            for slot, token in enumerate(values):
                 row = active[slot]
                 if token in eos:
                     continue

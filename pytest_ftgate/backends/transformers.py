@@ -525,7 +525,9 @@ class TransformersBackend:
             next_tokens = output.logits[:, -1].argmax(-1)
         return out
 
-    def score(self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]) -> list[list[float]]:
+    def score(
+        self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]
+    ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt.
 
         One batched forward pass over the prompts (left padded) keeps only the last position's
@@ -570,7 +572,7 @@ class TransformersBackend:
             block = torch.tensor(
                 [pieces[j][1:] + [pad] * (extra - len(pieces[j]) + 1) for j in longer], device=mask.device
             )  # (m, extra): each longer continuation without its first token
-            inputs = torch.cat([firsts[longer][:, None], block[:, :-1]], dim=1) if extra > 1 else firsts[longer][:, None]
+            inputs = torch.cat([firsts[longer][:, None], block[:, :-1]], dim=1)
             cache.batch_repeat_interleave(m)
             full_mask = torch.cat([mask.repeat_interleave(m, dim=0), mask.new_ones((batch * m, extra))], dim=1)
             steps = position.repeat_interleave(m, dim=0) + torch.arange(extra, device=mask.device)

@@ -1,0 +1,295 @@
+"""The fast paths must not change answers: stop rules (``Benchmark.answer_decided``), batched
+generation with left padding in the mlx and transformers backends, and batched log-prob scoring.
+
+Stop rules are checked two ways: hand-written edge cases, and an exhaustive property check that
+any prefix a rule calls decided parses to the same answer as every longer reply built from it.
+The backends are checked against the libraries' own one-prompt-at-a-time generation (the seed
+study's loop) on the tiny random Gemma 4: the same text without stop rules, the same parsed
+answer with them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_ftgate.benchmarks import get_benchmark
+from pytest_ftgate.benchmarks.base import Benchmark, Example
+from pytest_ftgate.testing import FPB_SYSTEM
+
+MEDMCQA = get_benchmark("medmcqa")
+FPB = get_benchmark("fpb")
+CONVFINQA = get_benchmark("convfinqa")
+
+
+# ------------------------------------------------------------------------------ stop rules
+@pytest.mark.parametrize(
+    ("text", "decided"),
+    [
+        ("", False),
+        ("A", False),  # may become "AN"
+        ("A ", True),
+        ("A.", True),
+        ("a)", True),  # the rule upper-cases the reply
+        ("B\n", True),
+        ("The answer", False),  # no standalone letter
+        ("ANSWER: C", False),  # C is last: "CD" would not match
+        ("ANSWER: C.", True),
+        ("I think a", False),  # the article "a" counts for the seed's rule, once it is complete
+        ("I think a patient", True),
+        ("Bé", False),  # é is a word character: no match
+        ("Ab c", False),  # "AB" is no standalone letter, "C" is last
+        ("E. none, D", False),
+    ],
+)
+def test_medmcqa_stop_rule(text: str, decided: bool) -> None:
+    assert MEDMCQA.answer_decided(text) is decided
+
+
+@pytest.mark.parametrize(
+    ("text", "decided"),
+    [
+        ("", False),
+        ("Positive", True),
+        ("POSITIVE.", True),
+        ("Negative", False),  # a later "positive" would win (list order)
+        ("neutral", False),
+        ("Negative, not positive", True),
+        ("posit", False),
+    ],
+)
+def test_fpb_stop_rule(text: str, decided: bool) -> None:
+    assert FPB.answer_decided(text) is decided
+
+
+@pytest.mark.parametrize(
+    ("text", "decided"),
+    [
+        ("", False),
+        ("yes", False),  # a number later would win
+        ("3", False),
+        ("3.", False),  # may become 3.5
+        ("3.5", False),
+        ("3.5.", True),  # a second "." cannot continue it
+        ("3. ", True),
+        ("3.x", True),
+        ("1,", False),  # commas are removed: "1,2" is 12
+        ("1,2", False),
+        ("1,234.5%", True),
+        ("-4.2 million", True),
+        (".5\n", True),
+        ("$12", False),
+        ("$12\n", True),
+        ("The answer is 7", False),
+    ],
+)
+def test_convfinqa_stop_rule(text: str, decided: bool) -> None:
+    assert CONVFINQA.answer_decided(text) is decided
+
+
+ALPHABETS = {
+    "medmcqa": ["A", "B", "C", "D", "E", "a", "b", "N", "É", "é", " ", ".", "\n", ")", "_", "1"],
+    "fpb": ["positive", "negative", "neutral", "pos", "itive", "Neg", "ative", " ", ".", "\n"],
+    "convfinqa": ["1", "2", "0", ".", ",", "-", "+", "%", " ", "\n", "e", "yes", "no", "$"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALPHABETS))
+def test_a_decided_prefix_keeps_its_answer_whatever_follows(name: str) -> None:
+    """Exhaustive over short replies: a stop rule never cuts a reply whose answer would change."""
+    bench = get_benchmark(name)
+    alphabet = ALPHABETS[name]
+    rng = random.Random(0)
+    replies = ["".join(p) for n in range(1, 5) for p in itertools.product(alphabet, repeat=n)]
+    replies += ["".join(rng.choices(alphabet, k=rng.randint(5, 12))) for _ in range(3000)]
+    checked = 0
+    for reply in replies:
+        for cut in range(len(reply) + 1):
+            prefix = reply[:cut]
+            if bench.answer_decided(prefix):
+                assert bench.parse(prefix) == bench.parse(reply), (prefix, reply)
+                checked += 1
+    assert checked > 1000
+
+
+def test_custom_benchmarks_never_stop_early() -> None:
+    assert Benchmark().answer_decided("A. positive 42\n") is False
+
+
+# ------------------------------------------------------------------------------ backends
+def _examples(bench: Benchmark, n: int, seed: int = 0) -> list[Example]:
+    """Synthetic examples in each benchmark's own prompt format (no data files needed)."""
+    rng = random.Random(seed)
+    words = "profit loss rose fell bank shares patient dose nerve artery net sales 2007 EUR mn".split()
+    out = []
+    for i in range(n):
+        text = " ".join(rng.choices(words, k=rng.randint(3, 30)))
+        if bench.name == "medmcqa":
+            prompt = bench.template.format(question=text, opa="one", opb="two", opc="three", opd="four")
+        elif bench.name == "convfinqa":
+            prompt = f"{text}\n\n| year | {rng.randint(1, 999)} |\n\nQ: what is the change?\nA:"
+        else:
+            prompt = text
+        out.append(Example(id=str(i), prompt=prompt, gold="A"))
+    return out
+
+
+PROMPTS = [
+    [{"role": "system", "content": FPB_SYSTEM}, {"role": "user", "content": user}]
+    for user in ("Shares of the bank fell.", "Operating profit rose to EUR 13.1 mn.", "Net sales were flat.", "Ok.")
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pytest_ftgate.testing import make_tiny_gemma4
+
+    return make_tiny_gemma4(tmp_path_factory.mktemp("models") / "tiny-gemma4")
+
+
+@pytest.fixture(scope="module")
+def mlx_loaded(tiny: Path) -> Any:
+    pytest.importorskip("mlx_vlm")
+    from pytest_ftgate.backends.mlx import MLXBackend
+
+    backend = MLXBackend()
+    return backend, backend.load(str(tiny))
+
+
+@pytest.fixture(scope="module")
+def torch_loaded(tiny: Path) -> Any:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from pytest_ftgate.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend()
+    return backend, backend.load(str(tiny))
+
+
+class TestMLX:
+    @pytest.fixture
+    def loaded(self, mlx_loaded: Any) -> Any:
+        return mlx_loaded
+
+    def _seed_loop(self, backend: Any, model: Any, prompts: list[Any], max_tokens: int) -> list[str]:
+        """The seed study's loop: one ``mlx_vlm.generate`` call per prompt."""
+        import mlx_vlm
+
+        handle = model.handle
+        return [
+            mlx_vlm.generate(
+                handle.model, handle.processor, backend._prompt(handle, messages),
+                max_tokens=max_tokens, temperature=0.0, verbose=False,
+            ).text
+            for messages in prompts
+        ]
+
+    @pytest.mark.parametrize(("name", "n", "max_tokens"), [("fpb", 10, 8), ("medmcqa", 6, 40), ("convfinqa", 4, 12)])
+    def test_batched_equals_one_at_a_time(self, loaded: Any, name: str, n: int, max_tokens: int) -> None:
+        backend, model = loaded
+        bench = get_benchmark(name)
+        prompts = [bench.messages(e) for e in _examples(bench, n)]
+        reference = self._seed_loop(backend, model, prompts, max_tokens)
+        for size in (None, 3):
+            assert backend.generate(model, prompts, max_tokens=max_tokens, batch_size=size) == reference
+        stopped = backend.generate(model, prompts, max_tokens=max_tokens, batch_size=None, stop=bench.answer_decided)
+        assert [bench.parse(r) for r in stopped] == [bench.parse(r) for r in reference]
+        assert all(ref.startswith(s) for s, ref in zip(stopped, reference, strict=True))
+
+    def test_stop_ends_each_sequence_at_its_decision(self, loaded: Any) -> None:
+        backend, model = loaded
+        reference = self._seed_loop(backend, model, PROMPTS, 12)
+        stopped = backend.generate(model, PROMPTS, max_tokens=12, batch_size=None, stop=lambda text: len(text) >= 3)
+        assert all(s == r or (len(s) >= 3 and r.startswith(s)) for s, r in zip(stopped, reference, strict=True))
+        assert any(len(s) < len(r) for s, r in zip(stopped, reference, strict=True))
+
+    def test_batched_scores_equal_one_pass_per_prompt(self, loaded: Any) -> None:
+        import mlx.core as mx
+
+        backend, model = loaded
+        forms = [f for variants in FPB.answer_forms().values() for f in variants]
+        handle = model.handle
+        pieces = [list(handle.tokenizer.encode(f, add_special_tokens=False)) for f in forms]
+        assert any(len(p) > 1 for p in pieces), "the multi-token path must be exercised"
+        scores = backend.score(model, PROMPTS, forms)
+        for messages, row in zip(PROMPTS, scores, strict=True):
+            ids = backend._ids(handle, messages)
+            for piece, value in zip(pieces, row, strict=True):
+                logits = backend._logits(handle, ids + piece[:-1])[len(ids) - 1 :]
+                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                expected = sum(float(logprobs[i, t]) for i, t in enumerate(piece))
+                assert value == pytest.approx(expected, abs=1e-4)
+
+    def test_auto_batch_size(self) -> None:
+        from pytest_ftgate.backends.mlx import MLXBackend
+
+        backend = MLXBackend()
+        assert backend.auto_batch_size(100) > backend.auto_batch_size(2000) >= 1
+        assert backend.auto_batch_size(10**6) == 1
+
+
+class TestTransformers:
+    @pytest.fixture
+    def loaded(self, torch_loaded: Any) -> Any:
+        return torch_loaded
+
+    def _seed_loop(self, backend: Any, model: Any, prompts: list[Any], max_tokens: int) -> list[str]:
+        """One ``model.generate`` call per prompt (greedy), as a transformers user writes it."""
+        import torch
+
+        handle = model.handle
+        replies = []
+        for messages in prompts:
+            batch = backend._encode(handle, [backend._prompt(handle, messages)])
+            with torch.inference_mode():
+                output = handle.model.generate(
+                    **batch, max_new_tokens=max_tokens, do_sample=False, pad_token_id=handle.tokenizer.pad_token_id
+                )
+            new = output[0, batch["input_ids"].shape[1] :]
+            replies.append(handle.tokenizer.decode(new, skip_special_tokens=True))
+        return replies
+
+    @pytest.mark.parametrize(("name", "n", "max_tokens"), [("fpb", 10, 8), ("medmcqa", 6, 40), ("convfinqa", 4, 12)])
+    def test_batched_equals_one_at_a_time(self, loaded: Any, name: str, n: int, max_tokens: int) -> None:
+        backend, model = loaded
+        bench = get_benchmark(name)
+        prompts = [bench.messages(e) for e in _examples(bench, n)]
+        reference = self._seed_loop(backend, model, prompts, max_tokens)
+        for size in (None, 3):
+            assert backend.generate(model, prompts, max_tokens=max_tokens, batch_size=size) == reference
+        stopped = backend.generate(model, prompts, max_tokens=max_tokens, batch_size=None, stop=bench.answer_decided)
+        assert [bench.parse(r) for r in stopped] == [bench.parse(r) for r in reference]
+
+    def test_stop_ends_each_sequence_at_its_decision(self, loaded: Any) -> None:
+        backend, model = loaded
+        reference = self._seed_loop(backend, model, PROMPTS, 12)
+        stopped = backend.generate(model, PROMPTS, max_tokens=12, batch_size=None, stop=lambda text: len(text) >= 3)
+        assert all(s == r or (len(s) >= 3 and r.startswith(s)) for s, r in zip(stopped, reference, strict=True))
+        assert any(len(s) < len(r) for s, r in zip(stopped, reference, strict=True))
+
+    def test_batched_scores_equal_a_full_forward_pass(self, loaded: Any) -> None:
+        import torch
+
+        backend, model = loaded
+        forms = [f for variants in FPB.answer_forms().values() for f in variants] + ["A", " B"]
+        handle = model.handle
+        pieces = [backend._ids(handle, f) for f in forms]
+        assert any(len(p) > 1 for p in pieces) and any(len(p) == 1 for p in pieces)
+        scores = backend.score(model, PROMPTS, forms)
+        for messages, row in zip(PROMPTS, scores, strict=True):
+            ids = backend._ids(handle, backend._prompt(handle, messages))
+            for piece, value in zip(pieces, row, strict=True):
+                with torch.inference_mode():
+                    logits = handle.model(input_ids=torch.tensor([ids + piece[:-1]])).logits[0, len(ids) - 1 :]
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                expected = sum(float(logprobs[i, t]) for i, t in enumerate(piece))
+                assert value == pytest.approx(expected, abs=1e-4)
+
+    def test_auto_batch_size(self, loaded: Any) -> None:
+        backend, model = loaded
+        assert backend.auto_batch_size(model.handle, 100) > backend.auto_batch_size(model.handle, 2000) >= 1
+        assert backend.default_batch_size >= backend.auto_batch_size(model.handle, 100)
