@@ -62,8 +62,14 @@ def probe_logits(model, tokenizer):
     import mlx.core as mx
 
     messages = [
-        {"role": "system", "content": "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."},
-        {"role": "user", "content": "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007 ."},
+        {
+            "role": "system",
+            "content": "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral.",
+        },
+        {
+            "role": "user",
+            "content": "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007 .",
+        },
     ]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = mx.array([tokenizer.encode(prompt, add_special_tokens=False)])
@@ -77,13 +83,19 @@ def check_reload(base: Path, adapter: Path, trained_logits, label: str) -> None:
     model, tokenizer = load(str(base), adapter_path=str(adapter))
     logits, prompt = probe_logits(model, tokenizer)
     scales = {type(m).__name__: m.scale for _, m in model.named_modules() if hasattr(m, "lora_a")}
-    print(f"{label}: mlx_lm.load(adapter_path) LoRA module scale(s) {scales}; max logit diff vs trained model",
-          float(mx.abs(logits - trained_logits).max()) if trained_logits is not None else "n/a")
+    print(
+        f"{label}: mlx_lm.load(adapter_path) LoRA module scale(s) {scales}; max logit diff vs trained model",
+        float(mx.abs(logits - trained_logits).max()) if trained_logits is not None else "n/a",
+    )
     base_model, _ = load(str(base))
     base_logits, _ = probe_logits(base_model, tokenizer)
     print(f"{label}: max change of the last-position logits vs base: {float(mx.abs(logits - base_logits).max()):.4f}")
-    print(f"{label}: tuned reply:", repr(generate(model, tokenizer, prompt, max_tokens=8)),
-          "| base reply:", repr(generate(base_model, tokenizer, prompt, max_tokens=8)))
+    print(
+        f"{label}: tuned reply:",
+        repr(generate(model, tokenizer, prompt, max_tokens=8)),
+        "| base reply:",
+        repr(generate(base_model, tokenizer, prompt, max_tokens=8)),
+    )
 
 
 def run_mlx_tune(base: Path, out: Path, steps: int, rows: list[dict]) -> None:
@@ -91,18 +103,30 @@ def run_mlx_tune(base: Path, out: Path, steps: int, rows: list[dict]) -> None:
 
     model, tokenizer = FastLanguageModel.from_pretrained(str(base), max_seq_length=256)
     model = FastLanguageModel.get_peft_model(
-        model, r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model,
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
     args = SFTConfig(
-        output_dir=str(out), per_device_train_batch_size=4, learning_rate=2e-4, max_steps=steps,
-        logging_steps=10, save_steps=steps, warmup_steps=5, max_seq_length=256, val_batches=0,
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        learning_rate=2e-4,
+        max_steps=steps,
+        logging_steps=10,
+        save_steps=steps,
+        warmup_steps=5,
+        max_seq_length=256,
+        val_batches=0,
     )
     trainer = SFTTrainer(model=model, tokenizer=tokenizer, train_dataset=rows, args=args)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    print(f"mlx-tune: {steps} steps (batch 4, r=8, alpha=16, 7 targets, all layers) in {seconds:.1f} s "
-          f"= {seconds / steps:.2f} s/step (includes data prep and LoRA injection)")
+    print(
+        f"mlx-tune: {steps} steps (batch 4, r=8, alpha=16, 7 targets, all layers) in {seconds:.1f} s "
+        f"= {seconds / steps:.2f} s/step (includes data prep and LoRA injection)"
+    )
     lora = [m for _, m in model.model.named_modules() if hasattr(m, "lora_a")]
     print(f"mlx-tune: {len(lora)} LoRA modules in the trained model, scale {sorted({m.scale for m in lora})}")
     trained_logits, _ = probe_logits(model.model, tokenizer)
@@ -124,15 +148,39 @@ def run_mlx_lm(base: Path, out: Path, steps: int, rows: list[dict]) -> None:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
     adapters = out / "adapters"
-    cmd = [sys.executable, "-m", "mlx_lm", "lora", "--model", str(base), "--train", "--data", str(data),
-           "--iters", str(steps), "--batch-size", "4", "--val-batches", "1", "--steps-per-report", "10",
-           "--adapter-path", str(adapters), "--max-seq-length", "256", "--num-layers", "-1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlx_lm",
+        "lora",
+        "--model",
+        str(base),
+        "--train",
+        "--data",
+        str(data),
+        "--iters",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--val-batches",
+        "1",
+        "--steps-per-report",
+        "10",
+        "--adapter-path",
+        str(adapters),
+        "--max-seq-length",
+        "256",
+        "--num-layers",
+        "-1",
+    ]
     print(" ".join(cmd))
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - start
-    print(f"mlx_lm lora (defaults: rank 8, scale 20, q/k/v-style default keys): {steps} steps in {seconds:.1f} s "
-          f"= {seconds / steps:.2f} s/step (whole process: load + val + train)")
+    print(
+        f"mlx_lm lora (defaults: rank 8, scale 20, q/k/v-style default keys): {steps} steps in {seconds:.1f} s "
+        f"= {seconds / steps:.2f} s/step (whole process: load + val + train)"
+    )
     describe(adapters)
     check_reload(base, adapters, None, "mlx_lm")
 

@@ -121,7 +121,8 @@ def speed(args: argparse.Namespace) -> None:
     print(
         f"{path.name} ({blas}, mlx {mx.__version__}): load {load_s:.2f} s; {len(examples)} prompts x "
         f"{args.tokens} tokens one at a time: {seconds:.2f} s ({seconds / len(examples):.3f} s/prompt, "
-        f"{prompt_tokens / len(examples):.0f} prompt tokens on average)"
+        f"{prompt_tokens / len(examples):.0f} prompt tokens on average; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
     print("replies:", [r for r in replies[:5]])
 
@@ -136,7 +137,7 @@ def accuracy(args: argparse.Namespace) -> None:
         bench, examples = _examples(name, n)
         replies, prompt_tokens, seconds = _generate_all(model, tokenizer, bench, examples, max_tokens, name)
         parsed = [bench.parse(reply) for reply in replies]
-        correct = [bench.is_correct(p, e.gold) for p, e in zip(parsed, examples)]
+        correct = [bench.is_correct(p, e.gold) for p, e in zip(parsed, examples, strict=True)]
         golds = {}
         for e in examples:
             golds[e.gold] = golds.get(e.gold, 0) + 1
@@ -151,12 +152,13 @@ def accuracy(args: argparse.Namespace) -> None:
             "gold_counts": golds,
             "pred_counts": preds,
             "seconds": round(seconds, 1),
-            "correct_when_parsed": sum(c for c, p in zip(correct, parsed) if p is not None),
-            "examples": [[e.gold, r] for e, r in list(zip(examples, replies))[:6]],
+            "correct_when_parsed": sum(c for c, p in zip(correct, parsed, strict=True) if p is not None),
+            "examples": [[e.gold, r] for e, r in list(zip(examples, replies, strict=True))[:6]],
         }
         print(json.dumps(summary[name], indent=1), flush=True)
         summary[name]["replies"] = [
-            {"id": e.id, "gold": e.gold, "reply": r, "parsed": p} for e, r, p in zip(examples, replies, parsed)
+            {"id": e.id, "gold": e.gold, "reply": r, "parsed": p}
+            for e, r, p in zip(examples, replies, parsed, strict=True)
         ]
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))

@@ -352,7 +352,11 @@ def _is_current(dest: Path, gguf_path: Path, digest: str | None) -> bool:
     if not all((dest / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json")):
         return False
     stat = gguf_path.stat()
-    if digest is None and marker.get("source_size") == stat.st_size and marker.get("source_mtime_ns") == stat.st_mtime_ns:
+    if (
+        digest is None
+        and marker.get("source_size") == stat.st_size
+        and marker.get("source_mtime_ns") == stat.st_mtime_ns
+    ):
         return True
     return bool(marker.get("source_sha256") == (digest or _sha256(gguf_path)))
 

@@ -92,8 +92,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         spec = parse_marker(marker.args, dict(marker.kwargs), where)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if "ftgate_comparison" not in metafunc.fixturenames:
-        metafunc.fixturenames.append("ftgate_comparison")  # the plugin checks thresholds itself
     if spec.listed:
         if BENCHMARK_PARAM not in metafunc.fixturenames:
             metafunc.fixturenames.append(BENCHMARK_PARAM)
@@ -102,12 +100,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put every gated test in one ``xdist_group``: under ``-n N --dist loadgroup`` they share one
-    worker, so the model is loaded (and held in memory) once, while other tests spread out."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
+    """Every gated test computes its comparison, even with an empty body: the fixture is added
+    here, after parametrization has pruned each item's fixture closure. Gated tests also join
+    one ``xdist_group``: under ``-n N --dist loadgroup`` they share one worker, so the model is
+    loaded (and held in memory) once, while other tests spread out."""
+    xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
-        if item.get_closest_marker(MARKER) is not None and item.get_closest_marker("xdist_group") is None:
+        if item.get_closest_marker(MARKER) is None or not isinstance(item, pytest.Function):
+            continue
+        if "ftgate_comparison" not in item.fixturenames:
+            item.fixturenames.append("ftgate_comparison")
+        if xdist and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
 
 

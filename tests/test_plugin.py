@@ -391,3 +391,16 @@ def test_progress_is_live_and_quiet_under_q(gate_project: pytest.Pytester) -> No
     loud.stdout.fnmatch_lines(["ftgate: Sentiment base (generate): 40/40 examples (*/s, ~0 s left)"])
     quiet = gate_project.runpytest(adapter_args(gate_project), options.NO_CACHE, "-q")
     assert "examples (" not in quiet.stdout.str()
+
+
+def test_list_form_with_an_empty_body_is_gated(gate_project: pytest.Pytester) -> None:
+    gate_project.makepyfile("""
+        import pytest
+
+        @pytest.mark.ftgate(["sentiment"], max_drop=2.0)
+        def test_all():
+            pass
+    """)
+    result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Sentiment dropped 15.0 points*"])

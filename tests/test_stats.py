@@ -1,4 +1,5 @@
-"""pytest_ftgate.stats: McNemar, the paired score interval, sample sizes, bootstrap, verdicts."""
+"""pytest_ftgate.stats: McNemar, the paired (skewness-corrected) score interval, sample sizes,
+bootstrap, verdicts."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def outcomes(n: int, lost: int, gained: int) -> tuple[list[bool], list[bool]]:
 
 
 def exact_coverage(n: int, flip_rate: float, drop: float, confidence: float = 0.95) -> float:
-    """Coverage of the score interval summed over all (lost, gained) tables: no Monte Carlo error."""
+    """Coverage of the SCAS interval summed over all (lost, gained) tables: no Monte Carlo error."""
     d = drop / 100
     p_lost, p_gained = (flip_rate + d) / 2, (flip_rate - d) / 2
 
@@ -109,12 +110,14 @@ def test_paired_counts():
         stats.paired_counts([True], [True, False])
 
 
-@pytest.mark.parametrize("n,lost,gained", [(500, 30, 20), (200, 10, 0), (44, 1, 0), (970, 312, 37)])
-def test_interval_is_tango_score_interval(n, lost, gained):
-    """Independent check: restricted MLE found numerically, bounds by root finding."""
+@pytest.mark.parametrize("n,lost,gained", [(500, 30, 20), (200, 10, 0), (44, 1, 0), (970, 312, 37), (60, 9, 2)])
+def test_interval_is_skewness_corrected_tango_score_interval(n, lost, gained):
+    """Independent check of the SCAS bounds: the restricted MLE found numerically, the variance and
+    skewness summed over one pair's three outcomes, and each bound the root of Tango's statistic
+    minus its Cornish-Fisher-corrected critical value, +-z + gamma (z^2 - 1) / 6."""
     optimize = pytest.importorskip("scipy.optimize")
 
-    def score(d: float) -> float:
+    def excess(d: float, side: int, skew: bool = True) -> float:
         def nll(q: float) -> float:  # q = P(lost); P(gained) = q + d
             terms = [(gained, q + d), (lost, q), (n - lost - gained, 1 - 2 * q - d)]
             return -sum(k * math.log(max(p, 1e-300)) for k, p in terms if k)
@@ -123,28 +126,44 @@ def test_interval_is_tango_score_interval(n, lost, gained):
             nll, bounds=(max(0.0, -d) + 1e-15, (1 - d) / 2 - 1e-15), method="bounded",
             options={"xatol": 1e-14},
         ).x
-        return (gained - lost - n * d) / math.sqrt(n * (2 * q + d - d * d))
+        pair = {+1: q + d, -1: q, 0: 1 - 2 * q - d}  # gained-minus-lost indicator of one pair
+        var = sum(p * (x - d) ** 2 for x, p in pair.items())
+        gamma = sum(p * (x - d) ** 3 for x, p in pair.items()) / (math.sqrt(n) * var**1.5)
+        score = (gained - lost - n * d) / math.sqrt(n * var)
+        return score - (side * Z95 + skew * gamma * (Z95**2 - 1) / 6)
 
     d_hat = (gained - lost) / n
-    low = optimize.brentq(lambda d: score(d) - Z95, -0.999999, d_hat - 1e-12)
-    high = optimize.brentq(lambda d: score(d) + Z95, d_hat + 1e-12, 0.999999)
+    low = optimize.brentq(lambda d: excess(d, +1), -0.999999, d_hat - 1e-12, xtol=1e-13)
+    high = optimize.brentq(lambda d: excess(d, -1), d_hat + 1e-12, 0.999999, xtol=1e-13)
     got = stats.paired_diff_interval(*outcomes(n, lost, gained))
     assert got == pytest.approx((100 * low, 100 * high), abs=1e-4)
+    # the correction moves both bounds away from Tango's (the uncorrected cut at +-z)
+    tango_low = optimize.brentq(lambda d: excess(d, +1, skew=False), -0.999999, d_hat - 1e-12, xtol=1e-13)
+    tango_high = optimize.brentq(lambda d: excess(d, -1, skew=False), d_hat + 1e-12, 0.999999, xtol=1e-13)
+    assert abs(got[0] - 100 * tango_low) > 1e-3 and abs(got[1] - 100 * tango_high) > 1e-3
 
 
 def test_interval_regression_values():
-    assert stats.score_interval(500, 30, 20) == pytest.approx((-4.89576, 0.79807), abs=1e-5)
-    assert stats.score_interval(970, 312, 37) == pytest.approx((-31.69527, -25.03622), abs=1e-5)
+    # Tango's uncorrected interval: (-4.89576, 0.79807), (-31.69527, -25.03622), (-8.96, -2.74)
+    assert stats.score_interval(500, 30, 20) == pytest.approx((-4.86549, 0.79274), abs=1e-5)
+    assert stats.score_interval(970, 312, 37) == pytest.approx((-31.69240, -25.03159), abs=1e-5)
+    assert stats.score_interval(200, 10, 0) == pytest.approx((-8.71310, -2.57875), abs=1e-5)
 
 
 def test_zero_discordance_keeps_a_nonzero_symmetric_width():
+    """No flips: p_lost = 0 above 0 (p_gained = 0 below), so a pair's indicator is Bernoulli(h) and
+    the half-width h solves n h = z sqrt(n h (1 - h)) - (z^2 - 1)(1 - 2 h) / 6: about 2.8 / n."""
     for n in (1, 10, 200, 500, 1490):
         low, high = stats.paired_diff_interval(*outcomes(n, 0, 0))
-        half = 100 * Z95**2 / (n + Z95**2)
-        assert (low, high) == pytest.approx((-half, half), rel=1e-9)
-        assert high > 0
-    # 500 unchanged examples still leave room for a +-0.76-point change
-    assert stats.score_interval(500, 0, 0)[1] == pytest.approx(0.762, abs=1e-3)
+        assert low == pytest.approx(-high, rel=1e-12) and high > 0
+        h = high / 100
+        assert n * h == pytest.approx(Z95 * math.sqrt(n * h * (1 - h)) - (Z95**2 - 1) * (1 - 2 * h) / 6, rel=1e-9)
+        if n >= 10:
+            assert h < Z95**2 / (n + Z95**2)  # narrower than Tango's +-z^2/(n+z^2)
+        if n >= 200:
+            assert 2.78 < n * h < 2.82
+    # 500 unchanged examples still leave room for a +-0.56-point change
+    assert stats.score_interval(500, 0, 0)[1] == pytest.approx(0.561, abs=1e-3)
 
 
 def test_edge_cases_all_lost_all_gained_one_and_no_examples():
@@ -229,10 +248,36 @@ def test_exact_coverage_at_small_discordance(n, flip_rate, drop):
     assert 0.935 <= exact_coverage(n, flip_rate, drop) <= 0.965
 
 
+@pytest.mark.parametrize("n,drop", [(200, 5.0), (500, 5.0), (970, 5.0), (1490, 5.0), (200, 4.0)])
+def test_exact_coverage_within_a_point_where_the_flips_are_lopsided(n, drop):
+    """5% flips and a true drop of 5 points: every flip is a loss. Tango's unskewed interval covered
+    96.7% at n = 200 (and 94.3% at n = 1490); n = 200 with a drop of 4 is the skewness-corrected
+    interval's lowest cell of the simulation grid (94.1%). benchmarks/simulate_verdicts.py checks
+    every cell of the grid."""
+    assert 0.94 <= exact_coverage(n, 0.05, drop) <= 0.96
+
+
+def test_statistic_settles_the_bounds_without_computing_them():
+    """low >= t exactly when the statistic at t is >= z; high < t exactly when it is < -z (the
+    strict early-stopping shortcut compares the statistic with +-z instead of bisecting)."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        n = int(rng.integers(1, 2000))
+        lost = int(rng.binomial(n, rng.uniform(0, 0.3)))
+        gained = int(rng.binomial(n - lost, rng.uniform(0, 0.3)))
+        low, high = stats.score_interval(n, lost, gained)
+        for t in [*rng.uniform(-30, 30, size=4), low - 1e-6, low + 1e-6, high - 1e-6, high + 1e-6]:
+            if not -100 < t < 100:
+                continue
+            s = stats._tango_z(n, lost, gained, t / 100)
+            assert (low >= t) == (s >= Z95), (n, lost, gained, t)
+            assert (high < t) == (s < -Z95), (n, lost, gained, t)
+
+
 def test_paired_wald_interval_would_collapse_where_the_score_interval_does_not():
     # the placeholder's Wald interval returned (0, 0) for no flips; this one never has zero width
     low, high = stats.score_interval(970, 0, 0)
-    assert high - low > 0.7
+    assert high - low > 0.55
 
 
 # --- sample sizes ----------------------------------------------------------------------------
@@ -288,8 +333,9 @@ def test_examples_needed_sanity():
     assert stats.examples_needed(0.0, 0.10, 2.0) < need
     assert stats.examples_needed(-1.0, 0.20, 2.0) > need
     assert stats.examples_needed(-5.0, 0.10, 2.0) < stats.examples_needed(-3.0, 0.10, 2.0)
-    # no flips at all: +-z^2/(n+z^2) must fit inside 2 points, n ~ z^2/0.02 - z^2 = 189
-    assert stats.examples_needed(0.0, 0.0, 2.0) == 189
+    # no flips at all: the half-width (about 2.8 / n) must fit inside 2 points: n = 140
+    assert stats.examples_needed(0.0, 0.0, 2.0) == 140
+    assert stats.score_interval(139, 0, 0)[0] < -2.0 <= stats.score_interval(140, 0, 0)[0]
     # a bigger sample narrows the interval: at the returned size it is narrower than at 970
     big = stats.score_interval(need, need * 0.055, need * 0.045)
     small = stats.score_interval(970, 970 * 0.055, 970 * 0.045)

