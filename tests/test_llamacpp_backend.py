@@ -394,6 +394,7 @@ def test_lora_adapter_acts_and_base_is_untouched(loaded: dict[str, Any], ggufs: 
 
 
 @needs_models
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # peft's own is_gradient_checkpointing call
 def test_lora_delta_matches_peft_on_the_same_weights(loaded: dict[str, Any], ggufs: dict[str, Path], tmp_path: Path) -> None:
     """The adapter's effect through llama.cpp equals peft's on the transformers copy of the same
     model (the embedded SmolLM2 folder): the LoRA layout, scale (alpha / r) and orientation are right."""
@@ -408,17 +409,19 @@ def test_lora_delta_matches_peft_on_the_same_weights(loaded: dict[str, Any], ggu
     from pytest_ftgate.embedded import prepare_default_model
 
     backend, base = loaded["backend"], loaded["base"]
-    lora = write_lora(tmp_path / "lora.gguf", ggufs["f16"], strength=0.2, seed=5, rank=4)
+    # Not attn_q / attn_k: GGUF stores their rows permuted for llama.cpp's rotary embedding (and
+    # convert_lora_to_gguf.py permutes their lora_b to match), so peft's tensors differ there.
+    modules = {"attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_up": "mlp.up_proj"}
+    lora = write_lora(tmp_path / "lora.gguf", ggufs["f16"], modules=tuple(modules), strength=0.2, seed=5, rank=4)
     tuned = backend.with_adapter(base, str(lora))
     ours = backend.probe_logits(tuned) - backend.probe_logits(base)
 
-    folder = prepare_default_model(tmp_path / "hf", progress=None)
+    folder = prepare_default_model(progress=None)  # the shared cache: converted once per machine
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = torch.tensor([backend._ids(base.handle, PROBE)])
     with torch.inference_mode():
         plain = model(input_ids=ids).logits[0].numpy()
-    names = {"attn_q": "self_attn.q_proj", "attn_v": "self_attn.v_proj"}
-    config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[0, 1])
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["v_proj", "o_proj", "up_proj"], layers_to_transform=[0, 1])
     peft_model = get_peft_model(model, config)
     header = read_gguf_header(lora)
     state = {}
@@ -427,9 +430,9 @@ def test_lora_delta_matches_peft_on_the_same_weights(loaded: dict[str, Any], ggu
     for tensor in GGUFReader(str(lora)).tensors:
         block, layer, module, _, part = tensor.name.split(".")
         shape = tuple(int(d) for d in reversed(tensor.shape))
-        key = f"base_model.model.model.layers.{layer}.{names[module]}.lora_{part[-1].upper()}.weight"
+        key = f"base_model.model.model.layers.{layer}.{modules[module]}.lora_{part[-1].upper()}.weight"
         state[key] = torch.tensor(np.array(tensor.data).reshape(shape))
-    assert len(state) == len(header.tensors) == 8
+    assert len(state) == len(header.tensors) == 12
     result = set_peft_model_state_dict(peft_model, state)
     assert not result.unexpected_keys
     with torch.inference_mode():
@@ -438,9 +441,9 @@ def test_lora_delta_matches_peft_on_the_same_weights(loaded: dict[str, Any], ggu
     # differ by ~0.08 of ~38, so compare the adapter's effect as a whole. A transposed A/B, a wrong
     # scale (alpha / r) or a wrong layer would break the correlation or move the slope off 1.
     assert float(np.max(np.abs(theirs))) > 1.0
-    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.98
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.999
     slope = float(np.dot(ours.ravel(), theirs.ravel()) / np.dot(theirs.ravel(), theirs.ravel()))
-    assert 0.9 < slope < 1.1
+    assert 0.98 < slope < 1.02
 
 
 @needs_models

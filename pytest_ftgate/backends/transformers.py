@@ -669,7 +669,8 @@ def _eos_ids(loaded: _Loaded) -> set[int]:
 
 def _row_bytes(model: Any, length: int) -> int:
     """Estimated GPU bytes one batch row of ``length`` tokens needs: its KV cache (sliding-window
-    layers capped at the window, KV-shared layers free) plus prefill activations."""
+    layers capped at the window, KV-shared layers free), prefill activations and one layer's
+    attention weights."""
     config = model.config.get_text_config(decoder=True)
     element = 2 if str(model.dtype).endswith(("float16", "bfloat16")) else 4
     layers = int(getattr(config, "num_hidden_layers", 1))
@@ -688,7 +689,8 @@ def _row_bytes(model: Any, length: int) -> int:
         kv += 2 * kv_heads * (head_dim if sliding else global_dim) * kept * element
     intermediate = int(getattr(config, "intermediate_size", 4 * hidden))
     activations = length * (6 * hidden + 3 * intermediate + 2 * heads * global_dim) * element
-    return kv + activations
+    scores = heads * length * length * 4  # attention weights, in case the kernel materialises them
+    return kv + activations + scores
 
 
 def _cache_arg(model: Any, cache: Any) -> dict[str, Any]:
