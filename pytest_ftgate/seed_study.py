@@ -14,7 +14,7 @@ and data the project generates itself:
    then the seed's table (baseline, post-FT, delta, direction, verdict, advice).
 
 With ``--data DIR`` (a folder laid out like ``../shared/data``) it gates the real MedMCQA, FPB and
-ConvFinQA (``--limit`` examples each) as well, and adds a ``medical`` adapter trained on ChatDoctor
+ConvFinQA as well (give ``--limit``: each has hundreds of examples), and adds a ``medical`` adapter trained on ChatDoctor
 GenMedGPT-5k, the stand-in for the seed's medical data.
 """
 
@@ -143,7 +143,9 @@ def gate(root: Path, base: Path, adapter: Path, benchmarks: list[str], args: arg
         f"--ftgate-cache={root / 'cache'}", f"--ftgate-report={report}",
     ]  # fmt: skip
     if args.data:
-        command += [f"--ftgate-data={args.data}", f"--ftgate-limit={args.limit}"]
+        command.append(f"--ftgate-data={args.data}")
+    if args.limit:
+        command.append(f"--ftgate-limit={args.limit}")
     say(" ".join(["pytest", *command[4:]]))
     subprocess.call(command, cwd=root)
     return json.loads(report.read_text())
@@ -167,15 +169,26 @@ def table(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _has_extras() -> bool:
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
+    if missing:
+        say(f"needs {', '.join(missing)}: pip install 'torch==2.13.0' -e '.[torch]' (torch 2.13.0 is the CPU build here)")
+    return not missing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_ftgate.seed_study", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=".ftgate/seed-study", help="work folder (default .ftgate/seed-study)")
     parser.add_argument("--data", help="benchmark data folder (e.g. ../shared/data): gate the real benchmarks too")
-    parser.add_argument("--limit", type=int, default=100, help="examples per real benchmark with --data (default 100)")
+    parser.add_argument("--limit", type=int, help="examples per benchmark (default: all 60 of each probe)")
     parser.add_argument("--backend", default="transformers", help="ftgate backend (default transformers)")
     parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="LoRA steps per adapter (default 30)")
     args = parser.parse_args(argv)
     RECIPE["steps"] = args.steps
+    if not _has_extras():
+        return 2
     from pytest_ftgate.embedded import prepare_default_model
 
     root = Path(args.dir).resolve()
@@ -192,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(reports))
     say(f"done in {time.perf_counter() - started:.0f} s; reports in {root}")
-    return 0
+    improved = any(g["ci"][0] > 0 for data in reports.values() for g in data["gates"])
+    return 0 if improved else 1
 
 
 if __name__ == "__main__":
