@@ -249,6 +249,61 @@ def naive_batched(model: Any, bench: Any, chosen: list[Any], device: str, size: 
     return time.perf_counter() - start, tokens
 
 
+def profile(backend: Any, base: Any, tuned: Any, data: dict[str, Any], device: str) -> None:
+    """Where a decode step's time goes: per-step seconds by batch size, base vs tuned (LoRA),
+    and ConvFinQA prefill alone."""
+    import torch
+
+    log({"phase": "profile-env", "attn_implementation": tuned.handle.model.config._attn_implementation})
+    bench, chosen = data["medmcqa"]
+    ids = [backend._ids(tuned.handle, backend._prompt(tuned.handle, bench.messages(e))) for e in chosen]
+    for model in (base, tuned):
+        for rows in (1, 64, 499):
+            with backend._active(model), torch.inference_mode():
+                for steps in (1, 21):
+                    sync(device)
+                    start = time.perf_counter()
+                    backend._decode(model.handle, ids[:rows], steps, set(), None)
+                    sync(device)
+                    if steps == 1:
+                        prefill = time.perf_counter() - start
+                    else:
+                        per_step = (time.perf_counter() - start - prefill) / 20
+            log({"phase": "profile-step", "model": "tuned" if model is tuned else "base", "rows": rows,
+                 "prefill_s": round(prefill, 3), "decode_step_ms": round(per_step * 1000, 1)})
+    current = tuned.handle.model.config._attn_implementation
+    other = "eager" if current == "sdpa" else "sdpa"
+    try:
+        tuned.handle.model.set_attn_implementation(other)
+        with backend._active(tuned), torch.inference_mode():
+            times = []
+            for steps in (1, 21):
+                sync(device)
+                start = time.perf_counter()
+                backend._decode(tuned.handle, ids[:499], steps, set(), None)
+                sync(device)
+                times.append(time.perf_counter() - start)
+        log({"phase": "profile-step", "model": "tuned", "attn": other, "rows": 499,
+             "decode_step_ms": round((times[1] - times[0]) / 20 * 1000, 1)})
+    except Exception as exc:  # a benchmark probe: report and go on
+        log({"phase": "profile-step", "attn": other, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    finally:
+        tuned.handle.model.set_attn_implementation(current)
+    bench, chosen = data["convfinqa"]
+    ids = sorted((backend._ids(tuned.handle, backend._prompt(tuned.handle, bench.messages(e))) for e in chosen),
+                 key=len)
+    for rows in (64, 200):
+        batch = ids[len(ids) // 2 : len(ids) // 2 + rows]
+        with backend._active(tuned), torch.inference_mode():
+            sync(device)
+            start = time.perf_counter()
+            backend._prefill(tuned.handle, batch)
+            sync(device)
+        tokens = rows * max(len(r) for r in batch)
+        log({"phase": "profile-prefill", "rows": rows, "padded_tokens": tokens,
+             "seconds": round(time.perf_counter() - start, 3)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=".h200")
@@ -256,6 +311,7 @@ def main() -> None:
     parser.add_argument("--seed-sample", default="medmcqa:2,fpb:8,convfinqa:4")
     parser.add_argument("--naive-batches", type=int, default=1, help="batches of the naive loop to time")
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: seed,naive,generate,logprob")
+    parser.add_argument("--profile", action="store_true", help="time decode steps and prefill, then stop")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -282,6 +338,9 @@ def main() -> None:
     bench, chosen = data["fpb"]
     evaluate(bench, chosen[:8], tuned, cache=PredictionCache(None), mode="generate")
 
+    if args.profile:
+        profile(backend, base, tuned, data, device)
+        return
     if "seed" not in skip:
         for part in args.seed_sample.split(","):
             name, count = part.split(":")

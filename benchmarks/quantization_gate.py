@@ -95,23 +95,42 @@ def main() -> None:
         verdict = comparison.verdict(max_drop=args.max_drop)
         if reference_row is None:
             base = comparison.base
-            reference_row = ["f16 (reference)", _mb(reference), f"{base.score:.1f}", "", "", "", "", f"{base.seconds:.0f}"]
+            reference_row = [
+                "f16 (reference)",
+                _mb(reference),
+                f"{base.score:.1f}",
+                "",
+                "",
+                "",
+                "",
+                f"{base.seconds:.0f}",
+            ]
         low, high = comparison.ci
-        rows.append([
-            kind,
-            _mb(path),
-            f"{comparison.tuned.score:.1f}",
-            f"{comparison.delta:+.1f}",
-            f"[{low:+.1f}, {high:+.1f}]",
-            f"{len(comparison.lost)}/{len(comparison.gained)}",
-            verdict.outcome,
-            f"{comparison.tuned.seconds:.0f}",
-        ])
+        rows.append(
+            [
+                kind,
+                _mb(path),
+                f"{comparison.tuned.score:.1f}",
+                f"{comparison.delta:+.1f}",
+                f"[{low:+.1f}, {high:+.1f}]",
+                f"{len(comparison.lost)}/{len(comparison.gained)}",
+                verdict.outcome,
+                f"{comparison.tuned.seconds:.0f}",
+            ]
+        )
         print(f"{kind}: {verdict.outcome}: {verdict.reason} ({seconds:.0f} s; quantized in {made:.1f} s)", flush=True)
         del gate
 
-    header = ["quant", "size MB", f"{args.benchmark.upper()} acc", "delta vs f16", "95% CI", "lost/gained",
-              f"verdict (max_drop={args.max_drop:g})", "seconds"]
+    header = [
+        "quant",
+        "size MB",
+        f"{args.benchmark.upper()} acc",
+        "delta vs f16",
+        "95% CI",
+        "lost/gained",
+        f"verdict (max_drop={args.max_drop:g})",
+        "seconds",
+    ]
     table = _markdown(header, [reference_row or [], *rows])
     title = (
         f"{stem}: {args.benchmark} n={args.limit}, {args.mode} mode, llamacpp backend "
@@ -130,9 +149,9 @@ def _mb(path: Path) -> str:
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows] if r) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(header, widths)) + " |"]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows if row]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows if row]
     return "\n".join(lines)
 
 

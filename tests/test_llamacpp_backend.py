@@ -220,7 +220,9 @@ def test_truncated_gguf_is_a_model_error(tmp_path: Path) -> None:
 
 def test_adapter_given_as_model_is_refused(tmp_path: Path) -> None:
     lora = write_gguf(tmp_path / "lora.gguf", {"general.architecture": "llama", "general.type": "adapter"})
-    with pytest.raises(ModelError, match=r"lora\.gguf is a LoRA adapter GGUF, not a model: pass it with --ftgate-adapter"):
+    with pytest.raises(
+        ModelError, match=r"lora\.gguf is a LoRA adapter GGUF, not a model: pass it with --ftgate-adapter"
+    ):
         LlamaCppBackend().load(str(lora))
 
 
@@ -315,7 +317,8 @@ def test_score_is_finite_and_agrees_with_generate(loaded: dict[str, Any]) -> Non
     fpb = get_benchmark("fpb")
     rows = finsent_rows(30, seed=3)
     prompts = PROMPTS + [
-        [{"role": "system", "content": FPB_SYSTEM}, {"role": "user", "content": rows[i]["sentence"]}] for i in (0, 25, 28)
+        [{"role": "system", "content": FPB_SYSTEM}, {"role": "user", "content": rows[i]["sentence"]}]
+        for i in (0, 25, 28)
     ]
     forms = fpb.answer_forms()
     flat = [form for variants in forms.values() for form in variants]
@@ -331,7 +334,7 @@ def test_score_is_finite_and_agrees_with_generate(loaded: dict[str, Any]) -> Non
     leading = [(p, r.split()[0].strip(".,!?").lower()) for p, r in zip(picked, replies, strict=True) if r.split()]
     labelled = [(p, word) for p, word in leading if word in LABELS]
     assert len(labelled) >= 3, replies
-    assert sum(p == word for p, word in labelled) >= 0.75 * len(labelled), list(zip(picked, replies))
+    assert sum(p == word for p, word in labelled) >= 0.75 * len(labelled), list(zip(picked, replies, strict=True))
     # one prompt at a time (no shared cache, multi-token forms rolled back) gives the same numbers
     alone = [backend.score(base, [p], flat)[0] for p in prompts[:3]]
     np.testing.assert_allclose(np.array(alone), np.array(scores[:3]), atol=1e-3)
@@ -374,7 +377,9 @@ def test_truncated_model_is_a_model_error(ggufs: dict[str, Path], tmp_path: Path
 
 
 @needs_models
-def test_lora_adapter_acts_and_base_is_untouched(loaded: dict[str, Any], ggufs: dict[str, Path], tmp_path: Path) -> None:
+def test_lora_adapter_acts_and_base_is_untouched(
+    loaded: dict[str, Any], ggufs: dict[str, Path], tmp_path: Path
+) -> None:
     import numpy as np
 
     backend, base = loaded["backend"], loaded["base"]
@@ -395,7 +400,9 @@ def test_lora_adapter_acts_and_base_is_untouched(loaded: dict[str, Any], ggufs: 
 
 @needs_models
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # peft's own is_gradient_checkpointing call
-def test_lora_delta_matches_peft_on_the_same_weights(loaded: dict[str, Any], ggufs: dict[str, Path], tmp_path: Path) -> None:
+def test_lora_delta_matches_peft_on_the_same_weights(
+    loaded: dict[str, Any], ggufs: dict[str, Path], tmp_path: Path
+) -> None:
     """The adapter's effect through llama.cpp equals peft's on the transformers copy of the same
     model (the embedded SmolLM2 folder): the LoRA layout, scale (alpha / r) and orientation are right."""
     for module in ("torch", "transformers", "peft", "gguf"):
@@ -453,7 +460,9 @@ def test_empty_lora_is_refused_and_removed(loaded: dict[str, Any], ggufs: dict[s
     backend, base = loaded["backend"], loaded["base"]
     before = len(base.handle.adapters)
     empty = write_lora(tmp_path / "empty.gguf", ggufs["f16"], strength=0.0)
-    with pytest.raises(AdapterError, match=r"adapter .*empty\.gguf has no effect: the model's logits on a probe prompt"):
+    with pytest.raises(
+        AdapterError, match=r"adapter .*empty\.gguf has no effect: the model's logits on a probe prompt"
+    ):
         backend.with_adapter(base, str(empty))
     assert len(base.handle.adapters) == before and base.handle.active is None
     np.testing.assert_array_equal(backend.probe_logits(base), loaded["logits"])
@@ -469,7 +478,9 @@ def test_lora_for_another_base_is_refused(loaded: dict[str, Any], ggufs: dict[st
     assert "wide.gguf does not fit base model" in message and "incorrect shape" in message
     assert "pass that base with --ftgate-base" in message
     other_arch = write_lora(tmp_path / "gemma.gguf", ggufs["f16"], architecture="gemma3")
-    with pytest.raises(AdapterError, match=r"gemma\.gguf is a LoRA adapter for a 'gemma3' model, but the base .* is 'llama'"):
+    with pytest.raises(
+        AdapterError, match=r"gemma\.gguf is a LoRA adapter for a 'gemma3' model, but the base .* is 'llama'"
+    ):
         backend.with_adapter(base, str(other_arch))
     deep = write_lora(tmp_path / "deep.gguf", ggufs["f16"])
     data = deep.read_bytes().replace(b"blk.1.attn_q", b"blk.9.attn_x")  # a module this model does not have
@@ -503,7 +514,9 @@ def metrics_imported() -> None:
 
 
 @needs_models
-def test_candidate_gate_through_pytest(metrics_imported: None, ggufs: dict[str, Path], pytester: pytest.Pytester) -> None:
+def test_candidate_gate_through_pytest(
+    metrics_imported: None, ggufs: dict[str, Path], pytester: pytest.Pytester
+) -> None:
     pytester.makepyfile(CANDIDATE_TEST)
     result = pytester.runpytest(
         "--ftgate-backend=llamacpp",
@@ -521,10 +534,27 @@ def test_candidate_identical_to_base_has_no_delta(ggufs: dict[str, Path], tmp_pa
     from pytest_ftgate import Gate
 
     gate = Gate(
-        base=str(ggufs["f16"]), candidate=str(ggufs["f16"]), backend="llamacpp", limit=24, cache=tmp_path / "cache"
+        base=str(ggufs["f16"]), candidate=str(ggufs["f16"]), backend="llamacpp", limit=12, cache=tmp_path / "cache"
     )
     comparison = gate.compare("finsent-probe")
     assert comparison.delta == 0.0 and not comparison.lost and not comparison.gained
     assert comparison.base.model.fingerprint == comparison.tuned.model.fingerprint
     scored = gate.compare("finsent-probe", mode="logprob")
     assert scored.base.mode == "logprob" and scored.delta == 0.0
+
+
+@needs_models
+@pytest.mark.xfail(
+    strict=True,
+    raises=AdapterError,
+    reason="pytest_ftgate.adapters.inspect_adapter (run by Gate and the plugin before any model loads) knows only "
+    "safetensors adapter folders, so a LoRA GGUF is refused there; the backend itself takes it (tests above). "
+    "Remove this mark once inspect_adapter accepts .gguf adapters",
+)
+def test_gate_takes_a_lora_gguf_adapter(ggufs: dict[str, Path], tmp_path: Path) -> None:
+    from pytest_ftgate import Gate
+
+    lora = write_lora(tmp_path / "lora.gguf", ggufs["f16"], strength=1.0)
+    gate = Gate(base=str(ggufs["f16"]), adapter=lora, backend="llamacpp", limit=12, cache=tmp_path / "cache")
+    comparison = gate.compare("finsent-probe")
+    assert comparison.tuned.model.fingerprint != comparison.base.model.fingerprint

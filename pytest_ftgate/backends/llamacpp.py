@@ -170,7 +170,9 @@ def read_gguf_header(path: Path, *, role: str = "model", option: str = "--ftgate
                 )
             version = handle.unpack("<I")
             if version < 2:
-                raise error(f"{path} is a GGUF v{version} file, which llama.cpp no longer reads: convert the model again")
+                raise error(
+                    f"{path} is a GGUF v{version} file, which llama.cpp no longer reads: convert the model again"
+                )
             n_tensors = handle.unpack("<Q")
             n_kv = handle.unpack("<Q")
             meta: dict[str, Any] = {}
@@ -206,7 +208,9 @@ def find_gguf(value: str | os.PathLike[str], *, role: str = "model", option: str
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
         if not found:
-            raise error(f"{path} holds no .gguf file: point {option} at a GGUF file (the llamacpp backend reads GGUF only)")
+            raise error(
+                f"{path} holds no .gguf file: point {option} at a GGUF file (the llamacpp backend reads GGUF only)"
+            )
         if len(found) > 1:
             names = ", ".join(p.name for p in found[:6])
             raise error(f"{path} holds {len(found)} .gguf files ({names}): point {option} at the one to use")
@@ -554,7 +558,9 @@ class LlamaCppBackend:
             loaded.llm.eval(list(tokens))
         except Exception as exc:
             self._forget(loaded)
-            raise BackendError(f"llama.cpp failed to evaluate {len(tokens)} tokens: {type(exc).__name__}: {exc}") from None
+            raise BackendError(
+                f"llama.cpp failed to evaluate {len(tokens)} tokens: {type(exc).__name__}: {exc}"
+            ) from None
         loaded.cached.extend(tokens)
 
     def _eval_all(self, loaded: _Loaded, tokens: Sequence[int]) -> Any:
@@ -573,7 +579,9 @@ class LlamaCppBackend:
                 llm._ctx.decode(llm._batch)
             except Exception as exc:
                 self._forget(loaded)
-                raise BackendError(f"llama.cpp failed to evaluate {len(part)} tokens: {type(exc).__name__}: {exc}") from None
+                raise BackendError(
+                    f"llama.cpp failed to evaluate {len(part)} tokens: {type(exc).__name__}: {exc}"
+                ) from None
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(part) * llm.n_vocab(),))
             rows.append(logits.reshape(len(part), llm.n_vocab()).astype(np.float32, copy=True))
             llm.input_ids[n_past : n_past + len(part)] = part
@@ -643,7 +651,9 @@ class LlamaCppBackend:
             replies[index] = self._text(loaded, out)
         return replies
 
-    def score(self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]) -> list[list[float]]:
+    def score(
+        self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]
+    ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt: one
         evaluation per prompt for every single-token continuation, one extra decode per longer one."""
         import numpy as np

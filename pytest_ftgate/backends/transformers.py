@@ -53,11 +53,12 @@ from pytest_ftgate.options import looks_local
 ALLOW_PICKLE_ENV = "FTGATE_ALLOW_PICKLE"
 # Batch sizing without --ftgate-batch-size: on a GPU, the share of free memory the batch may use
 # (KV cache and prefill activations, estimated by _row_bytes) and a ceiling on rows; on a CPU, a
-# token budget per forward pass (measured with SmolLM2-135M on 2 cores: more rows bring nothing).
+# token budget per forward pass (a cap on prefill memory: decode steps on a CPU gain from big batches).
 GPU_MEMORY_SHARE = 0.7
 GPU_MAX_ROWS = 1024
-CPU_TOKENS_PER_BATCH = 4096
+CPU_TOKENS_PER_BATCH = 16384
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_KV_PROJECTION = re.compile(r"layers\.(\d+)\.self_attn\.[kv]_proj$")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
 
 
@@ -440,8 +441,8 @@ class TransformersBackend:
     def auto_batch_size(self, loaded: _Loaded, length: int, copies: int = 1) -> int:
         """Rows per batch for sequences of up to ``length`` tokens: on a GPU, as many as the free
         memory holds (KV cache plus prefill activations, times ``copies`` when the cache is
-        repeated, with a safety margin); on a CPU, enough rows for ~4k tokens per forward pass
-        (more only adds padding and cache traffic)."""
+        copied, with a safety margin); on a CPU, enough rows for ~16k tokens per forward pass,
+        64 at most."""
         import torch
 
         if not loaded.device.startswith("cuda"):
@@ -531,10 +532,9 @@ class TransformersBackend:
         """Log-probability of each continuation as the start of the reply to each prompt.
 
         One batched forward pass over the prompts (left padded) keeps only the last position's
-        logits (``logits_to_keep=1``): that scores every single-token continuation. Longer
-        continuations then share the prompts' KV cache: it is repeated once per such
-        continuation and one more pass over their tokens (right padded, which later positions
-        cannot see) adds the rest of their log-probabilities."""
+        logits (``logits_to_keep=1``): that scores every single-token continuation. A longer
+        continuation then runs its remaining tokens on a copy of the prompts' KV cache (a short
+        pass for the whole batch), so no prompt is computed twice."""
         import torch
 
         loaded: _Loaded = model.handle
@@ -549,16 +549,16 @@ class TransformersBackend:
         with self._active(model), torch.inference_mode():
             start = 0
             while start < len(order):
-                size = self.auto_batch_size(loaded, len(ids[order[start]]) + extra, copies=1 + len(longer))
+                size = self.auto_batch_size(loaded, len(ids[order[start]]) + extra, copies=2 if longer else 1)
                 chunk = order[start : start + size]
-                scores = self._score_batch(loaded, [ids[i] for i in chunk], pieces, longer, extra)
+                scores = self._score_batch(loaded, [ids[i] for i in chunk], pieces, longer)
                 for index, values in zip(chunk, scores, strict=True):
                     rows[index] = values
                 start += len(chunk)
         return rows
 
     def _score_batch(
-        self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]], longer: list[int], extra: int
+        self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]], longer: list[int]
     ) -> list[list[float]]:
         import torch
 
@@ -566,29 +566,22 @@ class TransformersBackend:
         first = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B, vocab)
         firsts = torch.tensor([piece[0] for piece in pieces], device=first.device)
         totals = first[:, firsts]  # (B, continuations)
-        if longer:
-            m, batch = len(longer), len(ids)
-            pad = loaded.tokenizer.pad_token_id
-            block = torch.tensor(
-                [pieces[j][1:] + [pad] * (extra - len(pieces[j]) + 1) for j in longer], device=mask.device
-            )  # (m, extra): each longer continuation without its first token
-            inputs = torch.cat([firsts[longer][:, None], block[:, :-1]], dim=1)
-            cache.batch_repeat_interleave(m)
-            full_mask = torch.cat([mask.repeat_interleave(m, dim=0), mask.new_ones((batch * m, extra))], dim=1)
-            steps = position.repeat_interleave(m, dim=0) + torch.arange(extra, device=mask.device)
+        for j in longer:
+            # each longer continuation on its own copy of the prompts' cache: no prompt is computed
+            # twice, and memory holds two caches at most
+            tail = pieces[j][1:]
+            steps = len(tail)
             output = loaded.model(
-                input_ids=inputs.repeat(batch, 1),
-                attention_mask=full_mask,
-                position_ids=steps,
-                **_cache_arg(loaded.model, cache),
+                input_ids=torch.tensor([pieces[j][:-1]] * len(ids), device=mask.device),
+                attention_mask=torch.cat([mask, mask.new_ones((len(ids), steps))], dim=1),
+                position_ids=position + torch.arange(steps, device=mask.device),
+                **_cache_arg(loaded.model, copy.deepcopy(cache)),
                 use_cache=True,
-                logits_to_keep=extra,
+                logits_to_keep=steps,
             )
-            logprobs = torch.log_softmax(output.logits.float(), dim=-1).view(batch, m, extra, -1)
-            for k, j in enumerate(longer):
-                tail = pieces[j][1:]
-                picked = logprobs[:, k, torch.arange(len(tail)), torch.tensor(tail, device=logprobs.device)]
-                totals[:, j] += picked.sum(-1)
+            logprobs = torch.log_softmax(output.logits[:, -steps:].float(), dim=-1)
+            picked = logprobs[:, torch.arange(steps), torch.tensor(tail, device=logprobs.device)]
+            totals[:, j] += picked.sum(-1)
         return [[float(v) for v in row] for row in totals.cpu().tolist()]
 
 
@@ -668,27 +661,28 @@ def _eos_ids(loaded: _Loaded) -> set[int]:
 
 
 def _row_bytes(model: Any, length: int) -> int:
-    """Estimated GPU bytes one batch row of ``length`` tokens needs: its KV cache (sliding-window
-    layers capped at the window, KV-shared layers free), prefill activations and one layer's
-    attention weights."""
-    config = model.config.get_text_config(decoder=True)
+    """Estimated GPU bytes one batch row of ``length`` tokens needs: its KV cache (from the k/v
+    projections' widths; sliding-window layers capped at the window, KV-shared layers free),
+    prefill activations and one layer's attention weights."""
+    values = model.config.get_text_config(decoder=True).to_dict()  # raw values: no per-layer lookups
     element = 2 if str(model.dtype).endswith(("float16", "bfloat16")) else 4
-    layers = int(getattr(config, "num_hidden_layers", 1))
-    shared = int(getattr(config, "num_kv_shared_layers", 0) or 0)
-    types = list(getattr(config, "layer_types", None) or ["full_attention"] * layers)
-    heads = int(getattr(config, "num_attention_heads", 1))
-    kv_heads = int(getattr(config, "num_key_value_heads", heads) or heads)
-    hidden = int(getattr(config, "hidden_size", 1024))
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
-    global_dim = int(getattr(config, "global_head_dim", None) or head_dim)
-    window = getattr(config, "sliding_window", None) or length
+    layers = int(values.get("num_hidden_layers") or 1)
+    shared = int(values.get("num_kv_shared_layers") or 0)
+    types = list(values.get("layer_types") or ["full_attention"] * layers)
+    window = int(values.get("sliding_window") or length)
+    widths: dict[int, int] = {}
+    for name, module in model.named_modules():
+        found = _KV_PROJECTION.search(name)
+        if found and hasattr(module, "out_features"):
+            widths[int(found[1])] = widths.get(int(found[1]), 0) + int(module.out_features)
     kv = 0
-    for layer_type in types[: layers - shared]:
-        sliding = layer_type == "sliding_attention"
-        kept = min(length, int(window)) if sliding else length
-        kv += 2 * kv_heads * (head_dim if sliding else global_dim) * kept * element
-    intermediate = int(getattr(config, "intermediate_size", 4 * hidden))
-    activations = length * (6 * hidden + 3 * intermediate + 2 * heads * global_dim) * element
+    for index in range(layers - shared):
+        kept = min(length, window) if index < len(types) and types[index] == "sliding_attention" else length
+        kv += widths.get(index, 0) * kept * element
+    hidden = int(values.get("hidden_size") or 1024)
+    heads = int(values.get("num_attention_heads") or 8)
+    intermediate = int(values.get("intermediate_size") or 4 * hidden)
+    activations = length * (8 * hidden + 3 * intermediate) * element
     scores = heads * length * length * 4  # attention weights, in case the kernel materialises them
     return kv + activations + scores
 
