@@ -133,8 +133,14 @@ def write_adapter(model: Any, dest: Path, rank: int = 16, seed: int = 0) -> Path
     dest.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(dest / "adapter_model.safetensors"))
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
-        "bias": "none", "target_modules": list(LORA_TARGETS), "base_model_name_or_path": "random-gemma4-e4b",
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": rank,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": list(LORA_TARGETS),
+        "base_model_name_or_path": "random-gemma4-e4b",
     }
     (dest / "adapter_config.json").write_text(json.dumps(config))
     return dest
@@ -166,12 +172,19 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     params = sum(p.numel() for p in model.parameters())
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     matrix = sum(
-        p.numel() for n, p in model.named_parameters()
-        if p.dim() == 2 and "embed" not in n and "lora_" not in n
+        p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n and "lora_" not in n
     )
-    log({"phase": "build", "seconds": round(time.perf_counter() - start, 1), "params": params, "lora_params": lora,
-         "matrix_params": matrix, "weights_gb": round(sum(p.numel() * p.element_size() for p in model.parameters())
-                                                      / 2**30, 2), "peak_gb": round(peak_gb(device), 2)})
+    log(
+        {
+            "phase": "build",
+            "seconds": round(time.perf_counter() - start, 1),
+            "params": params,
+            "lora_params": lora,
+            "matrix_params": matrix,
+            "weights_gb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30, 2),
+            "peak_gb": round(peak_gb(device), 2),
+        }
+    )
     return backend, base, tuned, device
 
 
@@ -219,10 +232,13 @@ def seed_loop(model: Any, bench: Any, chosen: list[Any], device: str) -> tuple[f
         sync(device)
         start = time.perf_counter()
         for example in chosen:
-            text = handle.tokenizer.apply_chat_template(bench.messages(example), add_generation_prompt=True, tokenize=False)
+            text = handle.tokenizer.apply_chat_template(
+                bench.messages(example), add_generation_prompt=True, tokenize=False
+            )
             inputs = handle.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
-            output = handle.model.generate(**inputs, max_new_tokens=bench.max_tokens, do_sample=False,
-                                           pad_token_id=handle.tokenizer.pad_token_id)
+            output = handle.model.generate(
+                **inputs, max_new_tokens=bench.max_tokens, do_sample=False, pad_token_id=handle.tokenizer.pad_token_id
+            )
             tokens += output.shape[1] - inputs["input_ids"].shape[1]
         sync(device)
     return time.perf_counter() - start, tokens
@@ -233,17 +249,21 @@ def naive_batched(model: Any, bench: Any, chosen: list[Any], device: str, size: 
 
     handle = model.handle
     backend = model.backend
-    texts = [handle.tokenizer.apply_chat_template(bench.messages(e), add_generation_prompt=True, tokenize=False)
-             for e in chosen]
+    texts = [
+        handle.tokenizer.apply_chat_template(bench.messages(e), add_generation_prompt=True, tokenize=False)
+        for e in chosen
+    ]
     tokens = 0
     with backend._active(model), torch.inference_mode():
         sync(device)
         start = time.perf_counter()
         for begin in range(0, len(texts), size):
-            inputs = handle.tokenizer(texts[begin : begin + size], return_tensors="pt", padding=True,
-                                      add_special_tokens=False).to(device)
-            output = handle.model.generate(**inputs, max_new_tokens=bench.max_tokens, do_sample=False,
-                                           pad_token_id=handle.tokenizer.pad_token_id)
+            inputs = handle.tokenizer(
+                texts[begin : begin + size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            output = handle.model.generate(
+                **inputs, max_new_tokens=bench.max_tokens, do_sample=False, pad_token_id=handle.tokenizer.pad_token_id
+            )
             tokens += int((output[:, inputs["input_ids"].shape[1] :] != handle.tokenizer.pad_token_id).sum())
         sync(device)
     return time.perf_counter() - start, tokens
@@ -269,8 +289,15 @@ def profile(backend: Any, base: Any, tuned: Any, data: dict[str, Any], device: s
                         prefill = time.perf_counter() - start
                     else:
                         per_step = (time.perf_counter() - start - prefill) / 20
-            log({"phase": "profile-step", "model": "tuned" if model is tuned else "base", "rows": rows,
-                 "prefill_s": round(prefill, 3), "decode_step_ms": round(per_step * 1000, 1)})
+            log(
+                {
+                    "phase": "profile-step",
+                    "model": "tuned" if model is tuned else "base",
+                    "rows": rows,
+                    "prefill_s": round(prefill, 3),
+                    "decode_step_ms": round(per_step * 1000, 1),
+                }
+            )
     current = tuned.handle.model.config._attn_implementation
     other = "eager" if current == "sdpa" else "sdpa"
     try:
@@ -283,15 +310,23 @@ def profile(backend: Any, base: Any, tuned: Any, data: dict[str, Any], device: s
                 backend._decode(tuned.handle, ids[:499], steps, set(), None)
                 sync(device)
                 times.append(time.perf_counter() - start)
-        log({"phase": "profile-step", "model": "tuned", "attn": other, "rows": 499,
-             "decode_step_ms": round((times[1] - times[0]) / 20 * 1000, 1)})
+        log(
+            {
+                "phase": "profile-step",
+                "model": "tuned",
+                "attn": other,
+                "rows": 499,
+                "decode_step_ms": round((times[1] - times[0]) / 20 * 1000, 1),
+            }
+        )
     except Exception as exc:  # a benchmark probe: report and go on
         log({"phase": "profile-step", "attn": other, "error": f"{type(exc).__name__}: {exc}"[:300]})
     finally:
         tuned.handle.model.set_attn_implementation(current)
     bench, chosen = data["convfinqa"]
-    ids = sorted((backend._ids(tuned.handle, backend._prompt(tuned.handle, bench.messages(e))) for e in chosen),
-                 key=len)
+    ids = sorted(
+        (backend._ids(tuned.handle, backend._prompt(tuned.handle, bench.messages(e))) for e in chosen), key=len
+    )
     for rows in (64, 200):
         batch = ids[len(ids) // 2 : len(ids) // 2 + rows]
         with backend._active(tuned), torch.inference_mode():
@@ -300,8 +335,14 @@ def profile(backend: Any, base: Any, tuned: Any, data: dict[str, Any], device: s
             backend._prefill(tuned.handle, batch)
             sync(device)
         tokens = rows * max(len(r) for r in batch)
-        log({"phase": "profile-prefill", "rows": rows, "padded_tokens": tokens,
-             "seconds": round(time.perf_counter() - start, 3)})
+        log(
+            {
+                "phase": "profile-prefill",
+                "rows": rows,
+                "padded_tokens": tokens,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
 
 
 def main() -> None:
@@ -321,8 +362,14 @@ def main() -> None:
     from pytest_ftgate.cache import PredictionCache
     from pytest_ftgate.runner import evaluate
 
-    log({"phase": "env", "torch": torch.__version__, "transformers": transformers.__version__,
-         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
+    log(
+        {
+            "phase": "env",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        }
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rate = matmul_rate(device)
     log({"phase": "matmul", "tflops": round(rate / 1e12, 1)})
@@ -331,8 +378,15 @@ def main() -> None:
     lora = sum(p.numel() for n, p in tuned.handle.model.named_parameters() if "lora_" in n)
     data = examples(args)
     lengths = {name: prompt_lengths(backend, tuned, bench, chosen) for name, (bench, chosen) in data.items()}
-    log({"phase": "data", **{name: {"n": len(v), "mean_prompt_tokens": round(sum(v) / len(v), 1), "max": max(v)}
-                            for name, v in lengths.items()}})
+    log(
+        {
+            "phase": "data",
+            **{
+                name: {"n": len(v), "mean_prompt_tokens": round(sum(v) / len(v), 1), "max": max(v)}
+                for name, v in lengths.items()
+            },
+        }
+    )
 
     # warm-up: kernels, allocator, cuBLAS handles
     bench, chosen = data["fpb"]
@@ -348,20 +402,37 @@ def main() -> None:
             peak_reset(device)
             seconds, tokens = seed_loop(tuned, bench, chosen[: int(count)], device)
             per = seconds / int(count)
-            log({"phase": "seed", "benchmark": name, "sample": int(count), "seconds": round(seconds, 2),
-                 "new_tokens": tokens, "examples_per_s": round(1 / per, 3),
-                 "extrapolated_full_s": round(per * len(chosen), 1), "peak_gb": round(peak_gb(device), 2)})
+            log(
+                {
+                    "phase": "seed",
+                    "benchmark": name,
+                    "sample": int(count),
+                    "seconds": round(seconds, 2),
+                    "new_tokens": tokens,
+                    "examples_per_s": round(1 / per, 3),
+                    "extrapolated_full_s": round(per * len(chosen), 1),
+                    "peak_gb": round(peak_gb(device), 2),
+                }
+            )
     if "naive" not in skip:
         for name, size in NAIVE_BATCH.items():
             bench, chosen = data[name]
             sample = chosen[: size * args.naive_batches]
             peak_reset(device)
             seconds, tokens = naive_batched(tuned, bench, sample, device, size)
-            log({"phase": "naive", "benchmark": name, "batch": size, "sample": len(sample),
-                 "seconds": round(seconds, 2), "new_tokens": tokens,
-                 "examples_per_s": round(len(sample) / seconds, 2),
-                 "extrapolated_full_s": round(seconds * len(chosen) / len(sample), 1),
-                 "peak_gb": round(peak_gb(device), 2)})
+            log(
+                {
+                    "phase": "naive",
+                    "benchmark": name,
+                    "batch": size,
+                    "sample": len(sample),
+                    "seconds": round(seconds, 2),
+                    "new_tokens": tokens,
+                    "examples_per_s": round(len(sample) / seconds, 2),
+                    "extrapolated_full_s": round(seconds * len(chosen) / len(sample), 1),
+                    "peak_gb": round(peak_gb(device), 2),
+                }
+            )
     counts: list[int] = []  # new tokens per sequence, counted where ftgate decodes them
     decode = backend._decode
 
@@ -389,13 +460,30 @@ def main() -> None:
             flops = floor_flops(tuned.handle.model, config, sum(lengths[name]), len(chosen), new, lora)
             totals[mode] += seconds
             floors[mode] += flops / rate
-            log({"phase": f"ftgate-{mode}", "benchmark": name, "n": len(chosen), "seconds": round(seconds, 2),
-                 "examples_per_s": round(len(chosen) / seconds, 1), "new_tokens": new,
-                 "rows_at_max_tokens": at_ceiling, "score": round(result.score, 1),
-                 "floor_s": round(flops / rate, 2), "x_floor": round(seconds / (flops / rate), 2),
-                 "peak_gb": round(peak_gb(device), 2)})
-    log({"phase": "summary", "generate_s": round(totals["generate"], 1), "logprob_s": round(totals["logprob"], 1),
-         "generate_floor_s": round(floors["generate"], 1), "logprob_floor_s": round(floors["logprob"], 2)})
+            log(
+                {
+                    "phase": f"ftgate-{mode}",
+                    "benchmark": name,
+                    "n": len(chosen),
+                    "seconds": round(seconds, 2),
+                    "examples_per_s": round(len(chosen) / seconds, 1),
+                    "new_tokens": new,
+                    "rows_at_max_tokens": at_ceiling,
+                    "score": round(result.score, 1),
+                    "floor_s": round(flops / rate, 2),
+                    "x_floor": round(seconds / (flops / rate), 2),
+                    "peak_gb": round(peak_gb(device), 2),
+                }
+            )
+    log(
+        {
+            "phase": "summary",
+            "generate_s": round(totals["generate"], 1),
+            "logprob_s": round(totals["logprob"], 1),
+            "generate_floor_s": round(floors["generate"], 1),
+            "logprob_floor_s": round(floors["logprob"], 2),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,31 @@ what requantizing the same weights costs. Each quantization is made from the ref
 with the verdict at ``max_drop`` (default 1.0 point). The reference's predictions are cached, so it
 is evaluated once. Rows whose k-quant blocks do not fit a model's row size (SmolLM2's 576-wide rows
 are not a multiple of 256) get llama.cpp's fallback types, which the file size shows.
+
+Measured 2026-11-29 (2 shared CPU cores, 1 llama.cpp thread, llama-cpp-python 0.3.36; seconds are
+the candidate's evaluation and vary with the machine's load):
+
+| quant           | size MB | FPB acc | delta vs f16 | 95% CI        | lost/gained | verdict (max_drop=1) | seconds |
+|-----------------|---------|---------|--------------|---------------|-------------|----------------------|---------|
+| f16 (reference) | 271     | 56.0    |              |               |             |                      | 102     |
+| Q8_0            | 145     | 55.0    | -1.0         | [-4.0, +1.7]  | 4/2         | pass                 | 98      |
+| Q6_K            | 138     | 55.5    | -0.5         | [-3.6, +2.5]  | 4/3         | pass                 | 62      |
+| Q5_K_M          | 112     | 57.5    | +1.5         | [-3.7, +6.8]  | 12/15       | pass                 | 91      |
+| Q5_0            | 105     | 59.0    | +3.0         | [-1.5, +7.7]  | 7/13        | pass                 | 65      |
+| Q4_K_M          | 105     | 58.5    | +2.5         | [-2.5, +7.7]  | 10/15       | pass                 | 60      |
+| Q4_1            | 98      | 54.5    | -1.5         | [-4.0, +0.3]  | 3/0         | fail                 | 94      |
+| Q4_0            | 92      | 59.0    | +3.0         | [-1.7, +7.9]  | 8/14        | pass                 | 45      |
+| Q3_K_M          | 94      | 58.0    | +2.0         | [-2.9, +7.1]  | 10/14       | pass                 | 47      |
+| Q2_K            | 88      | 45.5    | -10.5        | [-17.3, -3.9] | 34/13       | fail                 | 43      |
+| Q4_1 (shipped)  | 98      | 54.5    | -1.5         | [-4.0, +0.3]  | 3/0         | fail                 | 95      |
+
+Only Q2_K is a clear loss (its interval excludes 0). Every other verdict is a point-estimate verdict
+that 200 examples cannot support at a 1-point margin (the gate's reason says so): the intervals are
+about +-3 to +-5 points wide. Q8_0 "passes" at exactly -1.0. Requantizing the f16 to Q4_1 reproduces
+the shipped Q4_1's answers exactly; that both lose 3 answers to the f16 of the very same weights
+comes from the compute path (ggml multiplies Q4_1 weights with activations rounded to Q8_1), not
+from the weights. SmolLM2-135M mostly answers FPB off-task (scored as neutral, the majority label),
+so its accuracy is about format, not finance: use the table for the method, not the model.
 """
 
 from __future__ import annotations

@@ -78,7 +78,9 @@ def seed_loop(backend: Any, model: Any, bench: Any, examples: list[Any]) -> list
             from mlx_vlm.prompt_utils import apply_chat_template
 
             for example in examples:
-                prompt = apply_chat_template(handle.processor, handle.model.config, bench.messages(example), num_images=0)
+                prompt = apply_chat_template(
+                    handle.processor, handle.model.config, bench.messages(example), num_images=0
+                )
                 result = mlx_vlm.generate(
                     handle.model, handle.processor, prompt, max_tokens=bench.max_tokens, temperature=0.0, verbose=False
                 )
@@ -129,7 +131,9 @@ def worker(args: argparse.Namespace) -> None:
     if args.side == "seed":
         outputs = seed_loop(backend, model, bench, examples)
     else:
-        result = evaluate(bench, examples, model, cache=PredictionCache(None), mode=args.mode, batch_size=args.batch_size)
+        result = evaluate(
+            bench, examples, model, cache=PredictionCache(None), mode=args.mode, batch_size=args.batch_size
+        )
         outputs = [p.output for p in result.predictions]
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     report = {
@@ -192,8 +196,25 @@ def run_side(args: argparse.Namespace, benchmark: str, side: str, mode: str) -> 
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = handle.name
     command = [
-        sys.executable, __file__, "--worker", "--side", side, "--mode", mode, "--benchmark", benchmark,
-        "--backend", args.backend, "--model", args.model, "--n", str(args.n), "--data", str(args.data), "--out", out,
+        sys.executable,
+        __file__,
+        "--worker",
+        "--side",
+        side,
+        "--mode",
+        mode,
+        "--benchmark",
+        benchmark,
+        "--backend",
+        args.backend,
+        "--model",
+        args.model,
+        "--n",
+        str(args.n),
+        "--data",
+        str(args.data),
+        "--out",
+        out,
     ]
     if args.adapter:
         command += ["--adapter", args.adapter]
@@ -228,8 +249,10 @@ def main() -> None:
     from pytest_ftgate.benchmarks import get_benchmark
 
     preload = os.environ.get("LD_PRELOAD", "")
-    print(f"backend {args.backend}, model {args.model}, n {args.n}, LD_PRELOAD={preload or '-'}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"backend {args.backend}, model {args.model}, n {args.n}, LD_PRELOAD={preload or '-'}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     rows, records = [], []
     for name in args.benchmarks.split(","):
         bench = get_benchmark(name)
@@ -247,12 +270,22 @@ def main() -> None:
                 f"| {100 * agree:.1f}% | {seed['peak_rss_mb']:.0f} / {ours['peak_rss_mb']:.0f} "
                 f"| {_fmt(seed['mlx_peak_mb'])} / {_fmt(ours['mlx_peak_mb'])} | {seed['weights_mb']:.0f} |"
             )
-            records.append({"benchmark": name, "mode": mode, "seed": seed, "ftgate": ours, "agree": agree,
-                            "seed_rule_equals_ftgate_rule": same_rule})
+            records.append(
+                {
+                    "benchmark": name,
+                    "mode": mode,
+                    "seed": seed,
+                    "ftgate": ours,
+                    "agree": agree,
+                    "seed_rule_equals_ftgate_rule": same_rule,
+                }
+            )
             print(rows[-1], flush=True)
     print()
-    print("| benchmark | ftgate mode | n | seed ex/s | ftgate ex/s | speed (wall) | speed (CPU s) | answers agree "
-          "| peak RSS MB seed / ftgate | MLX peak MB seed / ftgate | weights MB |")
+    print(
+        "| benchmark | ftgate mode | n | seed ex/s | ftgate ex/s | speed (wall) | speed (CPU s) | answers agree "
+        "| peak RSS MB seed / ftgate | MLX peak MB seed / ftgate | weights MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if args.json:

@@ -59,6 +59,8 @@ class AdapterInfo:
 
     def fingerprint(self) -> str:
         """sha256 over the weights file and the config: any change to either changes it."""
+        if self.format == "gguf":
+            return file_sha256(self.weights)
         digest = hashlib.sha256()
         for file in sorted(p for p in self.path.iterdir() if p.is_file()):
             if file.suffix in {".safetensors", ".json"}:
@@ -131,12 +133,17 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
     if not folder.exists():
         raise AdapterError(f"adapter folder {folder} does not exist: check the path given to {option}")
     if folder.is_file():
+        if folder.suffix == ".gguf":
+            return _gguf_adapter(folder)  # type: ignore[return-value]
         if folder.name in (MLX_WEIGHTS, PEFT_WEIGHTS):
             folder = folder.parent
         else:
             raise AdapterError(f"{folder} is a file: point {option} at the adapter folder that holds it")
     if (folder / "adapters" / MLX_WEIGHTS).is_file() and not (folder / MLX_WEIGHTS).is_file():
         folder = folder / "adapters"  # a trainer output_dir: its adapters/ subfolder
+    gguf = _gguf_adapter(folder)
+    if gguf is not None:
+        return gguf
     if (folder / MLX_WEIGHTS).is_file():
         return _inspect_mlx(folder)
     if (folder / PEFT_WEIGHTS).is_file():
@@ -151,6 +158,18 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
         f"{folder} holds no adapter weights ({MLX_WEIGHTS} or {PEFT_WEIGHTS}): point {option} at the "
         "folder that save_pretrained (or the trainer's adapters/ output) wrote"
     )
+
+
+def _gguf_adapter(path: Path) -> AdapterInfo | None:
+    """A LoRA GGUF (llama.cpp's ``convert_lora_to_gguf.py``): a ``.gguf`` file, or a folder holding
+    exactly one. Only the file's magic is checked here; the llamacpp backend reads the rest."""
+    files = [path] if path.is_file() else sorted(path.glob("*.gguf"))
+    if len(files) != 1:
+        return None
+    with files[0].open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise AdapterError(f"{files[0]} is not a GGUF file (bad magic): re-convert the adapter")
+    return AdapterInfo(files[0].parent, "gguf", files[0], {}, 0, 1.0, (), {})
 
 
 def _positive(value: Any, file: Path, what: str) -> float:

@@ -544,13 +544,6 @@ def test_candidate_identical_to_base_has_no_delta(ggufs: dict[str, Path], tmp_pa
 
 
 @needs_models
-@pytest.mark.xfail(
-    strict=True,
-    raises=AdapterError,
-    reason="pytest_ftgate.adapters.inspect_adapter (run by Gate and the plugin before any model loads) knows only "
-    "safetensors adapter folders, so a LoRA GGUF is refused there; the backend itself takes it (tests above). "
-    "Remove this mark once inspect_adapter accepts .gguf adapters",
-)
 def test_gate_takes_a_lora_gguf_adapter(ggufs: dict[str, Path], tmp_path: Path) -> None:
     from pytest_ftgate import Gate
 

@@ -182,8 +182,12 @@ class TestMLX:
         handle = model.handle
         return [
             mlx_vlm.generate(
-                handle.model, handle.processor, backend._prompt(handle, messages),
-                max_tokens=max_tokens, temperature=0.0, verbose=False,
+                handle.model,
+                handle.processor,
+                backend._prompt(handle, messages),
+                max_tokens=max_tokens,
+                temperature=0.0,
+                verbose=False,
             ).text
             for messages in prompts
         ]

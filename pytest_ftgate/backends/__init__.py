@@ -91,7 +91,7 @@ def resolve_auto() -> str:
     """``auto``: mlx on Apple Silicon; elsewhere the first installed backend in speed order."""
     if sys.platform == "darwin" and platform.machine() == "arm64" and _installed(REGISTRY["mlx"][2]):
         return "mlx"
-    for name in ("transformers", "llamacpp", "mlx"):
+    for name in ("transformers", "mlx"):  # llamacpp only by name: it reads GGUF files, not model folders
         if name in REGISTRY and _installed(REGISTRY[name][2]):
             return name
     raise BackendError(

@@ -91,7 +91,9 @@ class MLXBackend:
         try:
             return local.resolve() if local.exists() else _snapshot_path(model)
         except Exception as exc:  # the hub client raises many kinds; the user needs one sentence
-            raise ModelError(f"could not find model {model} locally or on the hub: {type(exc).__name__}: {exc}") from exc
+            raise ModelError(
+                f"could not find model {model} locally or on the hub: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def describe(self, model: str) -> dict[str, str]:
         """Fingerprint parts of a model (files hashed, nothing loaded)."""
@@ -210,7 +212,9 @@ class MLXBackend:
 
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
-        return self._logits(loaded, list(loaded.tokenizer.encode(self._prompt(loaded, PROBE), add_special_tokens=False)))
+        return self._logits(
+            loaded, list(loaded.tokenizer.encode(self._prompt(loaded, PROBE), add_special_tokens=False))
+        )
 
     @property
     def default_batch_size(self) -> int:

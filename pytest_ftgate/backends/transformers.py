@@ -375,9 +375,9 @@ class TransformersBackend:
 
     def _encode(self, loaded: _Loaded, texts: Sequence[str]) -> Any:
         # The chat template already writes every special token (bos included): add none.
-        return loaded.tokenizer(
-            list(texts), return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(loaded.model.device)
+        return loaded.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False).to(
+            loaded.model.device
+        )
 
     def probe_logits(self, model: Model) -> Any:
         """Logits (float32, CPU) of every position of a fixed probe prompt (proves an adapter acts)."""

@@ -98,8 +98,7 @@ class MedMCQA(Benchmark):
                 "1-4: subtract 1 from every cop (or use validation.jsonl)"
             )
         gold = self.LETTERS[cop]
-        prompt = self.template.format(question=question, opa=options[0], opb=options[1],
-                                      opc=options[2], opd=options[3])
+        prompt = self.template.format(question=question, opa=options[0], opb=options[1], opc=options[2], opd=options[3])
         ident = _explicit_id(row)
         example = Example(
             id=ident or content_id("medmcqa", question, *options),
@@ -169,10 +168,7 @@ class FPB(Benchmark):
     title = "FPB"
     version = "1"
     kind = "label"
-    system = (
-        "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, "
-        "or neutral."
-    )
+    system = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
     max_tokens = 8
     choices = FPB_LABELS
     template = "{sentence}"
@@ -227,9 +223,7 @@ class FPB(Benchmark):
         if not isinstance(options, list) or not options:
             raise DataError(f"{where}: field 'options' must be a non-empty list of labels")
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(options):
-            raise DataError(
-                f"{where}: gold_index {index!r} is not an index into options {options!r}"
-            )
+            raise DataError(f"{where}: gold_index {index!r} is not an index into options {options!r}")
         gold = self._label(options[index], where, "options[gold_index]")
         sentence = fpb_sentence(text)
         if not sentence:
@@ -419,9 +413,7 @@ class ConvFinQA(Benchmark):
             answers[(conv_id, turn)] = require_str(row, "answer", where, fix=self._DEV_FIX).strip()
         return answers
 
-    def _dev_turn(
-        self, row: Row, where: str, answers: dict[tuple[str, int], str], path: Path
-    ) -> _Built:
+    def _dev_turn(self, row: Row, where: str, answers: dict[tuple[str, int], str], path: Path) -> _Built:
         conv_id, turn, dialogue = self._turn_key(row, where)
         sections = []
         for field in ("pre_text", "table_text", "post_text"):
