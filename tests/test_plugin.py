@@ -258,16 +258,20 @@ def test_xdist_two_workers(gate_project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*Sentiment dropped 15.0 points*"])
 
 
-def test_reports_terminal_json_markdown_plot_junit(gate_project: pytest.Pytester) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_reports_terminal_json_markdown_plot_junit(gate_project: pytest.Pytester, workers: list[str]) -> None:
     import json
 
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed")
+    if workers and importlib.util.find_spec("xdist") is None:
+        pytest.skip("pytest-xdist is not installed")
     gate_project.makepyfile(GATE_TEST)
     out = gate_project.path / "out"
     # In a subprocess: pytester drops the modules a test imported (matplotlib, numpy) when it ends,
     # and numpy's C extension cannot be imported twice in one process.
     result = gate_project.runpytest_subprocess(
+        *workers,
         adapter_args(gate_project, fake_flips=6),
         f"{options.REPORT}={out / 'r.json'}",
         f"{options.MARKDOWN}={out / 'r.md'}",

@@ -297,3 +297,68 @@ class TestTransformers:
         backend, model = loaded
         assert backend.auto_batch_size(model.handle, 100) > backend.auto_batch_size(model.handle, 2000) >= 1
         assert backend.default_batch_size >= backend.auto_batch_size(model.handle, 100)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama (no sliding window, so the transformers backend shares the prompts'
+    common prefix) with the tiny Gemma 4's tokenizer and chat template."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    dest = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(dest)
+    for file in tiny.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(file, dest / file.name)
+    return dest
+
+
+class TestSharedPrefix:
+    """The transformers backend runs the prompts' common prefix once (system prompt, template)."""
+
+    @pytest.fixture(scope="class")
+    def llama(self, tiny_llama: Path) -> Any:
+        from pytest_ftgate.backends.transformers import TransformersBackend
+
+        backend = TransformersBackend()
+        return backend, backend.load(str(tiny_llama))
+
+    def test_the_prefix_is_shared(self, llama: Any) -> None:
+        from pytest_ftgate.backends.transformers import _shared_prefix
+
+        backend, model = llama
+        ids = [backend._ids(model.handle, backend._prompt(model.handle, m)) for m in PROMPTS]
+        shared = _shared_prefix(model.handle.model, ids, 8)
+        assert shared > 20 and all(row[:shared] == ids[0][:shared] for row in ids)
+        assert _shared_prefix(model.handle.model, ids[:1], 8) == 0
+
+    @pytest.mark.parametrize(("name", "n", "max_tokens"), [("fpb", 10, 8), ("medmcqa", 6, 24)])
+    def test_generate_equals_one_at_a_time(self, llama: Any, name: str, n: int, max_tokens: int) -> None:
+        backend, model = llama
+        bench = get_benchmark(name)
+        prompts = [bench.messages(e) for e in _examples(bench, n)]
+        reference = TestTransformers()._seed_loop(backend, model, prompts, max_tokens)
+        for size in (None, 4):
+            assert backend.generate(model, prompts, max_tokens=max_tokens, batch_size=size) == reference
+
+    def test_scores_equal_a_full_forward_pass(self, llama: Any) -> None:
+        TestTransformers().test_batched_scores_equal_a_full_forward_pass(llama)

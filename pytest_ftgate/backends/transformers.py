@@ -57,6 +57,8 @@ ALLOW_PICKLE_ENV = "FTGATE_ALLOW_PICKLE"
 GPU_MEMORY_SHARE = 0.7
 GPU_MAX_ROWS = 1024
 CPU_TOKENS_PER_BATCH = 16384
+CPU_MAX_ROWS = 16  # a CPU step is compute-bound well before; fewer rows, batches of like lengths
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate pass
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _KV_PROJECTION = re.compile(r"layers\.(\d+)\.self_attn\.[kv]_proj$")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
@@ -442,11 +444,11 @@ class TransformersBackend:
         """Rows per batch for sequences of up to ``length`` tokens: on a GPU, as many as the free
         memory holds (KV cache plus prefill activations, times ``copies`` when the cache is
         copied, with a safety margin); on a CPU, enough rows for ~16k tokens per forward pass,
-        64 at most."""
+        16 at most."""
         import torch
 
         if not loaded.device.startswith("cuda"):
-            return max(1, min(64, CPU_TOKENS_PER_BATCH // max(length, 1)))
+            return max(1, min(CPU_MAX_ROWS, CPU_TOKENS_PER_BATCH // max(length, 1)))
         free, _ = torch.cuda.mem_get_info(torch.device(loaded.device))
         per_row = _row_bytes(loaded.model, length) * copies
         return max(1, min(GPU_MAX_ROWS, int(free * GPU_MEMORY_SHARE) // max(per_row, 1)))
@@ -455,27 +457,43 @@ class TransformersBackend:
         # The chat template already writes every special token (bos included): add none.
         return list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _prefill(self, loaded: _Loaded, ids: list[list[int]], keep: int = 1) -> tuple[Any, Any, Any, Any]:
-        """One forward pass over left-padded prompts. Returns (logits of the last ``keep``
-        positions, attention mask, next position ids, cache). Position ids count real tokens
-        only, as ``generate`` does, so a padded row computes what it computes alone."""
+    def _prefill(self, loaded: _Loaded, ids: list[list[int]], later: int = 0) -> tuple[Any, Any, Any, Any]:
+        """The prompts through the model: (last-position logits, attention mask, next position
+        ids, cache). ``later`` is how many tokens will still be appended (for the window check).
+
+        The token prefix all prompts share (system prompt and chat template) runs once, in one row
+        whose cache is then copied to every row; the rest of each prompt follows, left padded
+        after that prefix. Padding is masked and position ids count real tokens only (as
+        ``generate`` does), so every row computes what it computes alone. The prefix is not shared
+        when padding could push a token out of a sliding attention window it would otherwise be in."""
         import torch
         from transformers import DynamicCache
 
         device = loaded.model.device
-        width = max(len(row) for row in ids)
         pad = loaded.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        shared = _shared_prefix(loaded.model, ids, later)
         cache = DynamicCache(config=loaded.model.config)
+        if shared:
+            loaded.model(
+                input_ids=torch.tensor([ids[0][:shared]], device=device),
+                position_ids=torch.arange(shared, device=device)[None],
+                **_cache_arg(loaded.model, cache),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache.batch_repeat_interleave(len(ids))
+        rests = [row[shared:] for row in ids]
+        width = max(len(row) for row in rests)
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rests], device=device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(row)) + [1] * len(row) for row in rests], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         output = loaded.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
             **_cache_arg(loaded.model, cache),
             use_cache=True,
-            logits_to_keep=keep,
+            logits_to_keep=1,
         )
         return output.logits, mask, positions[:, -1:] + 1, cache
 
@@ -490,7 +508,7 @@ class TransformersBackend:
         """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded)."""
         import torch
 
-        logits, mask, position, cache = self._prefill(loaded, ids)
+        logits, mask, position, cache = self._prefill(loaded, ids, later=max_tokens)
         next_tokens = logits[:, -1].argmax(-1)
         out: list[list[int]] = [[] for _ in ids]
         active = list(range(len(ids)))  # batch row -> output row
@@ -562,7 +580,7 @@ class TransformersBackend:
     ) -> list[list[float]]:
         import torch
 
-        logits, mask, position, cache = self._prefill(loaded, ids)
+        logits, mask, position, cache = self._prefill(loaded, ids, later=max(len(p) for p in pieces) - 1)
         first = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B, vocab)
         firsts = torch.tensor([piece[0] for piece in pieces], device=first.device)
         totals = first[:, firsts]  # (B, continuations)
@@ -658,6 +676,25 @@ def _eos_ids(loaded: _Loaded) -> set[int]:
             continue
         ids.update(value if isinstance(value, (list, tuple)) else [value])
     return ids
+
+
+def _shared_prefix(model: Any, ids: list[list[int]], later: int) -> int:
+    """Length of the token prefix worth computing once for all rows (0: none). Every row keeps
+    at least one token of its own. Refused when the padding between prefix and rest could move a
+    key out of a sliding window: transformers' window masks count cache slots, padding included."""
+    if len(ids) < 2:
+        return 0
+    shortest = min(len(row) for row in ids)
+    shared = 0
+    while shared < shortest - 1 and all(row[shared] == ids[0][shared] for row in ids):
+        shared += 1
+    if shared < MIN_SHARED_PREFIX:
+        return 0
+    values = model.config.get_text_config(decoder=True).to_dict()
+    window = values.get("sliding_window")
+    if window and max(len(row) for row in ids) + later > int(window):
+        return 0
+    return shared
 
 
 def _row_bytes(model: Any, length: int) -> int:
