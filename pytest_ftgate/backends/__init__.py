@@ -13,6 +13,7 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, Protocol, runtime_checkable
 
 from pytest_ftgate.errors import BackendError
@@ -58,6 +59,17 @@ class Backend(Protocol):
         batch_size: int | None,
         stop: Callable[[str], bool] | None = None,
     ) -> list[str]: ...
+
+
+def package_versions(*distributions: str) -> str:
+    """``"mlx==0.32.4 mlx-vlm==0.7.6"``: what a backend's answers depend on, for fingerprints."""
+    parts = []
+    for dist in distributions:
+        try:
+            parts.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} missing")
+    return " ".join(parts)
 
 
 # name -> ("module:Class", extra to install, modules it needs)

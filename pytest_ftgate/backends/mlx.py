@@ -17,12 +17,11 @@ import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
-from pytest_ftgate.backends import Message, Model
+from pytest_ftgate.backends import Message, Model, package_versions
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
 from pytest_ftgate.fingerprint import digest, model_parts
 
@@ -74,13 +73,7 @@ class MLXBackend:
         self.options = options
 
     def version(self) -> str:
-        parts = []
-        for dist in ("mlx", "mlx-vlm", "mlx-lm", "mlx-tune"):
-            try:
-                parts.append(f"{dist}=={metadata.version(dist)}")
-            except metadata.PackageNotFoundError:
-                parts.append(f"{dist} missing")
-        return " ".join(parts)
+        return package_versions("mlx", "mlx-vlm", "mlx-lm", "mlx-tune")
 
     # -- loading -----------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
-from pytest_ftgate.backends import Message, Model
+from pytest_ftgate.backends import Message, Model, package_versions
 from pytest_ftgate.backends.mlx import NO_EFFECT_TOLERANCE, PROBE
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
 from pytest_ftgate.fingerprint import model_fingerprint
@@ -103,13 +103,7 @@ class TransformersBackend:
         self._bases: dict[str, _Loaded] = {}
 
     def version(self) -> str:
-        parts = []
-        for dist in ("torch", "transformers", "peft"):
-            try:
-                parts.append(f"{dist}=={metadata.version(dist)}")
-            except metadata.PackageNotFoundError:
-                parts.append(f"{dist} missing")
-        return " ".join(parts)
+        return package_versions("torch", "transformers", "peft")
 
     # -- loading -----------------------------------------------------------------------------
 
