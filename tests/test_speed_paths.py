@@ -332,15 +332,20 @@ def tiny_llama(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="module")
+def llama_loaded(tiny_llama: Path) -> Any:
+    from pytest_ftgate.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend()
+    return backend, backend.load(str(tiny_llama))
+
+
 class TestSharedPrefix:
     """The transformers backend runs the prompts' common prefix once (system prompt, template)."""
 
-    @pytest.fixture(scope="class")
-    def llama(self, tiny_llama: Path) -> Any:
-        from pytest_ftgate.backends.transformers import TransformersBackend
-
-        backend = TransformersBackend()
-        return backend, backend.load(str(tiny_llama))
+    @pytest.fixture
+    def llama(self, llama_loaded: Any) -> Any:
+        return llama_loaded
 
     def test_the_prefix_is_shared(self, llama: Any) -> None:
         from pytest_ftgate.backends.transformers import _shared_prefix

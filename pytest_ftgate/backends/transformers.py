@@ -23,7 +23,8 @@ first user message, ``system + "\\n\\n" + user``, the usual convention for such 
 Generation is greedy, by ftgate's own loop over the model's forward pass (the same tokens as
 ``generate(do_sample=False)``): prompts sorted by length, batched with left padding (position ids
 count real tokens only), a ``DynamicCache`` per batch, batch size fitted to free GPU memory unless
-``--ftgate-batch-size`` is given. A sequence leaves its batch at end-of-sequence, at
+``--ftgate-batch-size`` is given. The token prefix every prompt of a batch shares (system prompt,
+chat template) runs once and its cache is copied to all rows. A sequence leaves its batch at end-of-sequence, at
 ``max_tokens``, or when the benchmark's stop rule (``stop``) says its answer can no longer
 change; its cache rows are dropped. Only the new tokens are decoded (``skip_special_tokens=True``).
 ``score`` (``logprob`` mode) is one batched forward pass with ``logits_to_keep=1`` for
