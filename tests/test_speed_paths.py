@@ -348,13 +348,36 @@ class TestSharedPrefix:
         return llama_loaded
 
     def test_the_prefix_is_shared(self, llama: Any) -> None:
-        from pytest_ftgate.backends.transformers import _shared_prefix
+        from pytest_ftgate.backends.transformers import _prefix_groups, _prefix_plan
 
         backend, model = llama
         ids = [backend._ids(model.handle, backend._prompt(model.handle, m)) for m in PROMPTS]
-        shared = _shared_prefix(model.handle.model, ids, 8)
-        assert shared > 20 and all(row[:shared] == ids[0][:shared] for row in ids)
-        assert _shared_prefix(model.handle.model, ids[:1], 8) == 0
+        assert _prefix_groups(ids) == [[i] for i in sorted(range(len(ids)), key=lambda i: ids[i])]
+        start, heads, owner = _prefix_plan(ids)  # one group: the system prompt and template
+        assert heads == [start] and owner == [0] * len(ids) and start > 20
+        assert all(row[:start] == ids[0][:start] for row in ids)
+        assert _prefix_plan(ids[:1]) is None
+
+    def test_conversation_turns_are_grouped(self, llama: Any) -> None:
+        from pytest_ftgate.backends.transformers import _prefix_groups, _prefix_plan
+
+        backend, model = llama
+        examples = _conversations(4, seed=1)
+        ids = [backend._ids(model.handle, backend._prompt(model.handle, CONVFINQA.messages(e))) for e in examples]
+        by_conversation: dict[str, set[int]] = {}
+        for i, example in enumerate(examples):
+            by_conversation.setdefault(example.id.split("/")[0], set()).add(i)
+        assert sorted(map(sorted, _prefix_groups(ids))) == sorted(map(sorted, by_conversation.values()))
+        start, heads, owner = _prefix_plan(ids)
+        assert len(heads) == len(by_conversation) and start > min(len(row) for row in ids) // 2
+        for batch in backend._batches(model.handle, ids, 8, 7):  # whole groups share a batch where they fit
+            assert len(batch) <= 7
+        rows = backend._batches(model.handle, ids, 8, None)
+        assert sorted(i for batch in rows for i in batch) == list(range(len(ids)))
+        # FPB-like prompts (only the system prompt in common) stay length-sorted
+        fpb = [backend._ids(model.handle, backend._prompt(model.handle, FPB.messages(e))) for e in _examples(FPB, 9)]
+        flat = [i for batch in backend._batches(model.handle, fpb, 8, 4) for i in batch]
+        assert [len(fpb[i]) for i in flat] == sorted((len(r) for r in fpb), reverse=True)
 
     @pytest.mark.parametrize(("name", "n", "max_tokens"), [("fpb", 10, 8), ("medmcqa", 6, 24)])
     def test_generate_equals_one_at_a_time(self, llama: Any, name: str, n: int, max_tokens: int) -> None:
@@ -365,5 +388,79 @@ class TestSharedPrefix:
         for size in (None, 4):
             assert backend.generate(model, prompts, max_tokens=max_tokens, batch_size=size) == reference
 
+    @pytest.mark.parametrize("size", [None, 3, 5])
+    def test_conversations_equal_one_at_a_time(self, llama: Any, size: int | None) -> None:
+        """Turns of one conversation share the document: batched by group, prefix computed once."""
+        _check_conversations(llama, size)
+
     def test_scores_equal_a_full_forward_pass(self, llama: Any) -> None:
         TestTransformers().test_batched_scores_equal_a_full_forward_pass(llama)
+
+    def test_grouped_scores_equal_a_full_forward_pass(self, llama: Any) -> None:
+        _check_grouped_scores(llama)
+
+
+class TestSharedPrefixSlidingWindow:
+    """The same on the tiny Gemma 4, whose sliding window (64) is shorter than the documents:
+    the prefix pass keeps every position, rows are left padded only, so windows count right."""
+
+    @pytest.mark.parametrize("size", [None, 4])
+    def test_conversations_equal_one_at_a_time(self, torch_loaded: Any, size: int | None) -> None:
+        backend, model = torch_loaded
+        assert model.handle.model.config.get_text_config().sliding_window == 64
+        _check_conversations(torch_loaded, size)
+
+    def test_grouped_scores_equal_a_full_forward_pass(self, torch_loaded: Any) -> None:
+        _check_grouped_scores(torch_loaded)
+
+
+def _conversations(count: int, seed: int = 0) -> list[Example]:
+    """ConvFinQA-shaped turns: ``count`` documents (100-200 words), 1-4 turns each, every turn's
+    prompt holding the document and the earlier turns, in a shuffled order."""
+    from pytest_ftgate.benchmarks.builtin import convfinqa_prompt
+
+    rng = random.Random(seed)
+    words = "profit loss rose fell bank shares net sales 2007 2008 EUR mn total assets cash".split()
+    out = []
+    for conv in range(count):
+        document = " ".join(rng.choices(words, k=rng.randint(100, 200)))
+        table = f"| year | {rng.randint(1, 999)} | {rng.randint(1, 999)} |"
+        questions = [f"what is the change in {rng.choice(words)}?" for _ in range(rng.randint(1, 4))]
+        for turn, question in enumerate(questions):
+            earlier = [(q, str(rng.randint(1, 99))) for q in questions[:turn]]
+            prompt = convfinqa_prompt(document, table, "", earlier, question)
+            out.append(Example(id=f"c{conv}/{turn}", prompt=prompt, gold="1"))
+    rng.shuffle(out)
+    return out
+
+
+def _check_conversations(loaded: Any, size: int | None) -> None:
+    from pytest_ftgate.backends.transformers import _prefix_plan
+
+    backend, model = loaded
+    prompts = [CONVFINQA.messages(e) for e in _conversations(5, seed=1)]
+    ids = [backend._ids(model.handle, backend._prompt(model.handle, m)) for m in prompts]
+    plans = [_prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
+    assert any(plan is not None and len(plan[1]) > 1 for plan in plans)  # a batch of several groups
+    reference = TestTransformers()._seed_loop(backend, model, prompts, 10)
+    assert backend.generate(model, prompts, max_tokens=10, batch_size=size) == reference
+    stopped = backend.generate(model, prompts, max_tokens=10, batch_size=size, stop=CONVFINQA.answer_decided)
+    assert [CONVFINQA.parse(r) for r in stopped] == [CONVFINQA.parse(r) for r in reference]
+
+
+def _check_grouped_scores(loaded: Any) -> None:
+    import torch
+
+    backend, model = loaded
+    handle = model.handle
+    prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=2)]
+    forms = ["1", " 2", "positive", " neutral"]
+    scores = backend.score(model, prompts, forms)
+    for messages, row in zip(prompts, scores, strict=True):
+        ids = backend._ids(handle, backend._prompt(handle, messages))
+        for form, value in zip(forms, row, strict=True):
+            piece = backend._ids(handle, form)
+            with torch.inference_mode():
+                logits = handle.model(input_ids=torch.tensor([ids + piece[:-1]])).logits[0, len(ids) - 1 :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            assert value == pytest.approx(sum(float(logprobs[i, t]) for i, t in enumerate(piece)), abs=1e-4)

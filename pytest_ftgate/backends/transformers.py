@@ -60,6 +60,8 @@ GPU_MAX_ROWS = 1024
 CPU_TOKENS_PER_BATCH = 16384
 CPU_MAX_ROWS = 16  # a CPU step is compute-bound well before; fewer rows, batches of like lengths
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate pass
+GROUP_SHARE = 0.5  # prompts sharing this much of the shorter one (beyond the common part) are batched together
+SHARE_PAYOFF = 1.5  # a prefix pass runs when it saves this many times the tokens it costs
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _KV_PROJECTION = re.compile(r"layers\.(\d+)\.self_attn\.[kv]_proj$")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
@@ -411,15 +413,16 @@ class TransformersBackend:
 
         loaded: _Loaded = model.handle
         ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: OOM shows early
         eos = _eos_ids(loaded)
         replies: list[str] = [""] * len(ids)
         with self._active(model), torch.inference_mode():
-            start = 0
-            size = batch_size
-            while start < len(order):
-                rows = size or self.auto_batch_size(loaded, len(ids[order[start]]) + max_tokens)
-                chunk = order[start : start + rows]
+            queue = self._batches(loaded, ids, max_tokens, batch_size)
+            cap = batch_size or len(ids)  # halved at each out-of-memory error, for the batches that follow
+            while queue:
+                chunk = queue.pop(0)
+                if len(chunk) > cap:
+                    queue[:0] = [chunk[:cap], chunk[cap:]]
+                    continue
                 try:
                     tokens = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
                 except torch.cuda.OutOfMemoryError:
@@ -427,13 +430,42 @@ class TransformersBackend:
                         raise BackendError(
                             f"out of GPU memory generating one prompt with {model.label}: use a smaller model"
                         ) from None
-                    size = max(1, len(chunk) // 2)
+                    cap = max(1, len(chunk) // 2)
                     torch.cuda.empty_cache()
+                    queue.insert(0, chunk)
                     continue
                 for index, row in zip(chunk, tokens, strict=True):
                     replies[index] = loaded.tokenizer.decode(row, skip_special_tokens=True)
-                start += len(chunk)
         return replies
+
+    def _batches(
+        self, loaded: _Loaded, ids: list[list[int]], extra: int, batch_size: int | None, copies: int = 1
+    ) -> list[list[int]]:
+        """The prompts' indices cut into batches. Prompts that share a long token prefix with
+        others (ConvFinQA's turns of one conversation: the document and the earlier turns) go into
+        the same batch, whole groups together, so ``_prefill`` computes that prefix once; the
+        other prompts are sorted by length (little padding). Longest first: an out-of-memory error
+        shows early. ``extra`` tokens are added to each prompt's length to size the batches."""
+        groups = _prefix_groups(ids)
+        units = [g for g in groups if len(g) > 1]
+        singles = sorted((g[0] for g in groups if len(g) == 1), key=lambda i: -len(ids[i]))
+        units.sort(key=lambda g: -max(len(ids[i]) for i in g))
+        batches: list[list[int]] = []
+        for unit_list in (units, [[i] for i in singles]):
+            batch: list[int] = []
+            rows = 0
+            for unit in unit_list:  # longest first: the batch's first unit sizes it
+                for index in unit:
+                    if not batch:
+                        longest = max(len(ids[i]) for i in unit) + extra
+                        rows = batch_size or self.auto_batch_size(loaded, longest, copies)
+                    batch.append(index)
+                    if len(batch) >= rows:
+                        batches.append(batch)
+                        batch = []
+            if batch:
+                batches.append(batch)
+        return batches
 
     def auto_batch_size(self, loaded: _Loaded, length: int, copies: int = 1) -> int:
         """Rows per batch for sequences of up to ``length`` tokens: on a GPU, as many as the free
@@ -454,43 +486,86 @@ class TransformersBackend:
 
     def _prefill(self, loaded: _Loaded, ids: list[list[int]], later: int = 0) -> tuple[Any, Any, Any, Any]:
         """The prompts through the model: (last-position logits, attention mask, next position
-        ids, cache). ``later`` is how many tokens will still be appended (for the window check).
+        ids, cache). ``later`` (tokens still to come) is kept for callers; the layout below is
+        exact for sliding windows of any length.
 
-        The token prefix all prompts share (system prompt and chat template) runs once, in one row
-        whose cache is then copied to every row; the rest of each prompt follows, left padded
-        after that prefix. Padding is masked and position ids count real tokens only (as
-        ``generate`` does), so every row computes what it computes alone. The prefix is not shared
-        when padding could push a token out of a sliding attention window it would otherwise be in."""
+        The batch is an ordinary left-padded one (padding masked, position ids counting real
+        tokens only, as ``generate`` does), so every row computes what it computes alone. Token
+        prefixes that rows share are computed once (``_prefix_plan``): each group's prefix runs in
+        a first, smaller pass (one row per group), and its keys and values are copied into the
+        first cache slots of the group's rows; the model then runs only the remaining slots.
+        With no long shared prefix the whole batch shares its common prefix (system prompt, chat
+        template), one row computing it."""
         import torch
         from transformers import DynamicCache
 
+        del later
         device = loaded.model.device
         pad = loaded.tokenizer.pad_token_id
-        shared = _shared_prefix(loaded.model, ids, later)
+        lengths = [len(row) for row in ids]
+        width = max(lengths)
+        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=loaded.model.config)
-        if shared:
-            loaded.model(
-                input_ids=torch.tensor([ids[0][:shared]], device=device),
-                position_ids=torch.arange(shared, device=device)[None],
-                **_cache_arg(loaded.model, cache),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache.batch_repeat_interleave(len(ids))
-        rests = [row[shared:] for row in ids]
-        width = max(len(row) for row in rests)
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rests], device=device)
-        mask = torch.tensor([[1] * shared + [0] * (width - len(row)) + [1] * len(row) for row in rests], device=device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        plan = _prefix_plan(ids) if _plain_cache(loaded.model, cache) else None
+        start = 0
+        if plan is not None:
+            start, heads, owner = plan
+            self._seed_cache(loaded, cache, ids, heads, owner, start)
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=device)[:, start:]
         output = loaded.model(
             input_ids=input_ids,
             attention_mask=mask,
-            position_ids=positions,
+            position_ids=positions[:, start:],
             **_cache_arg(loaded.model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
         return output.logits, mask, positions[:, -1:] + 1, cache
+
+    def _seed_cache(
+        self, loaded: _Loaded, cache: Any, ids: list[list[int]], heads: list[int], owner: list[int], start: int
+    ) -> None:
+        """Fill the first ``start`` cache slots of every row from one pass over the groups'
+        prefixes. ``heads[g]`` is how many prefix tokens group ``g`` needs (taken from the row
+        ``owner`` names first); row r's real tokens in those slots are a prefix of its group's."""
+        import torch
+        from transformers import DynamicCache
+
+        device = loaded.model.device
+        pad = loaded.tokenizer.pad_token_id
+        first = {}
+        for row, group in enumerate(owner):
+            first.setdefault(group, row)
+        prefixes = [ids[first[g]][: heads[g]] for g in range(len(heads))]
+        span = max(heads)
+        head_mask = torch.tensor([[0] * (span - len(p)) + [1] * len(p) for p in prefixes], device=device)
+        head_ids = torch.tensor([[pad] * (span - len(p)) + p for p in prefixes], device=device)
+        # every layer keeps every position here, sliding-window ones too: rows take different spans
+        heads_cache = DynamicCache()
+        loaded.model(
+            input_ids=head_ids,
+            attention_mask=head_mask,
+            position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+            **_cache_arg(loaded.model, heads_cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        # row r's slot t (t < start) holds token t - (start - real) of its group's prefix, where
+        # real = its tokens in those slots; earlier slots are padding (masked): any real key will do
+        index = []
+        for row, group in enumerate(owner):
+            real = max(len(ids[row]) - (max(len(r) for r in ids) - start), 0)
+            offset = span - heads[group]
+            index.append([offset + max(t - (start - real), 0) for t in range(start)])
+        slots = torch.tensor(index, device=device)
+        groups = torch.tensor(owner, device=device)[:, None]
+        for number, layer in enumerate(heads_cache.layers):
+            if not getattr(layer, "is_initialized", False) or layer.keys is None or layer.keys.numel() == 0:
+                continue
+            keys = layer.keys.transpose(1, 2)[groups, slots].transpose(1, 2)
+            values = layer.values.transpose(1, 2)[groups, slots].transpose(1, 2)
+            cache.layers[number].update(keys.contiguous(), values.contiguous())
 
     def _decode(
         self,
@@ -555,19 +630,14 @@ class TransformersBackend:
         if any(not piece for piece in pieces):
             raise BackendError(f"a continuation encodes to no tokens: {list(continuations)!r}")
         ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         longer = [j for j, piece in enumerate(pieces) if len(piece) > 1]
         extra = max((len(pieces[j]) for j in longer), default=1) - 1
         rows: list[list[float]] = [[] for _ in ids]
         with self._active(model), torch.inference_mode():
-            start = 0
-            while start < len(order):
-                size = self.auto_batch_size(loaded, len(ids[order[start]]) + extra, copies=2 if longer else 1)
-                chunk = order[start : start + size]
+            for chunk in self._batches(loaded, ids, extra, None, copies=2 if longer else 1):
                 scores = self._score_batch(loaded, [ids[i] for i in chunk], pieces, longer)
                 for index, values in zip(chunk, scores, strict=True):
                     rows[index] = values
-                start += len(chunk)
         return rows
 
     def _score_batch(
@@ -673,23 +743,92 @@ def _eos_ids(loaded: _Loaded) -> set[int]:
     return ids
 
 
-def _shared_prefix(model: Any, ids: list[list[int]], later: int) -> int:
-    """Length of the token prefix worth computing once for all rows (0: none). Every row keeps
-    at least one token of its own. Refused when the padding between prefix and rest could move a
-    key out of a sliding window: transformers' window masks count cache slots, padding included."""
+def _common_length(a: list[int], b: list[int]) -> int:
+    """Length of the common token prefix of ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _prefix_groups(ids: list[list[int]]) -> list[list[int]]:
+    """Indices of ``ids`` grouped by a long shared token prefix: sorted by tokens, neighbours join
+    a group when, beyond the prefix every prompt shares (system prompt, chat template), they share
+    at least ``GROUP_SHARE`` of the shorter one's remaining tokens (and ``MIN_SHARED_PREFIX``).
+    ConvFinQA turns of one conversation (document, earlier turns) form one group; FPB and MedMCQA
+    prompts stay single."""
     if len(ids) < 2:
-        return 0
-    shortest = min(len(row) for row in ids)
-    shared = 0
-    while shared < shortest - 1 and all(row[shared] == ids[0][shared] for row in ids):
-        shared += 1
-    if shared < MIN_SHARED_PREFIX:
-        return 0
-    values = model.config.get_text_config(decoder=True).to_dict()
-    window = values.get("sliding_window")
-    if window and max(len(row) for row in ids) + later > int(window):
-        return 0
-    return shared
+        return [[i] for i in range(len(ids))]
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    # in sorted order, the prefix all prompts share is the one the first and last share
+    common = _common_length(ids[order[0]], ids[order[-1]])
+    groups = [[order[0]]]
+    for a, b in zip(order, order[1:], strict=False):
+        shared = _common_length(ids[a], ids[b]) - common
+        if shared >= max(MIN_SHARED_PREFIX, GROUP_SHARE * (min(len(ids[a]), len(ids[b])) - common)):
+            groups[-1].append(b)
+        else:
+            groups.append([b])
+    return groups
+
+
+def _prefix_plan(ids: list[list[int]]) -> tuple[int, list[int], list[int]] | None:
+    """How ``_prefill`` shares prefixes in a left-padded batch: (``start``: cache slots filled
+    from the prefix pass, the prefix tokens each group needs, each row's group), or None when
+    sharing saves too little. Every row keeps at least one token for the main pass.
+
+    Rows are grouped by ``_prefix_groups``; with no group of two or more, the whole batch is one
+    group (its common prefix). A group shares its rows' common prefix; a row alone in a batch that
+    has groups runs its prompt (but the last token) in the prefix pass, so the main pass stays as
+    short as the longest non-shared part. The prefix pass costs (groups x longest prefix) tokens,
+    the main pass saves (rows x ``start``)."""
+    if len(ids) < 2:
+        return None
+    groups = _prefix_groups(ids)
+    if all(len(g) == 1 for g in groups):
+        groups = [list(range(len(ids)))]
+    lengths = [len(row) for row in ids]
+    shared = [0] * len(ids)
+    owner = [0] * len(ids)
+    for number, group in enumerate(groups):
+        if len(group) == 1:
+            common = lengths[group[0]] - 1
+        else:
+            common = min(_common_length(ids[group[0]], ids[i]) for i in group[1:])
+            common = min(common, min(lengths[i] for i in group) - 1)
+            if common < MIN_SHARED_PREFIX:
+                common = 0
+        for i in group:
+            shared[i], owner[i] = common, number
+    width = max(lengths)
+    rest = max(n - s for n, s in zip(lengths, shared, strict=True))
+    start = width - rest
+    if start < MIN_SHARED_PREFIX:
+        return None
+    heads = [0] * len(groups)
+    for i, n in enumerate(lengths):
+        heads[owner[i]] = max(heads[owner[i]], n - rest)
+    used = sorted({g for g in owner if heads[g] > 0})
+    renumber = {g: k for k, g in enumerate(used)}
+    cost = len(used) * max(heads)
+    if len(ids) * start < SHARE_PAYOFF * cost:
+        return None
+    fallback = used[0]  # rows with no real token in the shared slots read any group's keys (masked)
+    owner = [renumber[g if heads[g] > 0 else fallback] for g in owner]
+    return start, [heads[g] for g in used], owner
+
+
+def _plain_cache(model: Any, cache: Any) -> bool:
+    """Whether ``_prefill`` may fill ``cache`` from a prefix pass: full and sliding-window
+    attention only, in transformers' plain dynamic layers (or KV-shared placeholders)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    types = model.config.get_text_config(decoder=True).to_dict().get("layer_types") or []
+    if any(kind not in ("full_attention", "sliding_attention") for kind in types):
+        return False
+    allowed = (DynamicLayer, DynamicSlidingWindowLayer)
+    return all(type(layer) in allowed or type(layer).__name__ == "DummyLayer" for layer in cache.layers)
 
 
 def _row_bytes(model: Any, length: int) -> int:
