@@ -22,12 +22,21 @@ Inputs (copy them into an ignored folder that the device run carries)::
 
     python benchmarks/gpu_gemma4_e4b.py --root .h200            # on the GPU
     python benchmarks/gpu_gemma4_e4b.py --root .h200 --tiny     # a CPU dry run on a tiny config
+
+On the device machine, with the transformers / peft wheels carried in ``.whl``::
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    python3 benchmarks/gpu_gemma4_e4b.py --root .h200 --skip seed,naive
+    FTGATE_CUDA_GRAPHS=0 python3 benchmarks/gpu_gemma4_e4b.py --root .h200 --skip seed,naive,logprob
+
+``FTGATE_CUDA_GRAPHS=0`` turns the backend's CUDA-graph decode off (the dynamic-cache loop).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -163,7 +172,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     model.eval()
     model.generation_config.eos_token_id = 1
     tokenizer = AutoTokenizer.from_pretrained(str(Path(args.root) / "tokenizer"), padding_side="left")
-    backend = TransformersBackend()
+    # the tiny CPU dry run forces the static-cache decoder (its steps run eagerly without CUDA)
+    backend = TransformersBackend(**({"static_decode": True} if args.tiny else {}))
     loaded = _Loaded(model, tokenizer, "random-gemma4-e4b", device, str(model.dtype).removeprefix("torch."))
     base = Model(label="random Gemma 4 E4B", fingerprint="random-e4b", backend=backend, handle=loaded)
     adapter = write_adapter(model, Path(tempfile.mkdtemp()) / "adapter")
@@ -434,14 +444,27 @@ def main() -> None:
                 }
             )
     counts: list[int] = []  # new tokens per sequence, counted where ftgate decodes them
+    steps: list[int] = []  # decode steps per batch (its longest reply)
+    prefill_seconds: list[float] = []
     decode = backend._decode
+    prefill = backend._prefill
 
     def counting(*a: Any, **k: Any) -> Any:
         rows = decode(*a, **k)
         counts.extend(len(r) for r in rows)
+        steps.append(max((len(r) for r in rows), default=0))
         return rows
 
+    def timed_prefill(*a: Any, **k: Any) -> Any:
+        sync(device)
+        begin = time.perf_counter()
+        result = prefill(*a, **k)
+        sync(device)
+        prefill_seconds.append(time.perf_counter() - begin)
+        return result
+
     backend._decode = counting
+    backend._prefill = timed_prefill
     totals = {"generate": 0.0, "logprob": 0.0}
     floors = {"generate": 0.0, "logprob": 0.0}
     for mode in ("generate", "logprob"):
@@ -452,6 +475,8 @@ def main() -> None:
                 continue
             peak_reset(device)
             counts.clear()
+            steps.clear()
+            prefill_seconds.clear()
             start = time.perf_counter()
             result = evaluate(bench, chosen, tuned, cache=PredictionCache(None), mode=mode)
             sync(device)
@@ -473,6 +498,12 @@ def main() -> None:
                     "floor_s": round(flops / rate, 2),
                     "x_floor": round(seconds / (flops / rate), 2),
                     "peak_gb": round(peak_gb(device), 2),
+                    "batches": len(prefill_seconds),
+                    "prefill_s": round(sum(prefill_seconds), 2),
+                    "decode_steps": sum(steps),
+                    "ms_per_step": round(1000 * (seconds - sum(prefill_seconds)) / max(sum(steps), 1), 1),
+                    "cuda_graphs": os.environ.get("FTGATE_CUDA_GRAPHS", "1") != "0",
+                    "static_failed": tuned.handle.static_failed,
                 }
             )
     log(

@@ -69,6 +69,26 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
+def choose(bench: Any, examples: list[Any], n: int, sample: str) -> list[Any]:
+    """``stratified``: the plugin's seeded subset (``--ftgate-limit``), which scatters ConvFinQA's
+    turns (30 of 1,490 come from 29 conversations). ``conversations``: every turn of whole
+    conversations, taken in the same seeded order until ``n`` turns are reached, as the full
+    gate has them (all 1,490 turns: ~3.5 per document)."""
+    if sample == "stratified" or bench.name != "convfinqa":
+        return bench.select(examples, n)
+    from pytest_ftgate.benchmarks.sampling import sample_key
+
+    by_conversation: dict[str, list[Any]] = {}
+    for example in examples:
+        by_conversation.setdefault(example.id.rsplit("_", 1)[0], []).append(example)
+    chosen: list[Any] = []
+    for conversation in sorted(by_conversation, key=lambda c: sample_key(0, c)):
+        if len(chosen) >= n:
+            break
+        chosen.extend(by_conversation[conversation])
+    return chosen[:n]
+
+
 def seed_loop(backend: Any, model: Any, bench: Any, examples: list[Any]) -> list[str]:
     handle = model.handle
     replies = []
@@ -121,7 +141,7 @@ def worker(args: argparse.Namespace) -> None:
         model = backend.with_adapter(model, args.adapter)
     load_seconds = time.perf_counter() - start
     bench = get_benchmark(args.benchmark)
-    examples = bench.select(bench.load(args.data), args.n)
+    examples = choose(bench, bench.load(args.data), args.n, args.sample)
     if bench.name == "fpb":
         import sklearn.metrics  # noqa: F401  # FPB's macro F1: imported before the clock starts
 
@@ -213,6 +233,8 @@ def run_side(args: argparse.Namespace, benchmark: str, side: str, mode: str) -> 
         str(args.n),
         "--data",
         str(args.data),
+        "--sample",
+        args.sample,
         "--out",
         out,
     ]
@@ -236,6 +258,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50, help="examples per benchmark (stratified, seeded)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument(
+        "--sample",
+        default="stratified",
+        choices=["stratified", "conversations"],
+        help="ConvFinQA: the stratified subset, or whole conversations (all their turns, as in the full gate)",
+    )
     parser.add_argument("--json", default=None, help="also write all measurements to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", default="ftgate", help=argparse.SUPPRESS)
@@ -251,7 +279,7 @@ def main() -> None:
     preload = os.environ.get("LD_PRELOAD", "")
     print(
         f"backend {args.backend}, model {args.model}, n {args.n}, LD_PRELOAD={preload or '-'}, "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        f"sample {args.sample}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     rows, records = [], []
     for name in args.benchmarks.split(","):

@@ -464,3 +464,58 @@ def _check_grouped_scores(loaded: Any) -> None:
                 logits = handle.model(input_ids=torch.tensor([ids + piece[:-1]])).logits[0, len(ids) - 1 :]
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             assert value == pytest.approx(sum(float(logprobs[i, t]) for i, t in enumerate(piece)), abs=1e-4)
+
+
+@pytest.fixture(scope="module", params=["gemma4", "llama"])
+def static_loaded(request: pytest.FixtureRequest, tiny: Path, tiny_llama: Path) -> Any:
+    from pytest_ftgate.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend(static_decode=True)
+    return backend, backend.load(str(tiny if request.param == "gemma4" else tiny_llama))
+
+
+class TestStaticDecode:
+    """The static-cache decoder (CUDA graphs on a GPU) runs its steps eagerly on a CPU when forced:
+    the same replies as one-at-a-time generation, with sliding windows (tiny Gemma 4, window 64,
+    prompts and replies crossing it) and without (tiny llama)."""
+
+    @pytest.fixture
+    def static(self, static_loaded: Any) -> Any:
+        return static_loaded
+
+    @pytest.mark.parametrize(("name", "n", "max_tokens"), [("fpb", 10, 8), ("medmcqa", 6, 40), ("convfinqa", 4, 12)])
+    def test_equals_one_at_a_time(self, static: Any, name: str, n: int, max_tokens: int) -> None:
+        backend, model = static
+        bench = get_benchmark(name)
+        prompts = [bench.messages(e) for e in _examples(bench, n)]
+        reference = TestTransformers()._seed_loop(backend, model, prompts, max_tokens)
+        for size in (None, 3):
+            assert backend.generate(model, prompts, max_tokens=max_tokens, batch_size=size) == reference
+        stopped = backend.generate(model, prompts, max_tokens=max_tokens, batch_size=None, stop=bench.answer_decided)
+        assert [bench.parse(r) for r in stopped] == [bench.parse(r) for r in reference]
+        assert not model.handle.static_failed
+
+    def test_conversations_equal_one_at_a_time(self, static: Any) -> None:
+        _check_conversations(static, None)
+        assert not static[1].handle.static_failed
+
+    def test_stop_ends_each_sequence_at_its_decision(self, static: Any) -> None:
+        TestTransformers().test_stop_ends_each_sequence_at_its_decision(static)
+
+    def test_used_where_asked(self, static: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        from pytest_ftgate.backends import transformers as module
+
+        backend, model = static
+        calls: list[int] = []
+        original = module._StaticDecoder._step
+
+        def counting(self: Any) -> None:
+            calls.append(1)
+            original(self)
+
+        monkeypatch.setattr(module._StaticDecoder, "_step", counting)
+        backend.generate(model, PROMPTS, max_tokens=6, batch_size=None)
+        assert len(calls) >= 5  # one batch, 5 steps after the prefill
+        calls.clear()
+        module.TransformersBackend().generate(model, PROMPTS, max_tokens=6, batch_size=None)
+        assert calls == []  # a CPU backend without the option decodes dynamically

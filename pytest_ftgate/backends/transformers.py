@@ -52,6 +52,7 @@ from pytest_ftgate.fingerprint import model_fingerprint
 from pytest_ftgate.options import looks_local
 
 ALLOW_PICKLE_ENV = "FTGATE_ALLOW_PICKLE"
+CUDA_GRAPHS_ENV = "FTGATE_CUDA_GRAPHS"  # "0": decode with a dynamic cache on CUDA too
 # Batch sizing without --ftgate-batch-size: on a GPU, the share of free memory the batch may use
 # (KV cache and prefill activations, estimated by _row_bytes) and a ceiling on rows; on a CPU, a
 # token budget per forward pass (a cap on prefill memory: decode steps on a CPU gain from big batches).
@@ -80,6 +81,7 @@ class _Loaded:
     peft: Any = field(default=None, repr=False)
     adapters: dict[str, str] = field(default_factory=dict)  # adapter fingerprint -> peft adapter name
     fold_system: bool = False  # the chat template rejects the system role
+    static_failed: bool = False  # static-cache decoding failed once: dynamic from then on
 
 
 @contextlib.contextmanager
@@ -580,22 +582,34 @@ class TransformersBackend:
 
         logits, mask, position, cache = self._prefill(loaded, ids, later=max_tokens)
         next_tokens = logits[:, -1].argmax(-1)
+        static = self._static_decoder(loaded, cache, mask, position, next_tokens, max_tokens)
+        if static is False:  # it failed before any step: this batch again, the dynamic way
+            return self._decode(loaded, ids, max_tokens, eos, stop)
         out: list[list[int]] = [[] for _ in ids]
-        active = list(range(len(ids)))  # batch row -> output row
-        for _ in range(max_tokens):
+        active: list[int | None] = list(range(len(ids)))  # batch row -> output row (None: finished)
+        for step in range(max_tokens):
             keep = []
-            for slot, token in enumerate(next_tokens.tolist()):
+            tokens = (static.current() if static else next_tokens).tolist()
+            if static and step < max_tokens - 1:
+                # the next step does not depend on which rows finish here: the GPU runs it while
+                # the host checks the stop rules (at worst one step is computed in vain)
+                static.advance()
+            for slot, token in enumerate(tokens):
                 row = active[slot]
-                if token in eos:
+                if row is None or token in eos:
                     continue
                 out[row].append(token)
                 if len(out[row]) < max_tokens:
                     keep.append(slot)
             if stop is not None and keep:
-                texts = loaded.tokenizer.batch_decode([out[active[slot]] for slot in keep], skip_special_tokens=True)
+                texts = loaded.tokenizer.batch_decode([out[active[slot]] for slot in keep], skip_special_tokens=True)  # type: ignore[index]
                 keep = [slot for slot, text in zip(keep, texts, strict=True) if not stop(_stable(text))]
             if not keep:
                 break
+            if static:  # fixed shapes: finished rows stay in the batch, their tokens unread
+                kept = set(keep)
+                active = [row if slot in kept else None for slot, row in enumerate(active)]
+                continue
             if len(keep) < len(active):
                 index = torch.tensor(keep, device=mask.device)
                 cache.batch_select_indices(index)
@@ -613,6 +627,40 @@ class TransformersBackend:
             position = position + 1
             next_tokens = output.logits[:, -1].argmax(-1)
         return out
+
+    def _static_decoder(
+        self, loaded: _Loaded, cache: Any, mask: Any, position: Any, tokens: Any, steps: int
+    ) -> _StaticDecoder | None | bool:
+        """The static-cache decoder for this batch (CUDA graphs on a GPU), None where it does not
+        apply, False where it failed (then the backend stops trying it for this model).
+
+        Applies on CUDA (or where the ``static_decode`` option forces it: the CPU runs the same
+        steps without a graph, for tests), with sdpa or eager attention and plain cache layers,
+        unless ``FTGATE_CUDA_GRAPHS=0``."""
+        import torch
+
+        wanted = self.options.get("static_decode")
+        if wanted is None:
+            wanted = loaded.device.startswith("cuda") and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
+        if not wanted or loaded.static_failed or steps < 2:
+            return None
+        if loaded.model.config._attn_implementation not in ("sdpa", "eager") or not _plain_cache(loaded.model, cache):
+            return None
+        try:
+            decoder = _StaticDecoder(loaded.model, cache, mask, position, tokens, steps, graph=tokens.is_cuda)
+            decoder.warm()  # the first step, eagerly: failures show before any token is read
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a model whose forward the static path cannot drive
+            loaded.static_failed = True
+            warnings.warn(
+                f"ftgate: static-cache decoding failed for {loaded.path} ({type(exc).__name__}: {exc}); "
+                "decoding with a dynamic cache instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
+        return decoder
 
     def score(
         self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]
@@ -666,6 +714,150 @@ class TransformersBackend:
             picked = logprobs[:, torch.arange(steps), torch.tensor(tail, device=logprobs.device)]
             totals[:, j] += picked.sum(-1)
         return [[float(v) for v in row] for row in totals.cpu().tolist()]
+
+
+class _StaticDecoder:
+    """Greedy decode steps of one batch on a static cache, captured in a CUDA graph on a GPU.
+
+    A decode step of a few-billion-parameter model is bound by kernel launches (hundreds of small
+    kernels, LoRA adds more), not by the GPU's arithmetic: replaying a captured graph launches
+    them all at once. Graphs need fixed shapes and addresses, so: the dynamic cache after the
+    prefill is copied into preallocated ``StaticLayer`` buffers (full-attention layers: every slot
+    up to prompt + ``steps``; sliding-window layers: only the slots a window can still reach),
+    the attention masks are built in the step from a slot counter (for full attention: the
+    padding mask; for sliding attention: also ``slot > current - window``, as transformers'
+    masks count slots), position ids and tokens are updated in place, and finished rows stay in
+    the batch (their tokens are not read). The first step runs eagerly (it warms up the kernels
+    and shows any failure before a token is read); the second is captured and replayed from then
+    on. Since no step depends on which rows finished, ``_decode`` launches each step before the
+    host reads the previous tokens' texts for the stop rules: the two overlap. On a CPU (tests)
+    every step runs eagerly."""
+
+    def __init__(
+        self, model: Any, cache: Any, mask: Any, position: Any, tokens: Any, steps: int, *, graph: bool
+    ) -> None:
+        import torch
+        from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, StaticLayer
+
+        self.model = model
+        rows, width = mask.shape
+        total = width + steps
+        values = model.config.get_text_config(decoder=True).to_dict()
+        window = int(values.get("sliding_window") or 0)
+        self.base = max(width - window + 1, 0) if window else 0  # first slot a sliding window still reaches
+        layers: list[Any] = []
+        kinds = set()
+        for layer in cache.layers:
+            if not getattr(layer, "is_initialized", False) or getattr(layer, "keys", None) is None:
+                layers.append(StaticLayer(total))  # never updated (a KV-shared layer)
+                continue
+            sliding = isinstance(layer, DynamicSlidingWindowLayer)
+            kinds.add(sliding)
+            base = self.base if sliding else 0
+            static = StaticLayer(total - base)
+            static.lazy_initialization(layer.keys, layer.values)
+            held = layer.keys.shape[-2]  # the dynamic layer holds slots [width - held, width)
+            static.keys[:, :, width - held - base : width - base].copy_(layer.keys)
+            static.values[:, :, width - held - base : width - base].copy_(layer.values)
+            static.cumulative_length.fill_(width - base)
+            layer.keys = layer.values = None  # freed as we go: one copy of the cache at a time
+            layers.append(static)
+        types = list(values.get("layer_types") or [])
+        if len(kinds) > 1 and not {"full_attention", "sliding_attention"} <= set(types):
+            raise BackendError("mixed full and sliding-window layers without layer_types")
+        self.kinds = kinds
+        self.window = window
+        self.cache = Cache(layers=layers)
+        self.eager = model.config._attn_implementation == "eager"
+        self.dtype = next(model.parameters()).dtype
+        device = mask.device
+        self.seen = torch.zeros((rows, total), dtype=torch.bool, device=device)
+        self.seen[:, :width] = mask.bool()
+        self.slots = torch.arange(total, device=device)
+        self.current_slot = torch.full((1,), width, dtype=torch.long, device=device)
+        self.first = tokens.clone()
+        self.tokens = tokens.clone()
+        self.position = position.clone()
+        self.use_graph = graph
+        self.graph: Any = None
+        self.pending = False
+
+    def _masks(self) -> Any:
+        import torch
+
+        def form(allowed: Any) -> Any:
+            allowed = allowed[:, None, None, :]
+            if not self.eager:
+                return allowed
+            zero = torch.zeros((), dtype=self.dtype, device=allowed.device)
+            return torch.where(allowed, zero, torch.finfo(self.dtype).min)
+
+        masks = {}
+        if False in self.kinds:
+            masks["full_attention"] = form(self.seen)
+        if True in self.kinds:
+            near = self.slots > self.current_slot - self.window
+            masks["sliding_attention"] = form((self.seen & near)[:, self.base :])
+        return masks if len(masks) > 1 else next(iter(masks.values()))
+
+    def _step(self) -> None:
+        self.seen.index_fill_(1, self.current_slot, True)
+        output = self.model(
+            input_ids=self.tokens[:, None],
+            attention_mask=self._masks(),
+            position_ids=self.position,
+            **_cache_arg(self.model, self.cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.tokens.copy_(output.logits[:, -1].argmax(-1))
+        self.position.add_(1)
+        self.current_slot.add_(1)
+
+    def warm(self) -> None:
+        """The first step, eagerly (on a side stream on a GPU, as graph capture wants)."""
+        import torch
+
+        if self.use_graph:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._step()
+            torch.cuda.current_stream().wait_stream(stream)
+        else:
+            self._step()
+        self.pending = True
+
+    def current(self) -> Any:
+        """This step's tokens (the prefill's first, while the step computed ahead is unread)."""
+        return self.first if self.pending else self.tokens
+
+    def advance(self) -> None:
+        import torch
+
+        if self.pending:
+            self.pending = False
+            return
+        if self.use_graph and self.graph is None:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._step()
+                self.graph = graph
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # capture refused (a host sync in the forward): eager steps
+                self.use_graph = False
+                torch.cuda.synchronize()
+                warnings.warn(
+                    f"ftgate: CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding without graphs",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
 
 
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
