@@ -13,6 +13,7 @@ from pytest_ftgate import options, report
 from pytest_ftgate.errors import ConfigError, FtgateError
 from pytest_ftgate.marker import MARKER, MARKER_HELP, GateSpec, parse_marker
 from pytest_ftgate.results import Comparison, Verdict
+from pytest_ftgate.xdist_compat import restore_group_suffixes
 
 BENCHMARK_PARAM = "ftgate_benchmark"
 XDIST_GROUP = "ftgate"
@@ -72,6 +73,11 @@ class _XdistHooks:
         data = getattr(node, "workeroutput", None) or {}
         records = self.config.stash[_RECORDS]
         records.extend(report.GateRecord.from_dict(item) for item in data.get(WORKEROUTPUT_KEY, []))
+
+    @pytest.hookimpl(trylast=True)  # after xdist's worker hook, which appends the group to node ids
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Worker under ``--dist loadgroup``: mend the group suffix pytest 9 drops (xdist_compat)."""
+        restore_group_suffixes(config, items)
 
 
 @pytest.hookimpl(trylast=True)

@@ -2,7 +2,8 @@
 
 These are synthetic and clearly named as such: ``finsent-probe`` (templated financial sentences
 whose sentiment follows from the template, scored like FPB) and ``arith-probe`` (templated
-financial arithmetic questions, scored like ConvFinQA). They are not a substitute for the real
+financial questions, scored like ConvFinQA: lookups of a reported figure, as in ConvFinQA's first
+turns, and differences, sums, margins and percentage changes). They are not a substitute for the real
 benchmarks; they make the offline demo and smoke gates possible without copying any licensed data
 into the project. ``arith_rows(seed=...)`` with another seed also gives training data for them.
 """
@@ -76,6 +77,10 @@ class FinSentProbe(FPB):
 
 _ARITH = [
     (
+        "{c} reported revenue of {a} million in 2022 and {b} million in 2023. What was revenue in 2023, in millions?",
+        lambda a, b: b,
+    ),
+    (
         "{c} reported revenue of {a} million in 2022 and {b} million in 2023. By how many million did revenue change?",
         lambda a, b: b - a,
     ),
@@ -91,6 +96,10 @@ _ARITH = [
         "{c}'s share price moved from {a} to {b}. What was the percentage change?",
         lambda a, b: round(100 * (b - a) / a, 1),
     ),
+    (
+        "{c} had net income of {a} million in 2023 and {b} million in 2022. What was net income in 2022, in millions?",
+        lambda a, b: b,
+    ),
 ]
 
 
@@ -101,10 +110,10 @@ def arith_rows(n: int = 60, seed: int = 0) -> list[dict[str, str]]:
     for i in range(n):
         template, solve = _ARITH[i % len(_ARITH)]
         a = rng.randint(20, 400)
-        b = rng.randint(a + 5, a + 300) if i % len(_ARITH) in (2,) else rng.randint(20, 400)
+        b = rng.randint(a + 5, a + 300) if i % len(_ARITH) == 3 else rng.randint(20, 400)
         question = template.format(c=rng.choice(_COMPANIES), a=a, b=b)
         answer = solve(a, b)
-        rows.append({"id": f"arith-{seed}-{i:03d}", "question": question, "answer": f"{answer:g}", "kind": str(i % 4)})
+        rows.append({"id": f"arith-{seed}-{i:03d}", "question": question, "answer": f"{answer:g}", "kind": str(i % len(_ARITH))})
     return rows
 
 
@@ -113,7 +122,7 @@ class ArithProbe(ConvFinQA):
 
     name = "arith-probe"
     title = "Arithmetic probe (synthetic)"
-    version = "1"
+    version = "2"
     size = 60
 
     def load_hub(self) -> list[Example]:

@@ -13,9 +13,16 @@ and data the project generates itself:
 3. the gate: ``pytest`` with ``@pytest.mark.ftgate([...], max_drop=2.0)`` against each adapter,
    then the seed's table (baseline, post-FT, delta, direction, verdict, advice).
 
-With ``--data DIR`` (a folder laid out like ``../shared/data``) it gates the real MedMCQA, FPB and
-ConvFinQA as well (give ``--limit``: each has hundreds of examples), and adds a ``medical`` adapter trained on ChatDoctor
-GenMedGPT-5k, the stand-in for the seed's medical data.
+The real MedMCQA, FPB and ConvFinQA are gated as well when they can be read: from ``--data DIR`` (a
+folder laid out like ``../shared/data``; give ``--limit``, each has hundreds of examples), or from the
+Hugging Face hub when it is reachable. With ``--data`` a third adapter, ``medical``, trains on
+ChatDoctor GenMedGPT-5k, the stand-in for the seed's medical data.
+
+Other models: ``--base`` names the base (hub id or folder) and ``--adapter NAME=DIR`` gates adapters
+trained elsewhere instead of training, e.g. the seed's own on Gemma 4 E4B through mlx::
+
+    python -m pytest_ftgate.seed_study --backend mlx --base mlx-community/gemma-4-e4b-it-4bit \\
+        --adapter medical=models/medical_lora --adapter finance=models/finance_lora
 """
 
 from __future__ import annotations
@@ -23,9 +30,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +43,8 @@ from pytest_ftgate.probes import arith_rows, finsent_rows
 
 SYSTEM_SENTIMENT = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
 SYSTEM_NUMBER = "Respond with ONLY the final numerical answer. No units or explanation."
+HUB_HOST = "huggingface.co"
 RECIPE = {"r": 16, "lora_alpha": 16, "lr": 5e-4, "steps": 30, "batch": 4, "seed": 0}
-PROBES = ["finsent-probe", "arith-probe"]
-REAL = ["medmcqa", "fpb", "convfinqa"]
 
 
 def say(text: str) -> None:
@@ -76,22 +85,27 @@ def training_sets(data: Path | None) -> dict[str, list[list[dict[str, str]]]]:
     return sets
 
 
-def train_lora(base: Path, conversations: list[list[dict[str, str]]], dest: Path) -> Path:
+def train_lora(base: str, conversations: list[list[dict[str, str]]], dest: Path, steps: int = RECIPE["steps"]) -> Path:
     """The seed's LoRA recipe with peft on the CPU; loss on the assistant reply only. Cached by content."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    key = hashlib.sha256(json.dumps([RECIPE, conversations, str(base)], sort_keys=True).encode()).hexdigest()[:16]
+    recipe = {**RECIPE, "steps": steps}
+    key = hashlib.sha256(json.dumps([recipe, conversations, str(base)], sort_keys=True).encode()).hexdigest()[:16]
     marker = dest / "ftgate-training.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
         return dest
     torch.manual_seed(RECIPE["seed"])
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: this script prints its own progress
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     config = LoraConfig(r=RECIPE["r"], lora_alpha=RECIPE["lora_alpha"], target_modules=targets, lora_dropout=0.0)
-    model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers about gradient checkpointing by a deprecated name
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(model, config)
     examples = []
     for messages in conversations:
         prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
@@ -103,7 +117,7 @@ def train_lora(base: Path, conversations: list[list[dict[str, str]]], dest: Path
     model.train()
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(RECIPE["seed"])
-    for step in range(RECIPE["steps"]):
+    for step in range(steps):
         batch = [examples[int(i)] for i in torch.randint(len(examples), (RECIPE["batch"],), generator=generator)]
         width = max(len(ids) for ids, _ in batch)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -114,28 +128,40 @@ def train_lora(base: Path, conversations: list[list[dict[str, str]]], dest: Path
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if step % 20 == 19 or step == RECIPE["steps"] - 1:
-            say(f"  {dest.name}: step {step + 1}/{RECIPE['steps']}, loss {loss.item():.3f}, {time.perf_counter() - started:.0f} s")
+        if step % 10 == 9 or step == steps - 1:
+            elapsed = time.perf_counter() - started
+            say(f"  {dest.name}: step {step + 1}/{steps}, loss {loss.item():.3f}, {elapsed:.0f} s")
     model.save_pretrained(dest)
-    marker.write_text(json.dumps({"key": key, "recipe": RECIPE, "examples": len(conversations)}))
+    marker.write_text(json.dumps({"key": key, "recipe": recipe, "examples": len(conversations)}))
     return dest
 
 
-TEST_FILE = '''
+TEST_FILE = '''"""The seed study's gate (examples/seed_study): no benchmark may drop more than 2 points."""
+
 import pytest
 
-BENCHMARKS = {benchmarks!r}
+PROBES = ["finsent-probe", "arith-probe"]  # synthetic, generated by ftgate: always available
+REAL = ["medmcqa", "fpb", "convfinqa"]  # the seed's benchmarks: from --ftgate-data DIR (or the hub)
 
 
-@pytest.mark.ftgate(BENCHMARKS, max_drop=2.0)
-def test_no_forgetting():
+@pytest.mark.ftgate(PROBES, max_drop=2.0)
+def test_probes_do_not_forget():
+    pass
+
+
+@pytest.mark.skipif(
+    "not (config.getoption('ftgate_data') or os.environ.get('FTGATE_SEED_HUB'))",
+    reason="the real benchmarks need --ftgate-data DIR (or the hub: FTGATE_SEED_HUB=1)",
+)
+@pytest.mark.ftgate(REAL, max_drop=2.0)
+def test_real_benchmarks_do_not_forget():
     pass
 '''
 
 
-def gate(root: Path, base: Path, adapter: Path, benchmarks: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def gate(root: Path, base: str, adapter: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Run pytest with the ftgate marker against one adapter; return its JSON report."""
-    (root / "test_seed_gate.py").write_text(TEST_FILE.format(benchmarks=benchmarks))
+    (root / "test_seed_gate.py").write_text(TEST_FILE)
     report = root / f"report-{adapter.name}.json"
     command = [
         sys.executable, "-m", "pytest", "test_seed_gate.py", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
@@ -147,7 +173,10 @@ def gate(root: Path, base: Path, adapter: Path, benchmarks: list[str], args: arg
     if args.limit:
         command.append(f"--ftgate-limit={args.limit}")
     say(" ".join(["pytest", *command[4:]]))
-    subprocess.call(command, cwd=root)
+    hub = {"FTGATE_SEED_HUB": "1"} if not args.data and _hub_reachable() else {}
+    subprocess.call(command, cwd=root, env={**os.environ, **hub})
+    if not report.is_file():
+        raise SystemExit(f"seed study: pytest wrote no report for {adapter} (its output is above)")
     return json.loads(report.read_text())
 
 
@@ -174,7 +203,9 @@ def _has_extras() -> bool:
 
     missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
     if missing:
-        say(f"needs {', '.join(missing)}: pip install 'torch==2.13.0' -e '.[torch]' (torch 2.13.0 is the CPU build here)")
+        say(
+            f"needs {', '.join(missing)}: pip install 'torch==2.13.0' -e '.[torch]' (torch 2.13.0 is the CPU build here)"
+        )
     return not missing
 
 
@@ -185,28 +216,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="examples per benchmark (default: all 60 of each probe)")
     parser.add_argument("--backend", default="transformers", help="ftgate backend (default transformers)")
     parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="LoRA steps per adapter (default 30)")
+    parser.add_argument("--base", help="base model, hub id or folder (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=DIR",
+        help="gate this trained adapter instead of training (repeatable), e.g. medical=models/medical_lora",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    RECIPE["steps"] = args.steps
-    if not _has_extras():
+    adapters = dict(_named(value, parser) for value in args.adapter)
+    if not adapters and not _has_extras():
         return 2
-    from pytest_ftgate.embedded import prepare_default_model
-
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    base = prepare_default_model(progress=lambda line: say(line))
+    if args.base:
+        base = args.base
+    else:
+        from pytest_ftgate.embedded import prepare_default_model
+
+        base = str(prepare_default_model(progress=lambda line: say(line)))
     data = Path(args.data).resolve() if args.data else None
-    benchmarks = PROBES + (REAL if data else [])
-    reports = {}
-    for name, conversations in training_sets(data).items():
-        say(f"fine-tuning '{name}' ({len(conversations)} conversations, {RECIPE['steps']} steps, r={RECIPE['r']})")
-        adapter = train_lora(base, conversations, root / "adapters" / name)
-        reports[name] = gate(root, base, adapter, benchmarks, args)
+    args.data = data
+    if not adapters:
+        for name, conversations in training_sets(data).items():
+            say(f"fine-tuning '{name}' ({len(conversations)} conversations, {args.steps} steps, r={RECIPE['r']})")
+            adapters[name] = train_lora(base, conversations, root / "adapters" / name, args.steps)
+    reports = {name: gate(root, base, adapter, args) for name, adapter in adapters.items()}
     print()
     print(table(reports))
     say(f"done in {time.perf_counter() - started:.0f} s; reports in {root}")
     improved = any(g["ci"][0] > 0 for data in reports.values() for g in data["gates"])
     return 0 if improved else 1
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (never when ``HF_HUB_OFFLINE`` is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _named(value: str, parser: argparse.ArgumentParser) -> tuple[str, Path]:
+    name, sep, folder = value.partition("=")
+    if not sep or not name or not folder:
+        parser.error(f"--adapter takes NAME=DIR, got {value!r}")
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        parser.error(f"--adapter {name}: no folder at {path}")
+    return name, path
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 
@@ -387,6 +388,25 @@ def test_gated_tests_share_one_xdist_group(gate_project: pytest.Pytester) -> Non
     items, _ = gate_project.inline_genitems()
     groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
     assert groups == {"test_a": ["ftgate"], "test_own_group": ["mine"], "test_plain": []}
+
+
+def test_loadgroup_runs_every_gate_on_one_worker(gate_project: pytest.Pytester) -> None:
+    """Under ``-n 2 --dist loadgroup`` the gates share one worker while plain tests spread out,
+    also on pytest versions whose structured node ids drop xdist's group suffix (xdist_compat)."""
+    pytest.importorskip("xdist")
+    gate = GATE_TEST.replace("test_no_forgetting", "test_gate_{}")
+    gate_project.makepyfile(
+        test_a=gate.format("a") + "\ndef test_plain_a1():\n    pass\n\ndef test_plain_a2():\n    pass\n",
+        test_b=gate.format("b") + "\ndef test_plain_b1():\n    pass\n\ndef test_plain_b2():\n    pass\n",
+    )
+    result = gate_project.runpytest(
+        "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:randomly", adapter_args(gate_project)
+    )
+    result.assert_outcomes(passed=6)
+    ran = re.findall(r"\[(gw\d)\] .*PASSED (\S+)", result.stdout.str())
+    gates = {worker for worker, test in ran if "test_gate_" in test}
+    assert len(ran) == 6 and len(gates) == 1
+    assert all(test.endswith("@ftgate") for _, test in ran if "test_gate_" in test)
 
 
 def test_progress_is_live_and_quiet_under_q(gate_project: pytest.Pytester) -> None:
