@@ -101,6 +101,11 @@ class Gate:
         return self.adapter is not None or self.candidate is not None
 
     @property
+    def change(self) -> str:
+        """How verdicts name the step from base to tuned."""
+        return "in the candidate" if self.candidate is not None else "after fine-tuning"
+
+    @property
     def base_model(self) -> Model:
         if self._base_model is None:
             self._base_model = self.backend.load(self.base)
@@ -213,7 +218,7 @@ class Gate:
             return self._compare_early(bench, mode, tuned_model, **early_stop)
         base = self.baseline(bench, mode)
         tuned = self.evaluate(bench, tuned_model, mode)
-        return Comparison(base, tuned, confidence=self.confidence)
+        return Comparison(base, tuned, confidence=self.confidence, change=self.change)
 
     def _compare_early(
         self,
@@ -233,7 +238,7 @@ class Gate:
             run = {"cache": self.cache, "mode": mode, "batch_size": self.batch_size}
             base = _subset(bench, stored, part) if stored else evaluate(bench, part, self.base_model, **run)
             tuned = evaluate(bench, part, tuned_model, **run)
-            comparison = Comparison(base, tuned, confidence=self.confidence)
+            comparison = Comparison(base, tuned, confidence=self.confidence, change=self.change)
             lost, gained, n = len(comparison.lost), len(comparison.gained), len(part)
             outcome = stats.early_stop_decision(
                 lost,

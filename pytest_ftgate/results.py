@@ -116,6 +116,7 @@ class Comparison:
     base: EvalResult
     tuned: EvalResult
     confidence: float = 0.95
+    change: str = "after fine-tuning"  # how the message names the step: "in the candidate" for whole models
     delta: float = field(init=False)
     ci: tuple[float, float] = field(init=False)
     p_value: float = field(init=False)
@@ -187,7 +188,7 @@ class Comparison:
             head = f"{self.title} gained {self.delta:.1f} points"
         else:
             head = f"{self.title} did not change"
-        head += f" ({self.base.score:.1f} -> {self.tuned.score:.1f}) after fine-tuning"
+        head += f" ({self.base.score:.1f} -> {self.tuned.score:.1f}) {self.change}"
         rules = []
         if max_drop is not None:
             rules.append(f"allowed drop {max_drop:.1f}" if min_gain is not None else f"allowed {max_drop:.1f}")

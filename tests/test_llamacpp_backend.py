@@ -539,6 +539,7 @@ def test_candidate_identical_to_base_has_no_delta(ggufs: dict[str, Path], tmp_pa
     comparison = gate.compare("finsent-probe")
     assert comparison.delta == 0.0 and not comparison.lost and not comparison.gained
     assert comparison.base.model.fingerprint == comparison.tuned.model.fingerprint
+    assert "did not change (" in comparison.summary() and ") in the candidate" in comparison.summary()
     scored = gate.compare("finsent-probe", mode="logprob")
     assert scored.base.mode == "logprob" and scored.delta == 0.0
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from pytest_ftgate import EvalResult, ModelInfo, Prediction, compare
+from pytest_ftgate.results import Comparison
 
 
 def result(correct: list[bool], name: str = "fpb", logprobs: list[dict[str, float]] | None = None) -> EvalResult:
@@ -53,6 +54,15 @@ def test_message_reads_like_the_issue() -> None:
     comparison.assert_no_regression(40.0)
     with pytest.raises(AssertionError, match="required gain 1.0"):
         comparison.assert_improves(1.0)
+
+
+def test_a_candidate_model_is_named_as_such() -> None:
+    comparison = Comparison(
+        result([True] * 8 + [False] * 2), result([True] * 5 + [False] * 5), change="in the candidate"
+    )
+    assert comparison.verdict(max_drop=2.0).reason.startswith(
+        "FPB dropped 30.0 points (80.0 -> 50.0) in the candidate;"
+    )
 
 
 def test_unpaired_results_are_refused() -> None:
