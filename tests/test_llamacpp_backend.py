@@ -412,7 +412,7 @@ def test_lora_delta_matches_peft_on_the_same_weights(
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from pytest_ftgate.backends.mlx import PROBE
+    from pytest_ftgate.backends import PROBE
     from pytest_ftgate.embedded import prepare_default_model
 
     backend, base = loaded["backend"], loaded["base"]

@@ -121,7 +121,7 @@ def test_peft_adapter_matches_peft_from_pretrained(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pytest_ftgate.backends.mlx import PROBE
+    from pytest_ftgate.backends import PROBE
 
     backend, base = loaded["backend"], loaded["base"]
     tuned = backend.with_adapter(base, str(adapters["peft"]))

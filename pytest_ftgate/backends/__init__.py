@@ -32,6 +32,41 @@ class Model:
     adapter: str | None = None
 
 
+# A fixed probe prompt: an adapter that changes nothing on it is refused (see ``attach_adapter``).
+PROBE: list[Message] = [
+    {"role": "system", "content": "You are a careful assistant."},
+    {"role": "user", "content": "Which number is larger, 12 or 21? Answer and explain briefly."},
+]
+NO_EFFECT_TOLERANCE = 1e-6  # relative to the largest base logit
+
+
+def attach_adapter(
+    backend: Backend, base: Model, name: str, fp: str, where: object, remove: Callable[[], None], fix: str
+) -> Model:
+    """The tuned ``Model`` for an adapter already loaded onto ``base`` (key ``fp``), after proving
+    that it acts: its logits on ``PROBE`` must differ from the base's (``backend.probe_logits``).
+    An adapter that changes nothing (zero LoRA B matrices: untrained or empty) is taken off
+    again (``remove``) and refused with an AdapterError naming ``where`` and ``fix``."""
+    import numpy as np
+
+    from pytest_ftgate.errors import AdapterError
+
+    tuned = Model(
+        label=f"{base.label} + {name}", fingerprint=f"{base.fingerprint}+{fp}", backend=backend,
+        handle=base.handle, adapter=fp,
+    )  # fmt: skip
+    base_logits = np.asarray(backend.probe_logits(base), dtype=np.float64)
+    change = float(np.max(np.abs(np.asarray(backend.probe_logits(tuned), dtype=np.float64) - base_logits)))
+    if change <= NO_EFFECT_TOLERANCE * (float(np.max(np.abs(base_logits))) or 1.0):
+        remove()
+        raise AdapterError(
+            f"adapter {where} has no effect: the model's logits on a probe prompt are unchanged "
+            f"(max change {change:.3g}). Its LoRA B matrices are probably zero (an untrained or "
+            f"empty adapter): check that training ran and that {fix}"
+        )
+    return tuned
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What a backend provides. ``generate`` gets chat messages and returns one reply per prompt,

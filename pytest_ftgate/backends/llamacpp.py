@@ -51,8 +51,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pytest_ftgate.backends import Message, Model
-from pytest_ftgate.backends.mlx import NO_EFFECT_TOLERANCE, PROBE
+from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
 from pytest_ftgate.fingerprint import _memo_hash, digest
 
@@ -427,19 +426,8 @@ class LlamaCppBackend:
                     "base model: pass that base with --ftgate-base"
                 )
             loaded.adapters[fp] = _Adapter(pointer, path)
-        tuned = Model(
-            label=f"{base.label} + {path.name}",
-            fingerprint=f"{base.fingerprint}+{fp}",
-            backend=self,
-            handle=loaded,
-            adapter=fp,
-        )
-        try:
-            self._check_effect(base, tuned, path)
-        except AdapterError:
-            self._remove(loaded, fp)
-            raise
-        return tuned
+        remove = lambda: self._remove(loaded, fp)  # noqa: E731
+        return attach_adapter(self, base, path.name, fp, path, remove, "the right adapter was converted")
 
     def _remove(self, loaded: _Loaded, fp: str) -> None:
         import llama_cpp
@@ -474,20 +462,6 @@ class LlamaCppBackend:
     def _forget(loaded: _Loaded) -> None:
         loaded.cached = []
         loaded.llm.n_tokens = 0
-
-    def _check_effect(self, base: Model, tuned: Model, path: Path) -> None:
-        import numpy as np
-
-        base_logits = self.probe_logits(base)
-        tuned_logits = self.probe_logits(tuned)
-        change = float(np.max(np.abs(tuned_logits - base_logits)))
-        size = float(np.max(np.abs(base_logits))) or 1.0
-        if change <= NO_EFFECT_TOLERANCE * size:
-            raise AdapterError(
-                f"adapter {path} has no effect: the model's logits on a probe prompt are unchanged "
-                f"(max change {change:.3g}). Its LoRA B matrices are probably zero (an untrained or "
-                "empty adapter): check that training ran and that the right adapter was converted"
-            )
 
     # -- prompts and evaluation ----------------------------------------------------------------
 

@@ -21,16 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
-from pytest_ftgate.backends import Message, Model, package_versions
+from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, package_versions
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
 from pytest_ftgate.fingerprint import digest, model_parts
 
-PROBE: list[Message] = [
-    {"role": "system", "content": "You are a careful assistant."},
-    {"role": "user", "content": "Which number is larger, 12 or 21? Answer and explain briefly."},
-]
-# Relative change of the probe logits below which an adapter counts as having no effect.
-NO_EFFECT_TOLERANCE = 1e-6
 # Batch sizing without --ftgate-batch-size: tokens per forward pass, and a ceiling on rows.
 TOKENS_PER_BATCH = 4096
 MAX_ROWS = 8  # measured on 2 CPU cores: more rows only add padding
@@ -114,15 +108,10 @@ class MLXBackend:
         info = inspect_adapter(adapter)
         loaded: _Loaded = base.handle
         self._inject(loaded, info, self._read_weights(info))
-        tuned = Model(
-            label=f"{base.label} + {info.path.name}",
-            fingerprint=f"{base.fingerprint}+{info.fingerprint()}",
-            backend=self,
-            handle=loaded,
-            adapter=loaded.active,
+        off = lambda: self._activate(loaded, None)  # noqa: E731
+        return attach_adapter(
+            self, base, info.path.name, info.fingerprint(), info.path, off, "the right folder was saved"
         )
-        self._check_effect(base, tuned, info)
-        return tuned
 
     def _read_weights(self, info: AdapterInfo) -> dict[str, Any]:
         import mlx.core as mx
@@ -176,20 +165,6 @@ class MLXBackend:
         source = loaded.plain if adapter is None else loaded.lora
         loaded.model.update_modules(tree_unflatten(list(source.items())))
         loaded.active = adapter
-
-    def _check_effect(self, base: Model, tuned: Model, info: AdapterInfo) -> None:
-        import mlx.core as mx
-
-        base_logits = self.probe_logits(base)
-        tuned_logits = self.probe_logits(tuned)
-        change = float(mx.max(mx.abs(tuned_logits - base_logits)))
-        size = float(mx.max(mx.abs(base_logits))) or 1.0
-        if change <= NO_EFFECT_TOLERANCE * size:
-            raise AdapterError(
-                f"adapter {info.path} has no effect: the model's logits on a probe prompt are unchanged "
-                f"(max change {change:.3g}). Its LoRA B matrices are probably zero (an untrained or "
-                "empty adapter): check that training ran and that the right folder was saved"
-            )
 
     # -- inference ---------------------------------------------------------------------------
 
