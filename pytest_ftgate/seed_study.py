@@ -159,9 +159,12 @@ def test_real_benchmarks_do_not_forget():
 '''
 
 
-def gate(root: Path, base: str, adapter: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Run pytest with the ftgate marker against one adapter; return its JSON report."""
-    (root / "test_seed_gate.py").write_text(TEST_FILE)
+def gate(root: Path, base: str, adapter: Path, args: argparse.Namespace, hub: bool) -> dict[str, Any]:
+    """Run pytest with the ftgate marker against one adapter; return its JSON report. Each
+    configuration (examples, data) keeps its own test folder, so its own recorded baselines."""
+    where = root / "gates" / (f"limit-{args.limit}" if args.limit else "all") / ("data" if args.data else "offline")
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "test_seed_gate.py").write_text(TEST_FILE)
     report = root / f"report-{adapter.name}.json"
     command = [
         sys.executable, "-m", "pytest", "test_seed_gate.py", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
@@ -173,8 +176,8 @@ def gate(root: Path, base: str, adapter: Path, args: argparse.Namespace) -> dict
     if args.limit:
         command.append(f"--ftgate-limit={args.limit}")
     say(" ".join(["pytest", *command[4:]]))
-    hub = {"FTGATE_SEED_HUB": "1"} if not args.data and _hub_reachable() else {}
-    subprocess.call(command, cwd=root, env={**os.environ, **hub})
+    report.unlink(missing_ok=True)
+    subprocess.call(command, cwd=where, env={**os.environ, **({"FTGATE_SEED_HUB": "1"} if hub else {})})
     if not report.is_file():
         raise SystemExit(f"seed study: pytest wrote no report for {adapter} (its output is above)")
     return json.loads(report.read_text())
@@ -240,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, conversations in training_sets(data).items():
             say(f"fine-tuning '{name}' ({len(conversations)} conversations, {args.steps} steps, r={RECIPE['r']})")
             adapters[name] = train_lora(base, conversations, root / "adapters" / name, args.steps)
-    reports = {name: gate(root, base, adapter, args) for name, adapter in adapters.items()}
+    hub = data is None and _hub_reachable()
+    reports = {name: gate(root, base, adapter, args, hub) for name, adapter in adapters.items()}
     print()
     print(table(reports))
     say(f"done in {time.perf_counter() - started:.0f} s; reports in {root}")

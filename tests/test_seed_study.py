@@ -25,13 +25,13 @@ def _embedded_model() -> None:
         pytest.skip(f"embedded model not installed: {exc}")
 
 
-def run_study(tmp_path: Path, *args: str) -> tuple[int, dict[str, dict[str, Any]], str]:
+def run_study(tmp_path: Path, *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
     from pytest_ftgate import seed_study
 
     code = seed_study.main(["--dir", str(tmp_path), *args])
     reports = {p.stem.removeprefix("report-"): json.loads(p.read_text()) for p in tmp_path.glob("report-*.json")}
     gates = {name: {g["benchmark"]: g for g in report["gates"]} for name, report in reports.items()}
-    return code, gates, (tmp_path / "test_seed_gate.py").read_text()
+    return code, gates
 
 
 def test_the_example_is_the_gate_the_study_runs() -> None:
@@ -43,7 +43,7 @@ def test_the_example_is_the_gate_the_study_runs() -> None:
 def test_fine_tuning_lifts_one_probe_and_the_gate_catches_the_forgetting(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    code, gates, _ = run_study(tmp_path, "--steps", "10", "--limit", "24")
+    code, gates = run_study(tmp_path, "--steps", "10", "--limit", "24")
     out = capfd.readouterr().out  # the gate runs in a pytest subprocess: capture file descriptors
     assert code == 0  # at least one benchmark improved (interval above zero)
     assert set(gates) == {"sentiment", "arithmetic"}
@@ -59,7 +59,7 @@ def test_fine_tuning_lifts_one_probe_and_the_gate_catches_the_forgetting(
 
 @pytest.mark.skipif(not (SHARED_DATA / "chatdoctor_genmedgpt5k").is_dir(), reason="../shared/data not present")
 def test_with_data_it_trains_the_medical_adapter_and_gates_the_real_benchmarks(tmp_path: Path) -> None:
-    code, gates, _ = run_study(tmp_path, "--steps", "2", "--limit", "3", "--data", str(SHARED_DATA))
+    code, gates = run_study(tmp_path, "--steps", "2", "--limit", "3", "--data", str(SHARED_DATA))
     assert code in (0, 1)  # two steps need not improve anything; the table is what is checked
     assert set(gates) == {"sentiment", "arithmetic", "medical"}
     for report in gates.values():
@@ -75,7 +75,7 @@ def test_given_adapters_are_gated_without_training(tmp_path: Path, capsys: pytes
         str(embedded.prepare_default_model()), sets["sentiment"][:8], tmp_path / "mine", steps=1
     )
     capsys.readouterr()
-    code, gates, _ = run_study(tmp_path / "study", "--adapter", f"mine={adapter}", "--limit", "3")
+    code, gates = run_study(tmp_path / "study", "--adapter", f"mine={adapter}", "--limit", "3")
     assert code in (0, 1)
     assert set(gates) == {"mine"}
     assert "fine-tuning" not in capsys.readouterr().out
