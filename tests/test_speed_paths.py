@@ -519,3 +519,21 @@ class TestStaticDecode:
         calls.clear()
         module.TransformersBackend().generate(model, PROMPTS, max_tokens=6, batch_size=None)
         assert calls == []  # a CPU backend without the option decodes dynamically
+
+    def test_a_failing_static_step_falls_back_to_the_dynamic_cache(
+        self, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from pytest_ftgate.backends import transformers as module
+
+        backend = module.TransformersBackend(static_decode=True)
+        model = backend.load(str(tiny_llama))
+        reference = TestTransformers()._seed_loop(backend, model, PROMPTS, 6)
+
+        def broken(self: Any) -> None:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+        monkeypatch.setattr(module._StaticDecoder, "_step", broken)
+        with pytest.warns(RuntimeWarning, match="static-cache decoding failed"):
+            assert backend.generate(model, PROMPTS, max_tokens=6, batch_size=None) == reference
+        assert model.handle.static_failed
+        assert backend.generate(model, PROMPTS, max_tokens=6, batch_size=2) == reference  # no retry, no warning

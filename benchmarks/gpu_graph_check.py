@@ -1,0 +1,88 @@
+"""On a GPU: the CUDA-graph decoder against the dynamic-cache loop and one ``generate`` per prompt,
+in float32 (no bf16 near-ties), on the tiny Gemma 4 (sliding window 64) and a tiny llama, with
+ConvFinQA-shaped conversations (grouped prefixes) and MedMCQA/FPB-shaped prompts.
+
+    python3 benchmarks/gpu_graph_check.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def main() -> None:
+    import test_speed_paths as t
+    import torch
+
+    from pytest_ftgate.backends.transformers import TransformersBackend
+    from pytest_ftgate.benchmarks import get_benchmark
+    from pytest_ftgate.testing import make_tiny_gemma4
+
+    device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
+    root = Path(tempfile.mkdtemp())
+    gemma = make_tiny_gemma4(root / "gemma")
+    llama = tiny_llama(gemma, root / "llama")
+    failures = 0
+    for path in (gemma, llama):
+        graphs = TransformersBackend(device=device, static_decode=True)
+        dynamic = TransformersBackend(device=device, static_decode=False)
+        model = graphs.load(str(path))
+        model.handle.model.float()
+        other = dynamic.load(str(path))
+        other.handle.model.float()
+        cases = [("convfinqa", [get_benchmark("convfinqa").messages(e) for e in t._conversations(6, seed=3)], 12)]
+        for name, n, steps in (("medmcqa", 12, 40), ("fpb", 16, 8)):
+            bench = get_benchmark(name)
+            cases.append((name, [bench.messages(e) for e in t._examples(bench, n)], steps))
+        for name, prompts, steps in cases:
+            reference = t.TestTransformers()._seed_loop(graphs, model, prompts, steps)
+            with torch.inference_mode():
+                a = graphs.generate(model, prompts, max_tokens=steps, batch_size=None)
+                b = dynamic.generate(other, prompts, max_tokens=steps, batch_size=None)
+            same_a = sum(x == y for x, y in zip(a, reference, strict=True))
+            same_b = sum(x == y for x, y in zip(b, reference, strict=True))
+            failures += (same_a != len(prompts)) + model.handle.static_failed
+            print(
+                f"{path.name} {name}: graphs {same_a}/{len(prompts)} equal to one-at-a-time, "
+                f"dynamic {same_b}/{len(prompts)}, static_failed={model.handle.static_failed}",
+                flush=True,
+            )
+    print("FAILURES", failures)
+
+
+def tiny_llama(tiny: Path, dest: Path) -> Path:
+    """As tests/test_speed_paths.py's fixture: a tiny random llama with the tiny Gemma 4's tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(dest)
+    for file in tiny.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(file, dest / file.name)
+    return dest
+
+
+if __name__ == "__main__":
+    main()
