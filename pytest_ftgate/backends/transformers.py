@@ -21,12 +21,15 @@ Chat prompts: the tokenizer's chat template with ``add_generation_prompt=True``.
 rejects the system role (Gemma 2, some Mistral templates) gets the system text folded into the
 first user message, ``system + "\\n\\n" + user``, the usual convention for such models.
 Generation is greedy, by ftgate's own loop over the model's forward pass (the same tokens as
-``generate(do_sample=False)``): prompts sorted by length, batched with left padding (position ids
-count real tokens only), a ``DynamicCache`` per batch, batch size fitted to free GPU memory unless
-``--ftgate-batch-size`` is given. The token prefix every prompt of a batch shares (system prompt,
-chat template) runs once and its cache is copied to all rows. A sequence leaves its batch at end-of-sequence, at
-``max_tokens``, or when the benchmark's stop rule (``stop``) says its answer can no longer
-change; its cache rows are dropped. Only the new tokens are decoded (``skip_special_tokens=True``).
+``generate(do_sample=False)``): batched with left padding (position ids count real tokens
+only), prompts that share a long token prefix (ConvFinQA's turns of one conversation) batched
+together and the rest sorted by length, a ``DynamicCache`` per batch, batch size fitted to free
+GPU memory unless ``--ftgate-batch-size`` is given. A prefix that rows share (each group's
+document, or the system prompt and chat template) runs once and its keys and values are copied
+to the rows. A sequence leaves its batch at end-of-sequence, at ``max_tokens``, or when the
+benchmark's stop rule (``stop``) says its answer can no longer change. On CUDA the decode steps
+run on a static cache and replay from a CUDA graph (``FTGATE_CUDA_GRAPHS=0``: the dynamic loop,
+whose finished rows are dropped). Only the new tokens are decoded (``skip_special_tokens=True``).
 ``score`` (``logprob`` mode) is one batched forward pass with ``logits_to_keep=1`` for
 single-token answers, plus one shared-cache pass for longer ones.
 """
