@@ -27,7 +27,7 @@ def main() -> None:
     device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
     root = Path(tempfile.mkdtemp())
     gemma = make_tiny_gemma4(root / "gemma")
-    llama = tiny_llama(gemma, root / "llama")
+    llama = t.build_tiny_llama(gemma, root / "llama")
     failures = 0
     for path in (gemma, llama):
         graphs = TransformersBackend(device=device, static_decode=True)
@@ -54,34 +54,6 @@ def main() -> None:
                 flush=True,
             )
     print("FAILURES", failures)
-
-
-def tiny_llama(tiny: Path, dest: Path) -> Path:
-    """As tests/test_speed_paths.py's fixture: a tiny random llama with the tiny Gemma 4's tokenizer."""
-    import shutil
-
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(dest)
-    for file in tiny.iterdir():
-        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(file, dest / file.name)
-    return dest
 
 
 if __name__ == "__main__":

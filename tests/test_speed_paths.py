@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -299,18 +300,13 @@ class TestTransformers:
         assert backend.default_batch_size >= backend.auto_batch_size(model.handle, 100)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_tiny_llama(tiny: Path, dest: Path) -> Path:
     """A tiny random llama (no sliding window, so the transformers backend shares the prompts'
-    common prefix) with the tiny Gemma 4's tokenizer and chat template."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    import shutil
-
+    common prefix) with the tiny Gemma 4's tokenizer and chat template (also used by
+    benchmarks/gpu_graph_check.py)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    dest = tmp_path_factory.mktemp("models") / "tiny-llama"
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -330,6 +326,13 @@ def tiny_llama(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(file, dest / file.name)
     return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return build_tiny_llama(tiny, tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="module")
