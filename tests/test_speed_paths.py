@@ -229,6 +229,38 @@ class TestMLX:
                 expected = sum(float(logprobs[i, t]) for i, t in enumerate(piece))
                 assert value == pytest.approx(expected, abs=1e-4)
 
+    @pytest.mark.parametrize("size", [None, 4])
+    def test_conversations_equal_one_at_a_time(self, loaded: Any, size: int | None) -> None:
+        """Turns of one conversation share the document: batched by group, its prefix computed
+        once, across the tiny Gemma 4's sliding window (64, shorter than the documents)."""
+        from pytest_ftgate.backends.prefix import prefix_plan
+
+        backend, model = loaded
+        prompts = [CONVFINQA.messages(e) for e in _conversations(5, seed=1)]
+        ids = [backend._ids(model.handle, m) for m in prompts]
+        plans = [prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
+        assert any(plan is not None and len(plan.heads) > 1 and plan.start > 64 for plan in plans)
+        reference = self._seed_loop(backend, model, prompts, 10)
+        assert backend.generate(model, prompts, max_tokens=10, batch_size=size) == reference
+        stopped = backend.generate(model, prompts, max_tokens=10, batch_size=size, stop=CONVFINQA.answer_decided)
+        assert [CONVFINQA.parse(r) for r in stopped] == [CONVFINQA.parse(r) for r in reference]
+
+    def test_grouped_scores_equal_one_pass_per_prompt(self, loaded: Any) -> None:
+        import mlx.core as mx
+
+        backend, model = loaded
+        handle = model.handle
+        prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=2)]
+        forms = ["1", " 2", "positive", " neutral"]
+        scores = backend.score(model, prompts, forms)
+        for messages, row in zip(prompts, scores, strict=True):
+            ids = backend._ids(handle, messages)
+            for form, value in zip(forms, row, strict=True):
+                piece = list(handle.tokenizer.encode(form, add_special_tokens=False))
+                logits = backend._logits(handle, ids + piece[:-1])[len(ids) - 1 :]
+                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                assert value == pytest.approx(sum(float(logprobs[i, t]) for i, t in enumerate(piece)), abs=1e-4)
+
     def test_auto_batch_size(self) -> None:
         from pytest_ftgate.backends.mlx import MLXBackend
 
@@ -351,18 +383,18 @@ class TestSharedPrefix:
         return llama_loaded
 
     def test_the_prefix_is_shared(self, llama: Any) -> None:
-        from pytest_ftgate.backends.transformers import _prefix_groups, _prefix_plan
+        from pytest_ftgate.backends.prefix import prefix_groups, prefix_plan
 
         backend, model = llama
         ids = [backend._ids(model.handle, backend._prompt(model.handle, m)) for m in PROMPTS]
-        assert _prefix_groups(ids) == [[i] for i in sorted(range(len(ids)), key=lambda i: ids[i])]
-        start, heads, owner = _prefix_plan(ids)  # one group: the system prompt and template
-        assert heads == [start] and owner == [0] * len(ids) and start > 20
-        assert all(row[:start] == ids[0][:start] for row in ids)
-        assert _prefix_plan(ids[:1]) is None
+        assert prefix_groups(ids) == [[i] for i in sorted(range(len(ids)), key=lambda i: ids[i])]
+        plan = prefix_plan(ids)  # one group: the system prompt and template
+        assert plan is not None and plan.heads == [plan.start] and plan.owner == [0] * len(ids) and plan.start > 20
+        assert all(row[: plan.start] == ids[0][: plan.start] for row in ids)
+        assert prefix_plan(ids[:1]) is None
 
     def test_conversation_turns_are_grouped(self, llama: Any) -> None:
-        from pytest_ftgate.backends.transformers import _prefix_groups, _prefix_plan
+        from pytest_ftgate.backends.prefix import prefix_groups, prefix_plan
 
         backend, model = llama
         examples = _conversations(4, seed=1)
@@ -370,9 +402,10 @@ class TestSharedPrefix:
         by_conversation: dict[str, set[int]] = {}
         for i, example in enumerate(examples):
             by_conversation.setdefault(example.id.split("/")[0], set()).add(i)
-        assert sorted(map(sorted, _prefix_groups(ids))) == sorted(map(sorted, by_conversation.values()))
-        start, heads, owner = _prefix_plan(ids)
-        assert len(heads) == len(by_conversation) and start > min(len(row) for row in ids) // 2
+        assert sorted(map(sorted, prefix_groups(ids))) == sorted(map(sorted, by_conversation.values()))
+        plan = prefix_plan(ids)
+        assert plan is not None
+        assert len(plan.heads) == len(by_conversation) and plan.start > min(len(row) for row in ids) // 2
         for batch in backend._batches(model.handle, ids, 8, 7):  # whole groups share a batch where they fit
             assert len(batch) <= 7
         rows = backend._batches(model.handle, ids, 8, None)
@@ -438,13 +471,13 @@ def _conversations(count: int, seed: int = 0) -> list[Example]:
 
 
 def _check_conversations(loaded: Any, size: int | None) -> None:
-    from pytest_ftgate.backends.transformers import _prefix_plan
+    from pytest_ftgate.backends.prefix import prefix_plan
 
     backend, model = loaded
     prompts = [CONVFINQA.messages(e) for e in _conversations(5, seed=1)]
     ids = [backend._ids(model.handle, backend._prompt(model.handle, m)) for m in prompts]
-    plans = [_prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
-    assert any(plan is not None and len(plan[1]) > 1 for plan in plans)  # a batch of several groups
+    plans = [prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
+    assert any(plan is not None and len(plan.heads) > 1 for plan in plans)  # a batch of several groups
     reference = TestTransformers()._seed_loop(backend, model, prompts, 10)
     assert backend.generate(model, prompts, max_tokens=10, batch_size=size) == reference
     stopped = backend.generate(model, prompts, max_tokens=10, batch_size=size, stop=CONVFINQA.answer_decided)

@@ -22,6 +22,7 @@ from typing import Any
 
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
 from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, package_versions
+from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
 from pytest_ftgate.fingerprint import digest, model_parts
 
@@ -204,11 +205,12 @@ class MLXBackend:
         output = language(tokens, cache=cache)
         return getattr(output, "logits", output)
 
-    def _batch_cache(self, loaded: _Loaded, pads: list[int]) -> list[Any] | None:
+    def _batch_cache(self, loaded: _Loaded, pads: list[int], full: bool = False) -> list[Any] | None:
         """A left-padded batch KV cache shaped like the model's own (``BatchKVCache`` per full
-        attention layer, ``BatchRotatingKVCache`` per sliding one): padded keys are masked and each
-        row's positions start at its first real token, so a row computes what it would alone.
-        None when the model uses a cache kind that has no batch form."""
+        attention layer, ``BatchRotatingKVCache`` per sliding one; ``full``: ``BatchKVCache`` for
+        both, which keeps every position while the model's masks still apply the window): padded
+        keys are masked and each row's positions start at its first real token, so a row
+        computes what it would alone. None when the model uses a cache kind that has no batch form."""
         if loaded.vision:
             from mlx_vlm.models import cache as caches
 
@@ -222,7 +224,7 @@ class MLXBackend:
             if type(layer) is caches.KVCache:
                 batch.append(caches.BatchKVCache(pads))
             elif type(layer) is caches.RotatingKVCache and getattr(layer, "keep", 0) == 0:
-                batch.append(caches.BatchRotatingKVCache(layer.max_size, pads))
+                batch.append(caches.BatchKVCache(pads) if full else caches.BatchRotatingKVCache(layer.max_size, pads))
             else:
                 return None
         return batch
@@ -230,10 +232,12 @@ class MLXBackend:
     def _prefill(self, loaded: _Loaded, ids: list[list[int]]) -> tuple[Any, list[Any]]:
         """The prompts through the model, left padded: (last-position logits, cache).
 
-        All but the last token go in chunks of ``PREFILL_CHUNK`` whose logits are never evaluated
-        (MLX is lazy: the vocabulary projection is skipped), as ``mlx_lm.generate`` does; sliding
-        window layers then attend to a window plus a chunk, not to the whole prompt. The last
-        token goes alone, so only its logits are computed."""
+        A prefix that rows share (the system prompt and chat template; a ConvFinQA document shared
+        by the turns of a conversation) is computed once (``prefix.prefix_plan``, ``_seed_cache``).
+        The rest but the last token goes in chunks of ``PREFILL_CHUNK`` whose logits are never
+        evaluated (MLX is lazy: the vocabulary projection is skipped), as ``mlx_lm.generate``
+        does; sliding window layers then attend to a window plus a chunk, not to the whole prompt.
+        The last token goes alone, so only its logits are computed."""
         import mlx.core as mx
 
         width = max(len(row) for row in ids)
@@ -242,11 +246,41 @@ class MLXBackend:
         cache = self._batch_cache(loaded, pads) if len(ids) > 1 else self._single_cache(loaded)
         if cache is None:
             raise BackendError("this model's KV cache has no batched form")
+        plan = prefix_plan(ids) if len(ids) > 1 else None
+        start = 0
+        if plan is not None:
+            start = plan.start
+            self._seed_cache(loaded, cache, plan)
         tokens = mx.array([[0] * pad + row for pad, row in zip(pads, ids, strict=True)])
-        for begin in range(0, width - 1, PREFILL_CHUNK):
-            self._forward(loaded, tokens[:, begin : min(begin + PREFILL_CHUNK, width - 1)], cache)
-            mx.eval([c.state for c in cache])
+        self._chunks(loaded, tokens[:, start:-1], cache)
         return self._forward(loaded, tokens[:, -1:], cache)[:, -1, :], cache
+
+    def _chunks(self, loaded: _Loaded, tokens: Any, cache: list[Any]) -> None:
+        """``tokens`` into ``cache``, ``PREFILL_CHUNK`` positions per forward pass (logits unused)."""
+        import mlx.core as mx
+
+        for begin in range(0, tokens.shape[1], PREFILL_CHUNK):
+            self._forward(loaded, tokens[:, begin : begin + PREFILL_CHUNK], cache)
+            mx.eval([c.state for c in cache])
+
+    def _seed_cache(self, loaded: _Loaded, cache: list[Any], plan: PrefixPlan) -> None:
+        """Fill the first ``plan.start`` slots of every row of ``cache`` from one pass over the
+        groups' prefixes (one left-padded row per group, every position kept), as if the batch's
+        first prefill chunk had been those slots."""
+        import mlx.core as mx
+
+        span = plan.span
+        heads = self._batch_cache(loaded, [span - len(p) for p in plan.prefixes], full=True)
+        assert heads is not None  # the batch cache exists, so its full form does
+        self._chunks(loaded, mx.array([[0] * (span - len(p)) + p for p in plan.prefixes]), heads)
+        groups = mx.array(plan.owner)[:, None]
+        slots = mx.array(plan.slots)
+        for target, source in zip(cache, heads, strict=True):
+            # (groups, heads, span, dim) -> (rows, heads, start, dim): row r, slot t <- plan.slots[r][t]
+            keys = source.keys[..., :span, :].transpose(0, 2, 1, 3)[groups, slots].transpose(0, 2, 1, 3)
+            values = source.values[..., :span, :].transpose(0, 2, 1, 3)[groups, slots].transpose(0, 2, 1, 3)
+            target.update_and_fetch(keys, values)
+        mx.eval([c.state for c in cache])
 
     def _single_cache(self, loaded: _Loaded) -> list[Any]:
         if loaded.vision:
@@ -281,12 +315,9 @@ class MLXBackend:
         if any(not piece for piece in pieces):
             raise BackendError(f"a continuation encodes to no tokens: {list(continuations)!r}")
         ids = [self._ids(loaded, messages) for messages in prompts]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         extra = max(len(piece) for piece in pieces) - 1
         rows: list[list[float]] = [[] for _ in ids]
-        start = 0
-        while start < len(order):
-            chunk = order[start : start + self.auto_batch_size(len(ids[order[start]]) + extra)]
+        for chunk in self._batches(loaded, ids, extra, None):
             batch = [ids[i] for i in chunk]
             try:
                 scores = self._score_batch(loaded, batch, pieces)
@@ -294,9 +325,16 @@ class MLXBackend:
                 scores = [self._score_batch(loaded, [row], pieces)[0] for row in batch]
             for index, values in zip(chunk, scores, strict=True):
                 rows[index] = values
-            start += len(chunk)
             mx.clear_cache()
         return rows
+
+    def _batches(self, loaded: _Loaded, ids: list[list[int]], extra: int, batch_size: int | None) -> list[list[int]]:
+        """The prompts' indices cut into batches (``prefix.plan_batches``: groups sharing a long
+        prefix together, the rest sorted by length, longest first); one prompt per batch when the
+        model's cache has no batched form."""
+        if self._batch_cache(loaded, [0]) is None:
+            return [[i] for i in sorted(range(len(ids)), key=lambda i: -len(ids[i]))]
+        return plan_batches(ids, extra, lambda length: batch_size or self.auto_batch_size(length))
 
     def _score_batch(self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]]) -> list[list[float]]:
         import mlx.core as mx
@@ -345,7 +383,7 @@ class MLXBackend:
         batch_size: int | None,
         stop: Callable[[str], bool] | None = None,
     ) -> list[str]:
-        """Greedy replies, batched with left padding (longest prompts first), the same tokens as
+        """Greedy replies, batched with left padding (``_batches``), the same tokens as
         ``mlx_vlm.generate`` / ``mlx_lm.generate`` one prompt at a time. A sequence leaves its
         batch (its cache rows are dropped) at end-of-sequence, at ``max_tokens``, or when
         ``stop(reply so far)`` says its answer is decided. The reply text is the decoding
@@ -355,19 +393,12 @@ class MLXBackend:
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
         ids = [self._ids(loaded, messages) for messages in prompts]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         eos = self._eos(loaded)
         replies = [""] * len(ids)
-        start = 0
-        while start < len(order):
-            size = batch_size or self.auto_batch_size(len(ids[order[start]]) + max_tokens)
-            if self._batch_cache(loaded, [0]) is None:
-                size = 1
-            chunk = order[start : start + size]
+        for chunk in self._batches(loaded, ids, max_tokens, batch_size):
             outputs = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
             for index, tokens in zip(chunk, outputs, strict=True):
                 replies[index] = _detokenize(loaded, tokens)
-            start += len(chunk)
             mx.clear_cache()
         return replies
 

@@ -49,6 +49,7 @@ from typing import Any
 
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
 from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, package_versions
+from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
 from pytest_ftgate.fingerprint import model_fingerprint
 from pytest_ftgate.options import looks_local
@@ -62,9 +63,6 @@ GPU_MEMORY_SHARE = 0.7
 GPU_MAX_ROWS = 1024
 CPU_TOKENS_PER_BATCH = 16384
 CPU_MAX_ROWS = 16  # a CPU step is compute-bound well before; fewer rows, batches of like lengths
-MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate pass
-GROUP_SHARE = 0.5  # prompts sharing this much of the shorter one (beyond the common part) are batched together
-SHARE_PAYOFF = 1.5  # a prefix pass runs when it saves this many times the tokens it costs
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _KV_PROJECTION = re.compile(r"layers\.(\d+)\.self_attn\.[kv]_proj$")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
@@ -422,31 +420,9 @@ class TransformersBackend:
     def _batches(
         self, loaded: _Loaded, ids: list[list[int]], extra: int, batch_size: int | None, copies: int = 1
     ) -> list[list[int]]:
-        """The prompts' indices cut into batches. Prompts that share a long token prefix with
-        others (ConvFinQA's turns of one conversation: the document and the earlier turns) go into
-        the same batch, whole groups together, so ``_prefill`` computes that prefix once; the
-        other prompts are sorted by length (little padding). Longest first: an out-of-memory error
-        shows early. ``extra`` tokens are added to each prompt's length to size the batches."""
-        groups = _prefix_groups(ids)
-        units = [g for g in groups if len(g) > 1]
-        singles = sorted((g[0] for g in groups if len(g) == 1), key=lambda i: -len(ids[i]))
-        units.sort(key=lambda g: -max(len(ids[i]) for i in g))
-        batches: list[list[int]] = []
-        for unit_list in (units, [[i] for i in singles]):
-            batch: list[int] = []
-            rows = 0
-            for unit in unit_list:  # longest first: the batch's first unit sizes it
-                for index in unit:
-                    if not batch:
-                        longest = max(len(ids[i]) for i in unit) + extra
-                        rows = batch_size or self.auto_batch_size(loaded, longest, copies)
-                    batch.append(index)
-                    if len(batch) >= rows:
-                        batches.append(batch)
-                        batch = []
-            if batch:
-                batches.append(batch)
-        return batches
+        """The prompts' indices cut into batches (``prefix.plan_batches``: groups sharing a long
+        prefix together, the rest sorted by length), sized by ``batch_size`` or to memory."""
+        return plan_batches(ids, extra, lambda length: batch_size or self.auto_batch_size(loaded, length, copies))
 
     def auto_batch_size(self, loaded: _Loaded, length: int, copies: int = 1) -> int:
         """Rows per batch for sequences of up to ``length`` tokens: on a GPU, as many as the free
@@ -472,7 +448,7 @@ class TransformersBackend:
 
         The batch is an ordinary left-padded one (padding masked, position ids counting real
         tokens only, as ``generate`` does), so every row computes what it computes alone. Token
-        prefixes that rows share are computed once (``_prefix_plan``): each group's prefix runs in
+        prefixes that rows share are computed once (``prefix.prefix_plan``): each group's prefix runs in
         a first, smaller pass (one row per group), and its keys and values are copied into the
         first cache slots of the group's rows; the model then runs only the remaining slots.
         With no long shared prefix the whole batch shares its common prefix (system prompt, chat
@@ -488,11 +464,11 @@ class TransformersBackend:
         mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=loaded.model.config)
-        plan = _prefix_plan(ids) if _plain_cache(loaded.model, cache) else None
+        plan = prefix_plan(ids) if _plain_cache(loaded.model, cache) else None
         start = 0
         if plan is not None:
-            start, heads, owner = plan
-            self._seed_cache(loaded, cache, ids, heads, owner, start)
+            start = plan.start
+            self._seed_cache(loaded, cache, plan)
         input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=device)[:, start:]
         output = loaded.model(
             input_ids=input_ids,
@@ -504,24 +480,17 @@ class TransformersBackend:
         )
         return output.logits, mask, positions[:, -1:] + 1, cache
 
-    def _seed_cache(
-        self, loaded: _Loaded, cache: Any, ids: list[list[int]], heads: list[int], owner: list[int], start: int
-    ) -> None:
-        """Fill the first ``start`` cache slots of every row from one pass over the groups'
-        prefixes. ``heads[g]`` is how many prefix tokens group ``g`` needs (taken from the row
-        ``owner`` names first); row r's real tokens in those slots are a prefix of its group's."""
+    def _seed_cache(self, loaded: _Loaded, cache: Any, plan: PrefixPlan) -> None:
+        """Fill the first ``plan.start`` cache slots of every row from one pass over the groups'
+        prefixes (one left-padded row per group)."""
         import torch
         from transformers import DynamicCache
 
         device = loaded.model.device
         pad = loaded.tokenizer.pad_token_id
-        first = {}
-        for row, group in enumerate(owner):
-            first.setdefault(group, row)
-        prefixes = [ids[first[g]][: heads[g]] for g in range(len(heads))]
-        span = max(heads)
-        head_mask = torch.tensor([[0] * (span - len(p)) + [1] * len(p) for p in prefixes], device=device)
-        head_ids = torch.tensor([[pad] * (span - len(p)) + p for p in prefixes], device=device)
+        span = plan.span
+        head_mask = torch.tensor([[0] * (span - len(p)) + [1] * len(p) for p in plan.prefixes], device=device)
+        head_ids = torch.tensor([[pad] * (span - len(p)) + p for p in plan.prefixes], device=device)
         # every layer keeps every position here, sliding-window ones too: rows take different spans
         heads_cache = DynamicCache()
         loaded.model(
@@ -532,15 +501,8 @@ class TransformersBackend:
             use_cache=True,
             logits_to_keep=1,
         )
-        # row r's slot t (t < start) holds token t - (start - real) of its group's prefix, where
-        # real = its tokens in those slots; earlier slots are padding (masked): any real key will do
-        index = []
-        for row, group in enumerate(owner):
-            real = max(len(ids[row]) - (max(len(r) for r in ids) - start), 0)
-            offset = span - heads[group]
-            index.append([offset + max(t - (start - real), 0) for t in range(start)])
-        slots = torch.tensor(index, device=device)
-        groups = torch.tensor(owner, device=device)[:, None]
+        slots = torch.tensor(plan.slots, device=device)
+        groups = torch.tensor(plan.owner, device=device)[:, None]
         for number, layer in enumerate(heads_cache.layers):
             if not getattr(layer, "is_initialized", False) or layer.keys is None or layer.keys.numel() == 0:
                 continue
@@ -912,82 +874,6 @@ def _eos_ids(loaded: _Loaded) -> set[int]:
             continue
         ids.update(value if isinstance(value, (list, tuple)) else [value])
     return ids
-
-
-def _common_length(a: list[int], b: list[int]) -> int:
-    """Length of the common token prefix of ``a`` and ``b``."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _prefix_groups(ids: list[list[int]]) -> list[list[int]]:
-    """Indices of ``ids`` grouped by a long shared token prefix: sorted by tokens, neighbours join
-    a group when, beyond the prefix every prompt shares (system prompt, chat template), they share
-    at least ``GROUP_SHARE`` of the shorter one's remaining tokens (and ``MIN_SHARED_PREFIX``).
-    ConvFinQA turns of one conversation (document, earlier turns) form one group; FPB and MedMCQA
-    prompts stay single."""
-    if len(ids) < 2:
-        return [[i] for i in range(len(ids))]
-    order = sorted(range(len(ids)), key=lambda i: ids[i])
-    # in sorted order, the prefix all prompts share is the one the first and last share
-    common = _common_length(ids[order[0]], ids[order[-1]])
-    groups = [[order[0]]]
-    for a, b in zip(order, order[1:], strict=False):
-        shared = _common_length(ids[a], ids[b]) - common
-        if shared >= max(MIN_SHARED_PREFIX, GROUP_SHARE * (min(len(ids[a]), len(ids[b])) - common)):
-            groups[-1].append(b)
-        else:
-            groups.append([b])
-    return groups
-
-
-def _prefix_plan(ids: list[list[int]]) -> tuple[int, list[int], list[int]] | None:
-    """How ``_prefill`` shares prefixes in a left-padded batch: (``start``: cache slots filled
-    from the prefix pass, the prefix tokens each group needs, each row's group), or None when
-    sharing saves too little. Every row keeps at least one token for the main pass.
-
-    Rows are grouped by ``_prefix_groups``; with no group of two or more, the whole batch is one
-    group (its common prefix). A group shares its rows' common prefix; a row alone in a batch that
-    has groups runs its prompt (but the last token) in the prefix pass, so the main pass stays as
-    short as the longest non-shared part. The prefix pass costs (groups x longest prefix) tokens,
-    the main pass saves (rows x ``start``)."""
-    if len(ids) < 2:
-        return None
-    groups = _prefix_groups(ids)
-    if all(len(g) == 1 for g in groups):
-        groups = [list(range(len(ids)))]
-    lengths = [len(row) for row in ids]
-    shared = [0] * len(ids)
-    owner = [0] * len(ids)
-    for number, group in enumerate(groups):
-        if len(group) == 1:
-            common = lengths[group[0]] - 1
-        else:
-            common = min(_common_length(ids[group[0]], ids[i]) for i in group[1:])
-            common = min(common, min(lengths[i] for i in group) - 1)
-            if common < MIN_SHARED_PREFIX:
-                common = 0
-        for i in group:
-            shared[i], owner[i] = common, number
-    width = max(lengths)
-    rest = max(n - s for n, s in zip(lengths, shared, strict=True))
-    start = width - rest
-    if start < MIN_SHARED_PREFIX:
-        return None
-    heads = [0] * len(groups)
-    for i, n in enumerate(lengths):
-        heads[owner[i]] = max(heads[owner[i]], n - rest)
-    used = sorted({g for g in owner if heads[g] > 0})
-    renumber = {g: k for k, g in enumerate(used)}
-    cost = len(used) * max(heads)
-    if len(ids) * start < SHARE_PAYOFF * cost:
-        return None
-    fallback = used[0]  # rows with no real token in the shared slots read any group's keys (masked)
-    owner = [renumber[g if heads[g] > 0 else fallback] for g in owner]
-    return start, [heads[g] for g in used], owner
 
 
 def _plain_cache(model: Any, cache: Any) -> bool:
