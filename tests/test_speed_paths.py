@@ -312,10 +312,16 @@ class TestTransformers:
         import torch
 
         backend, model = loaded
-        forms = [f for variants in FPB.answer_forms().values() for f in variants] + ["A", " B"]
+        from pytest_ftgate.backends.transformers import CONTINUATIONS_PER_PASS
+
+        forms = [f for variants in FPB.answer_forms().values() for f in variants]
+        forms += ["A", " B", "POSITIVE!", "neutral sentiment", "NEGATIVE, clearly"]
         handle = model.handle
         pieces = [backend._ids(handle, f) for f in forms]
-        assert any(len(p) > 1 for p in pieces) and any(len(p) == 1 for p in pieces)
+        assert any(len(p) == 1 for p in pieces)
+        # longer forms of several lengths, in more than one shared pass
+        assert len({len(p) for p in pieces if len(p) > 1}) > 1
+        assert sum(len(p) > 1 for p in pieces) > CONTINUATIONS_PER_PASS
         scores = backend.score(model, PROMPTS, forms)
         for messages, row in zip(PROMPTS, scores, strict=True):
             ids = backend._ids(handle, backend._prompt(handle, messages))

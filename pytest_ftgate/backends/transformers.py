@@ -63,6 +63,7 @@ GPU_MEMORY_SHARE = 0.7
 GPU_MAX_ROWS = 1024
 CPU_TOKENS_PER_BATCH = 16384
 CPU_MAX_ROWS = 16  # a CPU step is compute-bound well before; fewer rows, batches of like lengths
+CONTINUATIONS_PER_PASS = 4  # longer answer forms scored together, each on its own repeat of the batch's cache
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _KV_PROJECTION = re.compile(r"layers\.(\d+)\.self_attn\.[kv]_proj$")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
@@ -394,6 +395,7 @@ class TransformersBackend:
         ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
         eos = _eos_ids(loaded)
         replies: list[str] = [""] * len(ids)
+        memo: dict[str, Any] = {}  # the last prefix pass (the system prompt's, shared by every batch)
         with self._active(model), torch.inference_mode():
             queue = self._batches(loaded, ids, max_tokens, batch_size)
             cap = batch_size or len(ids)  # halved at each out-of-memory error, for the batches that follow
@@ -403,7 +405,7 @@ class TransformersBackend:
                     queue[:0] = [chunk[:cap], chunk[cap:]]
                     continue
                 try:
-                    tokens = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
+                    tokens = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop, memo)
                 except torch.cuda.OutOfMemoryError:
                     if len(chunk) == 1:
                         raise BackendError(
@@ -441,10 +443,11 @@ class TransformersBackend:
         # The chat template already writes every special token (bos included): add none.
         return list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _prefill(self, loaded: _Loaded, ids: list[list[int]], later: int = 0) -> tuple[Any, Any, Any, Any]:
+    def _prefill(
+        self, loaded: _Loaded, ids: list[list[int]], memo: dict[str, Any] | None = None
+    ) -> tuple[Any, Any, Any, Any]:
         """The prompts through the model: (last-position logits, attention mask, next position
-        ids, cache). ``later`` (tokens still to come) is kept for callers; the layout below is
-        exact for sliding windows of any length.
+        ids, cache). The layout below is exact for sliding windows of any length.
 
         The batch is an ordinary left-padded one (padding masked, position ids counting real
         tokens only, as ``generate`` does), so every row computes what it computes alone. Token
@@ -452,11 +455,11 @@ class TransformersBackend:
         a first, smaller pass (one row per group), and its keys and values are copied into the
         first cache slots of the group's rows; the model then runs only the remaining slots.
         With no long shared prefix the whole batch shares its common prefix (system prompt, chat
-        template), one row computing it."""
+        template), one row computing it; ``memo`` keeps the last prefix pass, so the batches of
+        one call compute their common prefix once."""
         import torch
         from transformers import DynamicCache
 
-        del later
         device = loaded.model.device
         pad = loaded.tokenizer.pad_token_id
         lengths = [len(row) for row in ids]
@@ -468,7 +471,7 @@ class TransformersBackend:
         start = 0
         if plan is not None:
             start = plan.start
-            self._seed_cache(loaded, cache, plan)
+            self._seed_cache(loaded, cache, plan, {} if memo is None else memo)
         input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=device)[:, start:]
         output = loaded.model(
             input_ids=input_ids,
@@ -480,27 +483,31 @@ class TransformersBackend:
         )
         return output.logits, mask, positions[:, -1:] + 1, cache
 
-    def _seed_cache(self, loaded: _Loaded, cache: Any, plan: PrefixPlan) -> None:
+    def _seed_cache(self, loaded: _Loaded, cache: Any, plan: PrefixPlan, memo: dict[str, Any]) -> None:
         """Fill the first ``plan.start`` cache slots of every row from one pass over the groups'
-        prefixes (one left-padded row per group)."""
+        prefixes (one left-padded row per group), or from ``memo``'s when it ran the same ones."""
         import torch
         from transformers import DynamicCache
 
         device = loaded.model.device
         pad = loaded.tokenizer.pad_token_id
         span = plan.span
-        head_mask = torch.tensor([[0] * (span - len(p)) + [1] * len(p) for p in plan.prefixes], device=device)
-        head_ids = torch.tensor([[pad] * (span - len(p)) + p for p in plan.prefixes], device=device)
-        # every layer keeps every position here, sliding-window ones too: rows take different spans
-        heads_cache = DynamicCache()
-        loaded.model(
-            input_ids=head_ids,
-            attention_mask=head_mask,
-            position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
-            **_cache_arg(loaded.model, heads_cache),
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        if memo.get("prefixes") == plan.prefixes:
+            heads_cache = memo["cache"]
+        else:
+            head_mask = torch.tensor([[0] * (span - len(p)) + [1] * len(p) for p in plan.prefixes], device=device)
+            head_ids = torch.tensor([[pad] * (span - len(p)) + p for p in plan.prefixes], device=device)
+            # every layer keeps every position here, sliding-window ones too: rows take different spans
+            heads_cache = DynamicCache()
+            loaded.model(
+                input_ids=head_ids,
+                attention_mask=head_mask,
+                position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+                **_cache_arg(loaded.model, heads_cache),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            memo.update(prefixes=plan.prefixes, cache=heads_cache)
         slots = torch.tensor(plan.slots, device=device)
         groups = torch.tensor(plan.owner, device=device)[:, None]
         for number, layer in enumerate(heads_cache.layers):
@@ -517,15 +524,16 @@ class TransformersBackend:
         max_tokens: int,
         eos: set[int],
         stop: Callable[[str], bool] | None,
+        memo: dict[str, Any] | None = None,
     ) -> list[list[int]]:
         """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded)."""
         import torch
 
-        logits, mask, position, cache = self._prefill(loaded, ids, later=max_tokens)
+        logits, mask, position, cache = self._prefill(loaded, ids, memo)
         next_tokens = logits[:, -1].argmax(-1)
         static = self._static_decoder(loaded, cache, mask, position, next_tokens, max_tokens)
         if static is False:  # it failed before any step: this batch again, the dynamic way
-            return self._decode(loaded, ids, max_tokens, eos, stop)
+            return self._decode(loaded, ids, max_tokens, eos, stop, memo)
         out: list[list[int]] = [[] for _ in ids]
         active: list[int | None] = list(range(len(ids)))  # batch row -> output row (None: finished)
         for step in range(max_tokens):
@@ -609,9 +617,10 @@ class TransformersBackend:
         """Log-probability of each continuation as the start of the reply to each prompt.
 
         One batched forward pass over the prompts (left padded) keeps only the last position's
-        logits (``logits_to_keep=1``): that scores every single-token continuation. A longer
-        continuation then runs its remaining tokens on a copy of the prompts' KV cache (a short
-        pass for the whole batch), so no prompt is computed twice."""
+        logits (``logits_to_keep=1``): that scores every single-token continuation. The longer
+        continuations then run their remaining tokens together, up to ``CONTINUATIONS_PER_PASS``
+        at a time, each batch row repeated once per continuation on a copy of the prompts' KV
+        cache (one short pass), so no prompt is computed twice."""
         import torch
 
         loaded: _Loaded = model.handle
@@ -621,39 +630,51 @@ class TransformersBackend:
         ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
         longer = [j for j, piece in enumerate(pieces) if len(piece) > 1]
         extra = max((len(pieces[j]) for j in longer), default=1) - 1
+        copies = 2 + min(len(longer), CONTINUATIONS_PER_PASS) if longer else 1
+        batches = self._batches(loaded, ids, extra, None, copies=copies)
         rows: list[list[float]] = [[] for _ in ids]
+        memo: dict[str, Any] = {}  # the last prefix pass (the system prompt's, shared by every batch)
         with self._active(model), torch.inference_mode():
-            for chunk in self._batches(loaded, ids, extra, None, copies=2 if longer else 1):
-                scores = self._score_batch(loaded, [ids[i] for i in chunk], pieces, longer)
+            for chunk in batches:
+                scores = self._score_batch(loaded, [ids[i] for i in chunk], pieces, longer, memo)
                 for index, values in zip(chunk, scores, strict=True):
                     rows[index] = values
         return rows
 
     def _score_batch(
-        self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]], longer: list[int]
+        self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]], longer: list[int], memo: dict[str, Any]
     ) -> list[list[float]]:
         import torch
 
-        logits, mask, position, cache = self._prefill(loaded, ids, later=max(len(p) for p in pieces) - 1)
+        logits, mask, position, cache = self._prefill(loaded, ids, memo)
         first = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B, vocab)
         firsts = torch.tensor([piece[0] for piece in pieces], device=first.device)
         totals = first[:, firsts]  # (B, continuations)
-        for j in longer:
-            # each longer continuation on its own copy of the prompts' cache: no prompt is computed
-            # twice, and memory holds two caches at most
-            tail = pieces[j][1:]
-            steps = len(tail)
+        rows = len(ids)
+        for begin in range(0, len(longer), CONTINUATIONS_PER_PASS):
+            group = longer[begin : begin + CONTINUATIONS_PER_PASS]
+            k = len(group)
+            tails = [pieces[j][1:] for j in group]
+            steps = max(len(t) for t in tails)
+            # row r, continuation c -> expanded row r * k + c; inputs right padded to ``steps``
+            # (a padded position comes after every position that is read: causal, it changes none)
+            inputs = [pieces[j][:-1] + [pieces[j][-1]] * (steps - len(t)) for j, t in zip(group, tails, strict=True)]
+            expanded = copy.deepcopy(cache)
+            expanded.batch_repeat_interleave(k)
             output = loaded.model(
-                input_ids=torch.tensor([pieces[j][:-1]] * len(ids), device=mask.device),
-                attention_mask=torch.cat([mask, mask.new_ones((len(ids), steps))], dim=1),
-                position_ids=position + torch.arange(steps, device=mask.device),
-                **_cache_arg(loaded.model, copy.deepcopy(cache)),
+                input_ids=torch.tensor(inputs * rows, device=mask.device),
+                attention_mask=torch.cat([mask.repeat_interleave(k, 0), mask.new_ones((rows * k, steps))], dim=1),
+                position_ids=position.repeat_interleave(k, 0) + torch.arange(steps, device=mask.device),
+                **_cache_arg(loaded.model, expanded),
                 use_cache=True,
                 logits_to_keep=steps,
             )
-            logprobs = torch.log_softmax(output.logits[:, -steps:].float(), dim=-1)
-            picked = logprobs[:, torch.arange(steps), torch.tensor(tail, device=logprobs.device)]
-            totals[:, j] += picked.sum(-1)
+            del expanded
+            logprobs = torch.log_softmax(output.logits[:, -steps:].float(), dim=-1).view(rows, k, steps, -1)
+            for c, (j, tail) in enumerate(zip(group, tails, strict=True)):
+                n = len(tail)
+                picked = logprobs[:, c, torch.arange(n), torch.tensor(tail, device=logprobs.device)]
+                totals[:, j] += picked.sum(-1)
         return [[float(v) for v in row] for row in totals.cpu().tolist()]
 
 
