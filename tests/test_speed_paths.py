@@ -395,8 +395,8 @@ class TestSharedPrefix:
         ids = [backend._ids(model.handle, backend._prompt(model.handle, m)) for m in PROMPTS]
         assert prefix_groups(ids) == [[i] for i in sorted(range(len(ids)), key=lambda i: ids[i])]
         plan = prefix_plan(ids)  # one group: the system prompt and template
-        assert plan is not None and plan.heads == [plan.start] and plan.owner == [0] * len(ids) and plan.start > 20
-        assert all(row[: plan.start] == ids[0][: plan.start] for row in ids)
+        assert plan is not None and len(plan.heads) == 1 and plan.owner == [0] * len(ids) and plan.start > 20
+        _check_plan(ids, plan)
         assert prefix_plan(ids[:1]) is None
 
     def test_conversation_turns_are_grouped(self, llama: Any) -> None:
@@ -411,7 +411,10 @@ class TestSharedPrefix:
         assert sorted(map(sorted, prefix_groups(ids))) == sorted(map(sorted, by_conversation.values()))
         plan = prefix_plan(ids)
         assert plan is not None
-        assert len(plan.heads) == len(by_conversation) and plan.start > min(len(row) for row in ids) // 2
+        assert len(plan.heads) == len(by_conversation)
+        # each turn shares all but its closing template tokens with its conversation's last turn
+        assert max(map(len, ids)) - plan.start < 12
+        _check_plan(ids, plan)
         for batch in backend._batches(model.handle, ids, 8, 7):  # whole groups share a batch where they fit
             assert len(batch) <= 7
         rows = backend._batches(model.handle, ids, 8, None)
@@ -456,6 +459,16 @@ class TestSharedPrefixSlidingWindow:
         _check_grouped_scores(torch_loaded)
 
 
+def _check_plan(ids: list[list[int]], plan: Any) -> None:
+    """Every real token a row takes from the prefix pass is the row's own token at that place."""
+    width = max(map(len, ids))
+    for row, group, slots in zip(ids, plan.owner, plan.slots, strict=True):
+        real = max(len(row) - (width - plan.start), 0)
+        prefix = [None] * (plan.span - plan.heads[group]) + plan.prefixes[group]
+        taken = [prefix[slots[t]] for t in range(plan.start - real, plan.start)]
+        assert taken == row[:real]
+
+
 def _conversations(count: int, seed: int = 0) -> list[Example]:
     """ConvFinQA-shaped turns: ``count`` documents (100-200 words), 1-4 turns each, every turn's
     prompt holding the document and the earlier turns, in a shuffled order."""
@@ -468,8 +481,9 @@ def _conversations(count: int, seed: int = 0) -> list[Example]:
         document = " ".join(rng.choices(words, k=rng.randint(100, 200)))
         table = f"| year | {rng.randint(1, 999)} | {rng.randint(1, 999)} |"
         questions = [f"what is the change in {rng.choice(words)}?" for _ in range(rng.randint(1, 4))]
+        answers = [str(rng.randint(1, 99)) for _ in questions]
         for turn, question in enumerate(questions):
-            earlier = [(q, str(rng.randint(1, 99))) for q in questions[:turn]]
+            earlier = list(zip(questions[:turn], answers[:turn], strict=True))
             prompt = convfinqa_prompt(document, table, "", earlier, question)
             out.append(Example(id=f"c{conv}/{turn}", prompt=prompt, gold="1"))
     rng.shuffle(out)

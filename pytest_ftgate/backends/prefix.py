@@ -102,10 +102,13 @@ def prefix_plan(ids: list[list[int]]) -> PrefixPlan | None:
     little. Every row keeps at least one token for the main pass.
 
     Rows are grouped by ``prefix_groups``; with no group of two or more, the whole batch is one
-    group (its common prefix). A group shares its rows' common prefix; a row alone in a batch that
-    has groups runs its prompt (but the last token) in the prefix pass, so the main pass stays as
-    short as the longest non-shared part. The prefix pass costs (groups x longest prefix) tokens,
-    the main pass saves (rows x ``start``)."""
+    group. Each group's longest row is its head: the prefix pass runs the head's tokens, and every
+    row of the group takes from it the keys and values of the prefix it shares with the head. A
+    ConvFinQA turn shares with the conversation's last turn everything but its own closing
+    template tokens (the document, the earlier turns, its question), so the prefix pass computes
+    each conversation about once and the main pass only a few tokens per row; FPB and MedMCQA
+    rows share the system prompt and chat template. The prefix pass costs (groups x longest
+    prefix) tokens, the main pass saves (rows x ``start``)."""
     if len(ids) < 2:
         return None
     groups = prefix_groups(ids)
@@ -114,16 +117,13 @@ def prefix_plan(ids: list[list[int]]) -> PrefixPlan | None:
     lengths = [len(row) for row in ids]
     shared = [0] * len(ids)
     owner = [0] * len(ids)
+    leaders = []
     for number, group in enumerate(groups):
-        if len(group) == 1:
-            common = lengths[group[0]] - 1
-        else:
-            common = min(common_length(ids[group[0]], ids[i]) for i in group[1:])
-            common = min(common, min(lengths[i] for i in group) - 1)
-            if common < MIN_SHARED_PREFIX:
-                common = 0
+        head = max(group, key=lambda i: lengths[i])
+        leaders.append(head)
         for i in group:
-            shared[i], owner[i] = common, number
+            common = lengths[i] - 1 if i == head else min(common_length(ids[i], ids[head]), lengths[i] - 1)
+            shared[i], owner[i] = (common if common >= MIN_SHARED_PREFIX or i == head else 0), number
     width = max(lengths)
     rest = max(n - s for n, s in zip(lengths, shared, strict=True))
     start = width - rest
@@ -138,13 +138,11 @@ def prefix_plan(ids: list[list[int]]) -> PrefixPlan | None:
         return None
     fallback = used[0]  # rows with no real token in the shared slots read any group's keys (masked)
     owner = [renumber[g if heads[g] > 0 else fallback] for g in owner]
+    prefixes = [ids[leaders[g]][: heads[g]] for g in used]
     heads = [heads[g] for g in used]
-    first: dict[int, int] = {}
-    for row, group in enumerate(owner):
-        first.setdefault(group, row)
-    prefixes = [ids[first[g]][: heads[g]] for g in range(len(heads))]
-    # row r's slot t (t < start) holds token t - (start - real) of its group's prefix, where real =
-    # its tokens in those slots; in the prefix pass that token sits at span - heads[g] + that index
+    # row r's slot t (t < start) holds token t - (start - real) of its prompt, where real = its
+    # tokens in those slots (a prefix it shares with its group's head); in the prefix pass that
+    # token sits at span - heads[g] + that index
     span = max(heads)
     slots = []
     for row, group in enumerate(owner):
