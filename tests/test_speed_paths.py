@@ -438,6 +438,24 @@ class TestSharedPrefix:
         """Turns of one conversation share the document: batched by group, prefix computed once."""
         _check_conversations(llama, size)
 
+    def test_prefix_pass_one_per_group_equals_one_padded_pass(self, llama: Any) -> None:
+        """The CPU's unpadded pass per prefix and the GPU's single left-padded pass agree."""
+        import torch
+
+        backend, model = llama
+        prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=3)]
+        prefixes = [backend._ids(model.handle, backend._prompt(model.handle, m))[:-5] for m in prompts[:3]]
+        span = max(map(len, prefixes))
+        with torch.inference_mode():
+            alone = backend._prefix_states(model.handle, prefixes, together=False)
+            padded = backend._prefix_states(model.handle, prefixes, together=True)
+        assert len({len(p) for p in prefixes}) > 1 and any(state is not None for state in alone)
+        for one, other in zip(alone, padded, strict=True):
+            for row, prefix in enumerate(prefixes):
+                real = slice(span - len(prefix), span)  # padded positions differ, and are masked
+                torch.testing.assert_close(one[0][row, :, real], other[0][row, :, real], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(one[1][row, :, real], other[1][row, :, real], atol=1e-4, rtol=1e-4)
+
     def test_scores_equal_a_full_forward_pass(self, llama: Any) -> None:
         TestTransformers().test_batched_scores_equal_a_full_forward_pass(llama)
 

@@ -484,38 +484,67 @@ class TransformersBackend:
         return output.logits, mask, positions[:, -1:] + 1, cache
 
     def _seed_cache(self, loaded: _Loaded, cache: Any, plan: PrefixPlan, memo: dict[str, Any]) -> None:
-        """Fill the first ``plan.start`` cache slots of every row from one pass over the groups'
-        prefixes (one left-padded row per group), or from ``memo``'s when it ran the same ones."""
+        """Fill the first ``plan.start`` cache slots of every row from the prefix pass over the
+        groups' prefixes (``_prefix_states``), or from ``memo``'s when it ran the same ones."""
+        import torch
+
+        device = loaded.model.device
+        if memo.get("prefixes") != plan.prefixes:
+            memo.update(prefixes=plan.prefixes, states=self._prefix_states(loaded, plan.prefixes))
+        slots = torch.tensor(plan.slots, device=device)
+        groups = torch.tensor(plan.owner, device=device)[:, None]
+        for number, state in enumerate(memo["states"]):
+            if state is not None:
+                keys, values = (part.transpose(1, 2)[groups, slots].transpose(1, 2).contiguous() for part in state)
+                cache.layers[number].update(keys, values)
+
+    def _prefix_states(
+        self, loaded: _Loaded, prefixes: list[list[int]], together: bool | None = None
+    ) -> list[tuple[Any, Any] | None]:
+        """Each layer's keys and values for ``prefixes``, left padded to the longest: (groups,
+        heads, span, dim), every position kept (sliding-window layers too: rows take different
+        spans); None for layers that hold none (KV-shared ones). On a GPU one left-padded pass;
+        on a CPU one pass per prefix, unpadded (a CPU pass gains nothing from more rows, and
+        long masked prompts take the slower attention path)."""
         import torch
         from transformers import DynamicCache
 
         device = loaded.model.device
         pad = loaded.tokenizer.pad_token_id
-        span = plan.span
-        if memo.get("prefixes") == plan.prefixes:
-            heads_cache = memo["cache"]
-        else:
-            head_mask = torch.tensor([[0] * (span - len(p)) + [1] * len(p) for p in plan.prefixes], device=device)
-            head_ids = torch.tensor([[pad] * (span - len(p)) + p for p in plan.prefixes], device=device)
-            # every layer keeps every position here, sliding-window ones too: rows take different spans
-            heads_cache = DynamicCache()
+        span = max(len(p) for p in prefixes)
+        together = loaded.device.startswith("cuda") if together is None else together
+        passes = [prefixes] if together else [[p] for p in prefixes]
+        per_pass = []
+        for rows in passes:
+            mask = torch.tensor([[0] * (span - len(p)) + [1] * len(p) for p in rows], device=device)
+            ids = torch.tensor([[pad] * (span - len(p)) + p for p in rows], device=device)
+            width = span if together else len(rows[0])
+            states = DynamicCache()
             loaded.model(
-                input_ids=head_ids,
-                attention_mask=head_mask,
-                position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
-                **_cache_arg(loaded.model, heads_cache),
+                input_ids=ids[:, -width:],
+                attention_mask=mask[:, -width:] if together else None,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, -width:],
+                **_cache_arg(loaded.model, states),
                 use_cache=True,
                 logits_to_keep=1,
             )
-            memo.update(prefixes=plan.prefixes, cache=heads_cache)
-        slots = torch.tensor(plan.slots, device=device)
-        groups = torch.tensor(plan.owner, device=device)[:, None]
-        for number, layer in enumerate(heads_cache.layers):
-            if not getattr(layer, "is_initialized", False) or layer.keys is None or layer.keys.numel() == 0:
+            per_pass.append((states, span - width))
+        out: list[tuple[Any, Any] | None] = []
+        for number in range(len(per_pass[0][0].layers)):
+            layers = [(states.layers[number], missing) for states, missing in per_pass]
+            first = layers[0][0]
+            if not getattr(first, "is_initialized", False) or first.keys is None or first.keys.numel() == 0:
+                out.append(None)
                 continue
-            keys = layer.keys.transpose(1, 2)[groups, slots].transpose(1, 2)
-            values = layer.values.transpose(1, 2)[groups, slots].transpose(1, 2)
-            cache.layers[number].update(keys.contiguous(), values.contiguous())
+            out.append(
+                tuple(
+                    torch.cat(
+                        [torch.nn.functional.pad(getattr(layer, part), (0, 0, missing, 0)) for layer, missing in layers]
+                    )
+                    for part in ("keys", "values")
+                )
+            )
+        return out
 
     def _decode(
         self,
