@@ -233,33 +233,10 @@ class TestMLX:
     def test_conversations_equal_one_at_a_time(self, loaded: Any, size: int | None) -> None:
         """Turns of one conversation share the document: batched by group, its prefix computed
         once, across the tiny Gemma 4's sliding window (64, shorter than the documents)."""
-        from pytest_ftgate.backends.prefix import prefix_plan
-
-        backend, model = loaded
-        prompts = [CONVFINQA.messages(e) for e in _conversations(5, seed=1)]
-        ids = [backend._ids(model.handle, m) for m in prompts]
-        plans = [prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
-        assert any(plan is not None and len(plan.heads) > 1 and plan.start > 64 for plan in plans)
-        reference = self._seed_loop(backend, model, prompts, 10)
-        assert backend.generate(model, prompts, max_tokens=10, batch_size=size) == reference
-        stopped = backend.generate(model, prompts, max_tokens=10, batch_size=size, stop=CONVFINQA.answer_decided)
-        assert [CONVFINQA.parse(r) for r in stopped] == [CONVFINQA.parse(r) for r in reference]
+        _check_conversations(loaded, size, self._seed_loop)
 
     def test_grouped_scores_equal_one_pass_per_prompt(self, loaded: Any) -> None:
-        import mlx.core as mx
-
-        backend, model = loaded
-        handle = model.handle
-        prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=2)]
-        forms = ["1", " 2", "positive", " neutral"]
-        scores = backend.score(model, prompts, forms)
-        for messages, row in zip(prompts, scores, strict=True):
-            ids = backend._ids(handle, messages)
-            for form, value in zip(forms, row, strict=True):
-                piece = list(handle.tokenizer.encode(form, add_special_tokens=False))
-                logits = backend._logits(handle, ids + piece[:-1])[len(ids) - 1 :]
-                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-                assert value == pytest.approx(sum(float(logprobs[i, t]) for i, t in enumerate(piece)), abs=1e-4)
+        _check_grouped_scores(loaded)
 
     def test_auto_batch_size(self) -> None:
         from pytest_ftgate.backends.mlx import MLXBackend
@@ -436,7 +413,7 @@ class TestSharedPrefix:
     @pytest.mark.parametrize("size", [None, 3, 5])
     def test_conversations_equal_one_at_a_time(self, llama: Any, size: int | None) -> None:
         """Turns of one conversation share the document: batched by group, prefix computed once."""
-        _check_conversations(llama, size)
+        _check_conversations(llama, size, TestTransformers()._seed_loop)
 
     def test_prefix_pass_one_per_group_equals_one_padded_pass(self, llama: Any) -> None:
         """The CPU's unpadded pass per prefix and the GPU's single left-padded pass agree."""
@@ -471,7 +448,7 @@ class TestSharedPrefixSlidingWindow:
     def test_conversations_equal_one_at_a_time(self, torch_loaded: Any, size: int | None) -> None:
         backend, model = torch_loaded
         assert model.handle.model.config.get_text_config().sliding_window == 64
-        _check_conversations(torch_loaded, size)
+        _check_conversations(torch_loaded, size, TestTransformers()._seed_loop)
 
     def test_grouped_scores_equal_a_full_forward_pass(self, torch_loaded: Any) -> None:
         _check_grouped_scores(torch_loaded)
@@ -508,36 +485,53 @@ def _conversations(count: int, seed: int = 0) -> list[Example]:
     return out
 
 
-def _check_conversations(loaded: Any, size: int | None) -> None:
+def _prompt_ids(backend: Any, handle: Any, messages: Any) -> list[int]:
+    if backend.name == "mlx":
+        return list(backend._ids(handle, messages))
+    return list(backend._ids(handle, backend._prompt(handle, messages)))
+
+
+def _check_conversations(loaded: Any, size: int | None, seed_loop: Any) -> None:
     from pytest_ftgate.backends.prefix import prefix_plan
 
     backend, model = loaded
     prompts = [CONVFINQA.messages(e) for e in _conversations(5, seed=1)]
-    ids = [backend._ids(model.handle, backend._prompt(model.handle, m)) for m in prompts]
+    ids = [_prompt_ids(backend, model.handle, m) for m in prompts]
     plans = [prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
-    assert any(plan is not None and len(plan.heads) > 1 for plan in plans)  # a batch of several groups
-    reference = TestTransformers()._seed_loop(backend, model, prompts, 10)
+    # a batch of several groups, whose shared prefixes cross the tiny Gemma 4's 64-token window
+    assert any(plan is not None and len(plan.heads) > 1 and plan.start > 64 for plan in plans)
+    reference = seed_loop(backend, model, prompts, 10)
     assert backend.generate(model, prompts, max_tokens=10, batch_size=size) == reference
     stopped = backend.generate(model, prompts, max_tokens=10, batch_size=size, stop=CONVFINQA.answer_decided)
     assert [CONVFINQA.parse(r) for r in stopped] == [CONVFINQA.parse(r) for r in reference]
 
 
 def _check_grouped_scores(loaded: Any) -> None:
-    import torch
-
+    """Scores of conversation turns (grouped, prefixes shared) equal one full pass per prompt."""
     backend, model = loaded
     handle = model.handle
     prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=2)]
     forms = ["1", " 2", "positive", " neutral"]
     scores = backend.score(model, prompts, forms)
     for messages, row in zip(prompts, scores, strict=True):
-        ids = backend._ids(handle, backend._prompt(handle, messages))
+        ids = _prompt_ids(backend, handle, messages)
         for form, value in zip(forms, row, strict=True):
-            piece = backend._ids(handle, form)
-            with torch.inference_mode():
-                logits = handle.model(input_ids=torch.tensor([ids + piece[:-1]])).logits[0, len(ids) - 1 :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            assert value == pytest.approx(sum(float(logprobs[i, t]) for i, t in enumerate(piece)), abs=1e-4)
+            piece = list(handle.tokenizer.encode(form, add_special_tokens=False))
+            logprobs = _logprobs(backend, handle, ids + piece[:-1])[len(ids) - 1 :]
+            assert value == pytest.approx(sum(float(logprobs[i][t]) for i, t in enumerate(piece)), abs=1e-4)
+
+
+def _logprobs(backend: Any, handle: Any, ids: list[int]) -> Any:
+    """Log-probabilities at every position of one unbatched forward pass over ``ids``."""
+    if backend.name == "mlx":
+        import mlx.core as mx
+
+        logits = backend._logits(handle, ids)
+        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    import torch
+
+    with torch.inference_mode():
+        return torch.log_softmax(handle.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
 
 
 @pytest.fixture(scope="module", params=["gemma4", "llama"])
@@ -570,7 +564,7 @@ class TestStaticDecode:
         assert not model.handle.static_failed
 
     def test_conversations_equal_one_at_a_time(self, static: Any) -> None:
-        _check_conversations(static, None)
+        _check_conversations(static, None, TestTransformers()._seed_loop)
         assert not static[1].handle.static_failed
 
     def test_stop_ends_each_sequence_at_its_decision(self, static: Any) -> None:

@@ -516,14 +516,13 @@ class TransformersBackend:
         passes = [prefixes] if together else [[p] for p in prefixes]
         per_pass = []
         for rows in passes:
-            mask = torch.tensor([[0] * (span - len(p)) + [1] * len(p) for p in rows], device=device)
-            ids = torch.tensor([[pad] * (span - len(p)) + p for p in rows], device=device)
-            width = span if together else len(rows[0])
+            width = max(len(p) for p in rows)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=device)
             states = DynamicCache()
             loaded.model(
-                input_ids=ids[:, -width:],
-                attention_mask=mask[:, -width:] if together else None,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, -width:],
+                input_ids=torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=device),
+                attention_mask=mask if together else None,  # one unpadded row: plain causal attention
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 **_cache_arg(loaded.model, states),
                 use_cache=True,
                 logits_to_keep=1,
