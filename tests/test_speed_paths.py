@@ -392,8 +392,11 @@ class TestSharedPrefix:
         # each turn shares all but its closing template tokens with its conversation's last turn
         assert max(map(len, ids)) - plan.start < 12
         _check_plan(ids, plan)
-        for batch in backend._batches(model.handle, ids, 8, 7):  # whole groups share a batch where they fit
-            assert len(batch) <= 7
+        for size in (7, 2):  # whole groups share a batch; a group larger than the batch size is not split
+            batches = backend._batches(model.handle, ids, 8, size)
+            for group in by_conversation.values():
+                assert sum(bool(group & set(batch)) for batch in batches) == 1
+                assert all(len(batch) <= max(size, len(group)) for batch in batches if group & set(batch))
         rows = backend._batches(model.handle, ids, 8, None)
         assert sorted(i for batch in rows for i in batch) == list(range(len(ids)))
         # FPB-like prompts (only the system prompt in common) stay length-sorted

@@ -72,10 +72,11 @@ def prefix_groups(ids: list[list[int]]) -> list[list[int]]:
 
 def plan_batches(ids: list[list[int]], extra: int, rows_for: Callable[[int], int]) -> list[list[int]]:
     """The prompts' indices cut into batches. Prompts that share a long token prefix with others
-    go into the same batch, whole groups together, so the prefix is computed once; the other
-    prompts are sorted by length (little padding). Longest first: an out-of-memory error shows
-    early. ``rows_for(tokens)`` is the batch size for prompts of that many tokens (``extra`` added
-    to each prompt's length)."""
+    go into the same batch, whole groups together (a group larger than the batch size gets a
+    batch of its own: its rows cost little more than its head), so the prefix is computed once;
+    the other prompts are sorted by length (little padding). Longest first: an out-of-memory error
+    shows early. ``rows_for(tokens)`` is the batch size for prompts of that many tokens (``extra``
+    added to each prompt's length)."""
     groups = prefix_groups(ids)
     units = [g for g in groups if len(g) > 1]
     singles = sorted((g[0] for g in groups if len(g) == 1), key=lambda i: -len(ids[i]))
@@ -85,13 +86,15 @@ def plan_batches(ids: list[list[int]], extra: int, rows_for: Callable[[int], int
         batch: list[int] = []
         rows = 0
         for unit in unit_list:  # longest first: the batch's first unit sizes it
-            for index in unit:
-                if not batch:
-                    rows = rows_for(max(len(ids[i]) for i in unit) + extra)
-                batch.append(index)
-                if len(batch) >= rows:
-                    batches.append(batch)
-                    batch = []
+            if batch and len(batch) + len(unit) > rows:  # a group is never split between batches
+                batches.append(batch)
+                batch = []
+            if not batch:
+                rows = max(rows_for(max(len(ids[i]) for i in unit) + extra), len(unit))
+            batch.extend(unit)
+            if len(batch) >= rows:
+                batches.append(batch)
+                batch = []
         if batch:
             batches.append(batch)
     return batches
