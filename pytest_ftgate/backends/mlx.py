@@ -7,6 +7,10 @@ template with the system message, greedy decoding. Adapters are injected the way
 the LoRA layers are swapped in for the tuned model and out for the base. A folder whose
 ``config.json`` has no ``vision_config`` is a text-only model and goes through ``mlx_lm.load`` and
 mlx-lm's own LoRA layers instead.
+
+Evaluation is batched with left padding in mlx-lm's batch KV caches; a prompt prefix that rows
+share (the system prompt; a ConvFinQA conversation's document and earlier turns) runs once and
+its keys and values are copied to the rows (``prefix.py``).
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ Generation is greedy, by ftgate's own loop over the model's forward pass (the sa
 ``generate(do_sample=False)``): batched with left padding (position ids count real tokens
 only), prompts that share a long token prefix (ConvFinQA's turns of one conversation) batched
 together and the rest sorted by length, a ``DynamicCache`` per batch, batch size fitted to free
-GPU memory unless ``--ftgate-batch-size`` is given. A prefix that rows share (each group's
-document, or the system prompt and chat template) runs once and its keys and values are copied
-to the rows. A sequence leaves its batch at end-of-sequence, at ``max_tokens``, or when the
+GPU memory unless ``--ftgate-batch-size`` is given. A prefix that rows share (all a ConvFinQA
+turn shares with its conversation's last turn; the system prompt and chat template) runs once and
+its keys and values are copied to the rows (``prefix.py``). A sequence leaves its batch at end-of-sequence, at ``max_tokens``, or when the
 benchmark's stop rule (``stop``) says its answer can no longer change. On CUDA the decode steps
 run on a static cache and replay from a CUDA graph (``FTGATE_CUDA_GRAPHS=0``: the dynamic loop,
 whose finished rows are dropped). Only the new tokens are decoded (``skip_special_tokens=True``).
