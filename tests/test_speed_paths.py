@@ -377,7 +377,7 @@ class TestSharedPrefix:
         assert prefix_plan(ids[:1]) is None
 
     def test_conversation_turns_are_grouped(self, llama: Any) -> None:
-        from pytest_ftgate.backends.prefix import prefix_groups, prefix_plan
+        from pytest_ftgate.backends.prefix import plan_batches, prefix_groups, prefix_plan
 
         backend, model = llama
         examples = _conversations(4, seed=1)
@@ -392,11 +392,13 @@ class TestSharedPrefix:
         # each turn shares all but its closing template tokens with its conversation's last turn
         assert max(map(len, ids)) - plan.start < 12
         _check_plan(ids, plan)
-        for size in (7, 2):  # whole groups share a batch; a group larger than the batch size is not split
-            batches = backend._batches(model.handle, ids, 8, size)
+        for size in (7, 2):  # automatic sizes: a group larger than the batch size is not split
+            batches = plan_batches(ids, 8, lambda length, size=size: size)
             for group in by_conversation.values():
                 assert sum(bool(group & set(batch)) for batch in batches) == 1
                 assert all(len(batch) <= max(size, len(group)) for batch in batches if group & set(batch))
+        assert max(map(len, by_conversation.values())) > 2
+        assert max(map(len, backend._batches(model.handle, ids, 8, 2))) == 2  # a size the user chose is a cap
         rows = backend._batches(model.handle, ids, 8, None)
         assert sorted(i for batch in rows for i in batch) == list(range(len(ids)))
         # FPB-like prompts (only the system prompt in common) stay length-sorted

@@ -338,7 +338,7 @@ class MLXBackend:
         model's cache has no batched form."""
         if self._batch_cache(loaded, [0]) is None:
             return [[i] for i in sorted(range(len(ids)), key=lambda i: -len(ids[i]))]
-        return plan_batches(ids, extra, lambda length: batch_size or self.auto_batch_size(length))
+        return plan_batches(ids, extra, self.auto_batch_size, batch_size)
 
     def _score_batch(self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]]) -> list[list[float]]:
         import mlx.core as mx

@@ -70,13 +70,16 @@ def prefix_groups(ids: list[list[int]]) -> list[list[int]]:
     return groups
 
 
-def plan_batches(ids: list[list[int]], extra: int, rows_for: Callable[[int], int]) -> list[list[int]]:
+def plan_batches(
+    ids: list[list[int]], extra: int, rows_for: Callable[[int], int], limit: int | None = None
+) -> list[list[int]]:
     """The prompts' indices cut into batches. Prompts that share a long token prefix with others
-    go into the same batch, whole groups together (a group larger than the batch size gets a
-    batch of its own: its rows cost little more than its head), so the prefix is computed once;
-    the other prompts are sorted by length (little padding). Longest first: an out-of-memory error
-    shows early. ``rows_for(tokens)`` is the batch size for prompts of that many tokens (``extra``
-    added to each prompt's length)."""
+    go into the same batch, whole groups together, so the prefix is computed once; the other
+    prompts are sorted by length (little padding). Longest first: an out-of-memory error shows
+    early. ``rows_for(tokens)`` is the batch size for prompts of that many tokens (``extra`` added
+    to each prompt's length); a group larger than that gets a batch of its own (its rows cost
+    little more than its head). ``limit`` (a batch size the user chose) caps every batch instead,
+    splitting a group where it must."""
     groups = prefix_groups(ids)
     units = [g for g in groups if len(g) > 1]
     singles = sorted((g[0] for g in groups if len(g) == 1), key=lambda i: -len(ids[i]))
@@ -86,15 +89,16 @@ def plan_batches(ids: list[list[int]], extra: int, rows_for: Callable[[int], int
         batch: list[int] = []
         rows = 0
         for unit in unit_list:  # longest first: the batch's first unit sizes it
-            if batch and len(batch) + len(unit) > rows:  # a group is never split between batches
+            if limit is None and batch and len(batch) + len(unit) > rows:  # no group is split
                 batches.append(batch)
                 batch = []
-            if not batch:
-                rows = max(rows_for(max(len(ids[i]) for i in unit) + extra), len(unit))
-            batch.extend(unit)
-            if len(batch) >= rows:
-                batches.append(batch)
-                batch = []
+            for index in unit:
+                if not batch:
+                    rows = limit or max(rows_for(max(len(ids[i]) for i in unit) + extra), len(unit))
+                batch.append(index)
+                if len(batch) >= rows:
+                    batches.append(batch)
+                    batch = []
         if batch:
             batches.append(batch)
     return batches

@@ -424,7 +424,7 @@ class TransformersBackend:
     ) -> list[list[int]]:
         """The prompts' indices cut into batches (``prefix.plan_batches``: groups sharing a long
         prefix together, the rest sorted by length), sized by ``batch_size`` or to memory."""
-        return plan_batches(ids, extra, lambda length: batch_size or self.auto_batch_size(loaded, length, copies))
+        return plan_batches(ids, extra, lambda length: self.auto_batch_size(loaded, length, copies), batch_size)
 
     def auto_batch_size(self, loaded: _Loaded, length: int, copies: int = 1) -> int:
         """Rows per batch for sequences of up to ``length`` tokens: on a GPU, as many as the free
