@@ -122,10 +122,13 @@ def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
                 fake.max_inflight = max(fake.max_inflight, fake.inflight)
             try:
                 time.sleep(fake.delay)
-                self._send(*fake.reply(body))
+                reply = fake.reply(body)
             finally:
+                # out of flight before the reply is written: once the client has it, it may send
+                # its next request, which must not find this one still counted
                 with fake.lock:
                     fake.inflight -= 1
+            self._send(*reply)
 
     return Handler
 
