@@ -185,11 +185,11 @@ def prompt_ids(backend: Any, model: Any, messages: Any) -> list[int]:
 def trie_size(rows: list[list[int]]) -> int:
     """Distinct token prefixes among ``rows``: the positions any evaluation must compute at
     least once (a shared prefix once, every other position once)."""
-    seen: set[tuple[int, ...]] = set()
-    for row in rows:
-        for end in range(1, len(row) + 1):
-            seen.add(tuple(row[:end]))
-    return len(seen)
+    from pytest_ftgate.backends.prefix import common_length
+
+    # in sorted order, each row adds the prefixes beyond what it shares with the row before it
+    ordered = sorted(rows)
+    return sum(len(row) - common_length(row, before) for row, before in zip(ordered, [[], *ordered], strict=False))
 
 
 def prefill_rate(backend: Any, model: Any, rows: list[list[int]]) -> float:
@@ -226,13 +226,11 @@ def compute_floor(backend: Any, model: Any, bench: Any, examples: list[Any], out
     positions on a CPU (each reads all the weights), so this is a lower bound."""
     rows = [prompt_ids(backend, model, bench.messages(e)) for e in examples]
     tokens = trie_size(rows)
+    tokenizer = model.handle.tokenizer
     if mode == "logprob":
         forms = [f for variants in bench.answer_forms().values() for f in variants]
-        tokenizer = getattr(model.handle, "tokenizer", None)
-        extra = sum(len(tokenizer.encode(f, add_special_tokens=False)) - 1 for f in forms)
-        tokens += extra * len(rows)
+        tokens += len(rows) * sum(len(tokenizer.encode(f, add_special_tokens=False)) - 1 for f in forms)
     else:
-        tokenizer = model.handle.tokenizer
         tokens += sum(len(tokenizer.encode(o, add_special_tokens=False)) for o in outputs)
     rate = prefill_rate(backend, model, rows)
     return {"floor_tokens": tokens, "prefill_rate": rate, "floor_seconds": tokens / rate}

@@ -26,12 +26,13 @@ only), prompts that share a long token prefix (ConvFinQA's turns of one conversa
 together and the rest sorted by length, a ``DynamicCache`` per batch, batch size fitted to free
 GPU memory unless ``--ftgate-batch-size`` is given. A prefix that rows share (all a ConvFinQA
 turn shares with its conversation's last turn; the system prompt and chat template) runs once and
-its keys and values are copied to the rows (``prefix.py``). A sequence leaves its batch at end-of-sequence, at ``max_tokens``, or when the
-benchmark's stop rule (``stop``) says its answer can no longer change. On CUDA the decode steps
-run on a static cache and replay from a CUDA graph (``FTGATE_CUDA_GRAPHS=0``: the dynamic loop,
-whose finished rows are dropped). Only the new tokens are decoded (``skip_special_tokens=True``).
-``score`` (``logprob`` mode) is one batched forward pass with ``logits_to_keep=1`` for
-single-token answers, plus one shared-cache pass for longer ones.
+its keys and values are copied to the rows (``prefix.py``). A sequence leaves its batch at
+end-of-sequence, at ``max_tokens``, or when the benchmark's stop rule (``stop``) says its answer
+can no longer change. On CUDA the decode steps run on a static cache and replay from a CUDA graph
+(``FTGATE_CUDA_GRAPHS=0``: the dynamic loop, whose finished rows are dropped). Only the new tokens
+are decoded (``skip_special_tokens=True``). ``score`` (``logprob`` mode) is one batched forward
+pass with ``logits_to_keep=1`` for single-token answers, plus one shared-cache pass per four
+longer ones.
 """
 
 from __future__ import annotations
@@ -451,12 +452,12 @@ class TransformersBackend:
 
         The batch is an ordinary left-padded one (padding masked, position ids counting real
         tokens only, as ``generate`` does), so every row computes what it computes alone. Token
-        prefixes that rows share are computed once (``prefix.prefix_plan``): each group's prefix runs in
-        a first, smaller pass (one row per group), and its keys and values are copied into the
-        first cache slots of the group's rows; the model then runs only the remaining slots.
-        With no long shared prefix the whole batch shares its common prefix (system prompt, chat
-        template), one row computing it; ``memo`` keeps the last prefix pass, so the batches of
-        one call compute their common prefix once."""
+        prefixes that rows share are computed once (``prefix.prefix_plan``): each group's head
+        (its longest prompt) runs in a first, smaller pass, and the keys and values of what each
+        row shares with its head are copied into the row's first cache slots; the model then runs
+        only the remaining slots. With no long shared prefix the whole batch is one group (the
+        system prompt and chat template shared). ``memo`` keeps the last prefix pass, so the
+        batches of one call compute a prefix they share once."""
         import torch
         from transformers import DynamicCache
 
