@@ -39,6 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pytest_ftgate import threads
 from pytest_ftgate.probes import arith_rows, finsent_rows
 
 SYSTEM_SENTIMENT = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
@@ -97,6 +98,7 @@ def train_lora(base: str, conversations: list[list[dict[str, str]]], dest: Path,
     marker = dest / "ftgate-training.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
         return dest
+    threads.size_torch(torch)
     torch.manual_seed(RECIPE["seed"])
     hf_logging.disable_progress_bar()  # "Loading weights" bars: this script prints its own progress
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -225,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         help="gate this trained adapter instead of training (repeatable), e.g. medical=models/medical_lora",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    # Thread pools sized to this machine's usable CPUs and idle OpenMP threads that sleep, set
+    # before torch loads (libgomp reads them once) and inherited by the pytest gates it starts.
+    threads.configure_environment()
     adapters = dict(_named(value, parser) for value in args.adapter)
     if not adapters and not _has_extras():
         return 2

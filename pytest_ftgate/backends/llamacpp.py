@@ -54,6 +54,7 @@ from typing import Any, BinaryIO
 from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
 from pytest_ftgate.fingerprint import _memo_hash, digest
+from pytest_ftgate.threads import process_share
 
 GGUF_MAGIC = b"GGUF"
 # Context size when the model was trained for more (Llama 3.1: 131072 would cost GBs of KV cache).
@@ -284,12 +285,7 @@ def default_threads() -> int:
     llama.cpp's workers spin at every barrier, and on 2 busy cores SmolLM2 took 10-18 s for three
     prompts with 2 threads against 1.6 s with 1. Override with ``n_threads`` or
     ``FTGATE_LLAMACPP_THREADS``."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
-    return max(1, cpus // 2 // workers)
+    return max(1, process_share() // 2)
 
 
 @dataclass

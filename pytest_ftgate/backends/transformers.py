@@ -48,6 +48,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pytest_ftgate import threads
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
 from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, package_versions
 from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
@@ -108,6 +109,7 @@ class TransformersBackend:
     def __init__(self, **options: Any) -> None:
         self.options = options
         self._bases: dict[str, _Loaded] = {}
+        threads.configure_environment()  # before torch loads libgomp (it reads the wait policy once)
 
     def version(self) -> str:
         return package_versions("torch", "transformers", "peft")
@@ -131,6 +133,7 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        threads.size_torch(torch)
         source = str(local) if local.exists() else model
         device = self.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
