@@ -20,6 +20,7 @@ from typing import Any
 from pytest_ftgate.backends import Model
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
+from pytest_ftgate.context import check_context
 from pytest_ftgate.errors import BackendError, ConfigError
 from pytest_ftgate.results import EvalResult, ModelInfo, Prediction
 
@@ -94,6 +95,7 @@ def evaluate(
     start = time.perf_counter()
     records = cache.get(key)
     todo = [e for e in examples if e.id not in records]
+    check_context(benchmark, model, todo, mode)  # before the first batch: a DataError naming file:line
     step = batch_size or getattr(model.backend, "default_batch_size", None) or DEFAULT_BATCH
     done_before = len(examples) - len(todo)
     last_report = start

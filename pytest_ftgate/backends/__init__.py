@@ -75,7 +75,10 @@ class Backend(Protocol):
 
     Optional: ``describe(model) -> dict[str, str]`` (fingerprint parts without loading, for stored
     baselines), ``score(model, prompts, continuations) -> list[list[float]]`` (log-probabilities,
-    for ``logprob`` mode), ``default_batch_size`` and ``remote`` (models are served names)."""
+    for ``logprob`` mode), ``default_batch_size`` and ``remote`` (models are served names), and
+    ``context_length(model) -> int | None`` with ``count_tokens(model, prompts) -> list[int]`` (the
+    longest sequence the model takes, and each chat prompt's length in tokens as ``generate`` would
+    feed it: prompts that do not fit are refused before evaluation, see ``context.py``)."""
 
     name: str
 

@@ -495,6 +495,14 @@ class LlamaCppBackend:
             raise BackendError(f"the chat template of {loaded.path} rendered an empty prompt")
         return ids
 
+    def context_length(self, model: Model) -> int | None:
+        """The context this model was created with (``n_ctx``)."""
+        return model.handle.n_ctx  # type: ignore[no-any-return]
+
+    def count_tokens(self, model: Model, prompts: Sequence[Sequence[Message]]) -> list[int]:
+        """Each prompt's length in tokens, chat template and BOS included (what ``generate`` feeds)."""
+        return [len(self._ids(model.handle, messages)) for messages in prompts]
+
     def _check_room(self, loaded: _Loaded, length: int, extra: int) -> None:
         if length + extra > loaded.n_ctx:
             raise BackendError(

@@ -57,6 +57,7 @@ class _Loaded:
     lora: dict[str, Any] = field(default_factory=dict)  # module path -> LoRA module
     plain: dict[str, Any] = field(default_factory=dict)  # module path -> original linear
     active: str | None = None  # fingerprint of the adapter now swapped in
+    context: int | None = None  # max_position_embeddings of config.json (its text_config for a VLM)
 
     @property
     def tokenizer(self) -> Any:
@@ -94,7 +95,8 @@ class MLXBackend:
     def load(self, model: str) -> Model:
         path = self._path(model)
         try:
-            vision = "vision_config" in json.loads((path / "config.json").read_text())
+            config = json.loads((path / "config.json").read_text())
+            vision = "vision_config" in config
             with _quiet():
                 if vision:
                     import mlx_vlm
@@ -106,7 +108,9 @@ class MLXBackend:
                     mx_model, processor = mlx_lm.load(str(path))
         except Exception as exc:  # the loaders raise many kinds; the user needs one sentence
             raise ModelError(f"mlx could not load model {model}: {type(exc).__name__}: {exc}") from exc
-        loaded = _Loaded(mx_model, processor, str(path), vision=vision)
+        sizes = [c.get("max_position_embeddings") for c in (config.get("text_config"), config) if isinstance(c, dict)]
+        context = next((size for size in sizes if isinstance(size, int) and size > 0), None)
+        loaded = _Loaded(mx_model, processor, str(path), vision=vision, context=context)
         return Model(label=model, fingerprint=digest(self.describe(model)), backend=self, handle=loaded)
 
     def with_adapter(self, base: Model, adapter: str) -> Model:
@@ -188,6 +192,14 @@ class MLXBackend:
         return self._logits(
             loaded, list(loaded.tokenizer.encode(self._prompt(loaded, PROBE), add_special_tokens=False))
         )
+
+    def context_length(self, model: Model) -> int | None:
+        """``max_position_embeddings`` of the model's config.json (None when it has none)."""
+        return model.handle.context  # type: ignore[no-any-return]
+
+    def count_tokens(self, model: Model, prompts: Sequence[Sequence[Message]]) -> list[int]:
+        """Each prompt's length in tokens, chat template included (what ``generate`` feeds)."""
+        return [len(self._ids(model.handle, messages)) for messages in prompts]
 
     @property
     def default_batch_size(self) -> int:

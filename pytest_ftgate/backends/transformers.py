@@ -65,6 +65,7 @@ GPU_MEMORY_SHARE = 0.7
 GPU_MAX_ROWS = 1024
 CPU_TOKENS_PER_BATCH = 16384
 CPU_MAX_ROWS = 16  # a CPU step is compute-bound well before; fewer rows, batches of like lengths
+MAX_PLAUSIBLE_CONTEXT = 1 << 30  # a tokenizer's model_max_length above this means unknown
 CONTINUATIONS_PER_PASS = 4  # longer answer forms scored together, each on its own repeat of the batch's cache
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _KV_PROJECTION = re.compile(r"layers\.(\d+)\.self_attn\.[kv]_proj$")
@@ -370,6 +371,23 @@ class TransformersBackend:
             batch = self._encode(loaded, [self._prompt(loaded, PROBE)])
             output = loaded.model(**batch)
             return output.logits.float().cpu()
+
+    def context_length(self, model: Model) -> int | None:
+        """The longest sequence the model takes: ``max_position_embeddings`` of its (text) config,
+        else the tokenizer's ``model_max_length`` when that is a real limit (transformers writes
+        ~1e30 there when the tokenizer does not know); None when neither says."""
+        loaded: _Loaded = model.handle
+        config = loaded.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for value in (getattr(text, "max_position_embeddings", None), getattr(loaded.tokenizer, "model_max_length", None)):
+            if isinstance(value, int) and 0 < value < MAX_PLAUSIBLE_CONTEXT:
+                return value
+        return None
+
+    def count_tokens(self, model: Model, prompts: Sequence[Sequence[Message]]) -> list[int]:
+        """Each prompt's length in tokens, chat template included (what ``generate`` feeds)."""
+        loaded: _Loaded = model.handle
+        return [len(self._ids(loaded, self._prompt(loaded, messages))) for messages in prompts]
 
     @property
     def default_batch_size(self) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,9 @@ class Example:
     ``id`` is stable and unique (the dataset's id, or a hash of the content when it has none);
     ``prompt`` is the user message; ``gold`` is the answer in canonical form ("A".."D",
     "positive"/"negative"/"neutral", or a label string); ``text`` is a short readable form for
-    flip reports; ``stratum`` is what stratified subsets balance on.
+    flip reports; ``stratum`` is what stratified subsets balance on; ``source`` says where the
+    example came from, for error messages (``"data.jsonl:12"``; set by ``data.finish_ids``, "" when
+    unknown; not part of equality).
     """
 
     id: str
@@ -44,6 +46,7 @@ class Example:
     gold: str
     text: str = ""
     stratum: str = ""
+    source: str = field(default="", compare=False)
 
 
 class Benchmark:

@@ -10,12 +10,14 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pytest_ftgate.errors import DataError
 
+if TYPE_CHECKING:
+    from pytest_ftgate.benchmarks.base import Example
+
 Row = dict[str, Any]
-T = TypeVar("T")
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
@@ -108,17 +110,18 @@ def check_unique(ids: Sequence[tuple[str, str]], source: str) -> None:
         first[ident] = where
 
 
-def finish_ids(built: Sequence[tuple[T, bool, str]], source: str) -> list[T]:
-    """Final ids for ``(example, id_came_from_data, where)`` triples, in order.
+def finish_ids(built: Sequence[tuple[Example, bool, str]], source: str) -> list[Example]:
+    """Final examples for ``(example, id_came_from_data, where)`` triples, in order, each with
+    ``where`` as its ``source``.
 
     Ids from the data must be unique (else a DataError naming both lines); content-hash ids are
-    made unique with :func:`dedupe_ids`. ``example`` is a dataclass with an ``id`` field.
+    made unique with :func:`dedupe_ids`.
     """
-    check_unique([(ex.id, where) for ex, explicit, where in built if explicit], source)  # type: ignore[attr-defined]
-    hashed = iter(dedupe_ids(ex.id for ex, explicit, _ in built if not explicit))  # type: ignore[attr-defined]
+    check_unique([(ex.id, where) for ex, explicit, where in built if explicit], source)
+    hashed = iter(dedupe_ids(ex.id for ex, explicit, _ in built if not explicit))
     return [
-        ex if explicit else dataclasses.replace(ex, id=next(hashed))  # type: ignore[type-var]
-        for ex, explicit, _ in built
+        dataclasses.replace(ex, id=ex.id if explicit else next(hashed), source=where)
+        for ex, explicit, where in built
     ]
 
 
