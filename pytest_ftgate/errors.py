@@ -25,3 +25,7 @@ class ModelError(FtgateError):
 
 class BackendError(FtgateError):
     """A backend that is unknown, not installed, or failed while running."""
+
+
+class BaselineMismatch(FtgateError):
+    """A stored baseline that cannot be used: unreadable, edited, or recorded for another setup."""

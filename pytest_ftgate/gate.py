@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
+import random
+import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,15 +17,21 @@ from pytest_ftgate.adapters import inspect_adapter
 from pytest_ftgate.backends import Backend, Model, create_backend
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
-from pytest_ftgate.errors import ConfigError, DataError, ModelError
+from pytest_ftgate.errors import BaselineMismatch, ConfigError, DataError, ModelError
 from pytest_ftgate.fingerprint import digest
-from pytest_ftgate.options import DEFAULT_BASE, DEFAULT_CACHE, looks_local, positive_int
+from pytest_ftgate.options import AUDIT, DEFAULT_BASE, DEFAULT_CACHE, audit_size, looks_local, positive_int
 from pytest_ftgate.results import Comparison, EarlyStop, EvalResult
 from pytest_ftgate.runner import MODES, Progress, check_mode, evaluate
 
 BackendFactory = Callable[[str], Backend]
 EARLY_CHUNK = 50  # examples per look when stopping early
 EARLY_SEED = "ftgate-early-stop-1"  # the shuffle is fixed: same order, same stopping point, every run
+# A stored baseline's audit: how many of its examples are evaluated again (audit_sample_size) and how
+# many fresh answers may differ from the stored ones (audit_allowance).
+AUDIT_MIN = 8
+AUDIT_SHARE = 0.05
+AUDIT_MAX = 100
+AUDIT_TOLERANCE = 0.02
 
 
 class Gate:
@@ -47,6 +56,8 @@ class Gate:
         base_url: str | None = None,
         progress: Progress | None = None,
         make_backend: BackendFactory | None = None,
+        audit: int | str = "auto",
+        audit_seed: int | None = None,
     ) -> None:
         if adapter is not None and candidate is not None:
             raise ConfigError("give either an adapter or a candidate model, not both")
@@ -62,6 +73,8 @@ class Gate:
         self.mode = mode
         self.base_url = base_url
         self.progress = progress
+        self.audit = audit_size(audit)  # "auto" or a number of examples; 0: stored baselines are not audited
+        self.audit_seed = audit_seed  # None: a fresh random seed per audit, named in its note
         self.cache = PredictionCache(cache)
         if self.adapter is not None:
             inspect_adapter(self.adapter)  # missing or corrupt files fail here, before any model loads
@@ -80,6 +93,8 @@ class Gate:
         self._examples: dict[str, list[Example]] = {}
         self._results: dict[tuple[str, str, str], EvalResult] = {}
         self._baselines: dict[tuple[str, str], EvalResult] = {}
+        self._stored: dict[tuple[str, str], str] = {}  # baselines given by use_baseline -> where they came from
+        self._baseline_notes: dict[tuple[str, str], str] = {}
         self.notes: list[str] = []  # things the report should say (e.g. a mode that could not apply)
 
     # -- models ------------------------------------------------------------------------------
@@ -172,16 +187,80 @@ class Gate:
         return self._results[key]
 
     def baseline(self, benchmark: str | Benchmark, mode: str | None = None) -> EvalResult:
-        """The base model's result: a stored baseline when one was given, else evaluated."""
+        """The base model's result: a stored baseline when one was given (audited on first use),
+        else evaluated."""
         bench = self.benchmark(benchmark)
         key = (bench.name, self.mode_for(bench, mode))
+        stored = self._stored_baseline(bench, key[1])
+        if stored is not None:
+            return stored
         if key not in self._baselines:
             self._baselines[key] = self.evaluate(bench, self.base_model, key[1])
         return self._baselines[key]
 
-    def use_baseline(self, benchmark: str | Benchmark, result: EvalResult) -> None:
-        """Use a stored base result (its ``mode`` says which scoring) instead of evaluating the base."""
-        self._baselines[(self.benchmark(benchmark).name, result.mode)] = result
+    def use_baseline(self, benchmark: str | Benchmark, result: EvalResult, *, source: str | None = None) -> None:
+        """Use a stored base result (its ``mode`` says which scoring) instead of evaluating the base.
+        On first use a sample of its examples is evaluated again with the base model
+        (``audit_baseline``, unless ``audit=0``); ``source`` names where it came from (a file)."""
+        key = (self.benchmark(benchmark).name, result.mode)
+        self._baselines[key] = result
+        self._stored[key] = source or "given to Gate.use_baseline"
+        self._baseline_notes.pop(key, None)
+
+    def _stored_baseline(self, bench: Benchmark, mode: str) -> EvalResult | None:
+        key = (bench.name, mode)
+        if key not in self._stored:
+            return None
+        if key not in self._baseline_notes:  # audited once, on first use
+            self._baseline_notes[key] = self.audit_baseline(bench, self._baselines[key], self._stored[key])
+        return self._baselines[key]
+
+    def audit_baseline(self, benchmark: str | Benchmark, stored: EvalResult, source: str = "") -> str:
+        """Evaluate a randomly drawn sample of a stored base result's examples with the base model
+        (through the prediction cache, like any evaluation) and compare the answers.
+
+        A stored baseline is a file a pull request can edit; one edited consistently (answers and
+        score together) passes every check of its contents, so this is the only way to see it.
+        The sample is ``audit_sample_size`` examples drawn with a fresh seed each run (named in the
+        note; ``audit_seed`` fixes it); more than ``audit_allowance`` differing answers raise
+        BaselineMismatch. Returns the line the report shows.
+        """
+        bench = self.benchmark(benchmark)
+        where = f"stored baseline {source}".rstrip()
+        by_id = stored.by_id()
+        size = audit_sample_size(self.audit, len(by_id))
+        if size == 0:
+            return f"{where}: not audited ({AUDIT}=0)"
+        seed = self.audit_seed if self.audit_seed is not None else secrets.randbits(32)
+        pool = [e for e in self.examples(bench) if e.id in by_id]
+        drawn = random.Random(seed).sample(range(len(pool)), min(size, len(pool)))
+        sample = [pool[i] for i in sorted(drawn)]  # in the benchmark's order
+        fresh = evaluate(
+            bench,
+            sample,
+            self.base_model,
+            cache=self.cache,
+            mode=stored.mode,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            role="base audit",
+        )
+        differ = [(p.id, by_id[p.id].parsed, p.parsed) for p in fresh.predictions if p.parsed != by_id[p.id].parsed]
+        deterministic = bool(getattr(self.backend, "deterministic", False))
+        allowed = audit_allowance(len(sample), deterministic)
+        done = f"audited {len(sample)} of {len(by_id)} examples with the base model (seed {seed})"
+        listed = "; ".join(f"{i!r}: stored {s!r}, now {f!r}" for i, s, f in differ[:10])
+        if len(differ) > allowed:
+            why = "the backend is deterministic" if deterministic else "the backend's nondeterminism"
+            raise BaselineMismatch(
+                f"{where} does not hold the base model's answers: {done}, {len(differ)} answered "
+                f"differently (at most {allowed} allowed for {why}): {listed}"
+                f"{' ...' if len(differ) > 10 else ''}. Its answers were edited or recorded with another "
+                "setup: review its history, then run pytest --snapshot-update to re-record it"
+            )
+        if not differ:
+            return f"{where}: {done}, all agree"
+        return f"{where}: {done}, {len(differ)} differ within the {allowed} allowed for nondeterminism ({listed})"
 
     def baseline_fingerprint(self, benchmark: str | Benchmark, mode: str | None = None) -> dict[str, str]:
         """Everything that determines the base model's answers on this benchmark, part by part."""
@@ -194,7 +273,7 @@ class Gate:
             **model,
             "benchmark": bench.fingerprint(),
             "generation": digest(generation),
-            "examples": digest([e.id for e in self.examples(bench)]),
+            "examples": digest([[e.id, e.prompt, e.gold] for e in self.examples(bench)]),
         }
 
     def compare(
@@ -218,7 +297,8 @@ class Gate:
             return self._compare_early(bench, mode, tuned_model, **early_stop)
         base = self.baseline(bench, mode)
         tuned = self.evaluate(bench, tuned_model, mode)
-        return Comparison(base, tuned, confidence=self.confidence, change=self.change)
+        note = self._baseline_notes.get((bench.name, mode))
+        return Comparison(base, tuned, confidence=self.confidence, change=self.change, baseline_note=note)
 
     def _compare_early(
         self,
@@ -232,13 +312,14 @@ class Gate:
     ) -> Comparison:
         examples = self.examples(bench)
         order = sorted(examples, key=lambda e: digest([EARLY_SEED, e.id]))  # a fixed, content-blind shuffle
-        stored = self._baselines.get((bench.name, mode))
+        stored = self._stored_baseline(bench, mode)
+        note = self._baseline_notes.get((bench.name, mode))
         for end in range(min(EARLY_CHUNK, len(order)), len(order) + EARLY_CHUNK, EARLY_CHUNK):
             part = order[: min(end, len(order))]
             run = {"cache": self.cache, "mode": mode, "batch_size": self.batch_size}
             base = _subset(bench, stored, part) if stored else evaluate(bench, part, self.base_model, **run)
             tuned = evaluate(bench, part, tuned_model, **run)
-            comparison = Comparison(base, tuned, confidence=self.confidence, change=self.change)
+            comparison = Comparison(base, tuned, confidence=self.confidence, change=self.change, baseline_note=note)
             lost, gained, n = len(comparison.lost), len(comparison.gained), len(part)
             outcome = stats.early_stop_decision(
                 lost,
@@ -264,6 +345,25 @@ class Gate:
 
     def __repr__(self) -> str:
         return f"Gate(base={self.base!r}, adapter={self.adapter!r}, candidate={self.candidate!r})"
+
+
+def audit_sample_size(audit: int | str, n: int) -> int:
+    """How many of a stored baseline's ``n`` examples are evaluated again: ``audit`` when it is a
+    number, else (``auto``) ``AUDIT_SHARE`` of them but at least ``AUDIT_MIN`` and at most
+    ``AUDIT_MAX`` (8 of 40, 49 of 970, 100 of 4,183): a few percent of a full run's cost."""
+    if audit == "auto":
+        return min(n, max(AUDIT_MIN, math.ceil(AUDIT_SHARE * n)), AUDIT_MAX)
+    return min(n, int(audit))
+
+
+def audit_allowance(size: int, deterministic: bool) -> int:
+    """How many of ``size`` audited answers may differ from the stored ones: none when the backend
+    says it is ``deterministic`` (a class attribute); otherwise ``max(1, AUDIT_TOLERANCE * size)``,
+    since batched bf16 or 4-bit decoding can turn a near-tie the other way when the batch differs
+    (1 of 8, 2 of 100). A forgery that changes a share f of the stored answers is caught in one run
+    with probability at least P(Binomial(size, f) > allowance): f = 10% with 49 audited, 96%;
+    f = 5% with 100, 88%; f = 25% with 8, 63%. Each run draws a new sample."""
+    return 0 if deterministic else max(1, math.floor(AUDIT_TOLERANCE * size))
 
 
 def _subset(bench: Benchmark, result: EvalResult, examples: list[Example]) -> EvalResult:

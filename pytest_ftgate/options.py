@@ -33,6 +33,7 @@ EARLY_STOP = "--ftgate-early-stop"
 REPORT = "--ftgate-report"
 MARKDOWN = "--ftgate-markdown"
 PLOT = "--ftgate-plot"
+AUDIT = "--ftgate-audit"
 
 # option -> (help, default). Each has an ini key of the same name without dashes.
 _OPTIONS: dict[str, tuple[str, str | None]] = {
@@ -57,6 +58,11 @@ _OPTIONS: dict[str, tuple[str, str | None]] = {
     REPORT: ("Write a JSON report to PATH", None),
     MARKDOWN: ("Write a Markdown summary to PATH", None),
     PLOT: ("Write a PNG chart to PATH", None),
+    AUDIT: (
+        "Re-evaluate N randomly drawn examples of each stored baseline with the base model and fail when "
+        "its answers were not the base model's (default auto: 5 in 100 examples, at least 8, at most 100; 0: off)",
+        "auto",
+    ),
 }
 _FLAGS: dict[str, str] = {
     NO_CACHE: "Do not read or write the prediction cache",
@@ -100,6 +106,7 @@ class Settings:
     report: str | None = None
     markdown: str | None = None
     plot: str | None = None
+    audit: int | str = "auto"
 
     def gate_kwargs(self) -> dict[str, Any]:
         return {
@@ -114,6 +121,7 @@ class Settings:
             "batch_size": self.batch_size,
             "confidence": self.confidence,
             "mode": self.mode,
+            "audit": self.audit,
         }
 
 
@@ -137,6 +145,20 @@ def positive_int(value: Any, what: str) -> int | None:
         raise ConfigError(f"{what} must be a positive integer, got {value!r}") from None
     if number <= 0:
         raise ConfigError(f"{what} must be a positive integer, got {number}")
+    return number
+
+
+def audit_size(value: Any) -> int | str:
+    """``auto`` (the default rule, ``gate.audit_sample_size``) or a number of examples, 0 for off."""
+    text = "auto" if value is None or value == "" else str(value).strip().lower()
+    if text == "auto":
+        return text
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ConfigError(f"{AUDIT} must be auto, 0 (off) or a number of examples, got {value!r}")
     return number
 
 
@@ -218,4 +240,5 @@ def read_settings(config: pytest.Config) -> Settings:
         report=_path(config, _value(config, REPORT)),
         markdown=_path(config, _value(config, MARKDOWN)),
         plot=_path(config, _value(config, PLOT)),
+        audit=audit_size(_value(config, AUDIT)),
     )

@@ -124,6 +124,7 @@ class Comparison:
     gained: list[Flip] = field(init=False)
     drift: dict[str, float] | None = field(init=False)
     early: EarlyStop | None = field(init=False, default=None)
+    baseline_note: str | None = None  # where the base side came from: a stored baseline's audit, a re-recording
 
     def __post_init__(self) -> None:
         base_ids = [p.id for p in self.base.predictions]

@@ -55,9 +55,12 @@ def test_cycle(run, gate_project: pytest.Pytester) -> None:  # type: ignore[no-u
 
     second = run()
     second.assert_outcomes(passed=2)
+    unaudited = run(f"{options.AUDIT}=0")
+    unaudited.assert_outcomes(passed=2)
     if run.serial:
         first.stdout.fnmatch_lines(["*CALLS 80*"])  # base + tuned
-        second.stdout.fnmatch_lines(["*CALLS 40*"])  # tuned only: the base model was not run
+        second.stdout.fnmatch_lines(["*CALLS 48*"])  # tuned + the audit's 8 base examples (max(8, 5%) of 40)
+        unaudited.stdout.fnmatch_lines(["*CALLS 40*"])  # tuned only: the base model was not run
 
     # a changed prompt invalidates the baseline, with the fix in the message
     conftest = gate_project.path / "conftest.py"
