@@ -9,7 +9,7 @@ from __future__ import annotations
 from pytest_ftgate.backends import Backend, Model, register_backend
 from pytest_ftgate.benchmarks import register_benchmark
 from pytest_ftgate.benchmarks.base import Benchmark, Example
-from pytest_ftgate.errors import AdapterError, ConfigError, DataError, FtgateError, ModelError
+from pytest_ftgate.errors import AdapterError, ConfigError, DataError, FtgateError, ModelError, NonFiniteError
 from pytest_ftgate.gate import Gate
 from pytest_ftgate.results import Comparison, EvalResult, ModelInfo, Parity, Prediction, Verdict, compare, parity
 
@@ -27,6 +27,7 @@ __all__ = [
     "Model",
     "ModelError",
     "ModelInfo",
+    "NonFiniteError",
     "Parity",
     "Prediction",
     "Verdict",

@@ -13,13 +13,22 @@ Formats (detected from the files):
 - ``peft``: Hugging Face peft (Unsloth, transformers): ``adapter_model.safetensors`` with
   ``...lora_A.weight`` / ``...lora_B.weight``, ``adapter_config.json`` with ``peft_type``, ``r``,
   ``lora_alpha`` (effective scale ``lora_alpha / r``, or ``lora_alpha / sqrt(r)`` with rsLoRA).
+
+Checks before any model loads: the files are complete, the config's rank agrees with the shapes
+of the LoRA tensors, and every float tensor (F64, F32, F16, BF16; in a LoRA GGUF also quantized
+ones) holds finite values only: a NaN or an infinity in an adapter makes every tuned logit NaN,
+which no verdict may be drawn from. The data is scanned in chunks (numpy when installed, as it is
+with every backend; plain Python otherwise), once per file version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,19 @@ CONFIG = "adapter_config.json"
 _PICKLES = ("adapter_model.bin", "adapters.npz", "adapter_model.pt")
 _MAX_HEADER = 100 * 1024 * 1024
 _LORA_SUFFIXES = (".lora_a", ".lora_b", ".lora_A.weight", ".lora_B.weight")
+# Which axis of a 2-D LoRA tensor is the rank: mlx stores lora_a (in x r) and lora_b (r x out),
+# peft lora_A.weight (r x in) and lora_B.weight (out x r).
+_RANK_AXIS = {".lora_a": 1, ".lora_b": 0, ".lora_A.weight": 0, ".lora_B.weight": 1}
+_CHUNK_BYTES = 1 << 24  # tensor data read at a time when looking for NaN and inf
+# Float types by their safetensors / GGUF names: (unsigned integer view, exponent bits, mantissa
+# bits). A value is not finite when all its exponent bits are set: NaN if a mantissa bit is too, else inf.
+_FLOAT_BITS = {
+    "F64": ("<u8", 0x7FF0000000000000, 0x000FFFFFFFFFFFFF),
+    "F32": ("<u4", 0x7F800000, 0x007FFFFF),
+    "F16": ("<u2", 0x7C00, 0x03FF),
+    "BF16": ("<u2", 0x7F80, 0x007F),
+}
+_SCANNED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of weights files found finite
 
 
 @dataclass(frozen=True)
@@ -77,8 +99,22 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One tensor of a safetensors file: its dtype, shape and absolute byte range in the file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
 def read_safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes from a safetensors file, checking that the file is complete."""
+    return {name: entry.shape for name, entry in _safetensors_table(path).items()}
+
+
+def _safetensors_table(path: Path) -> dict[str, _Entry]:
     fix = "re-save the adapter (the file is truncated or not a safetensors file)"
     try:
         size = path.stat().st_size
@@ -94,14 +130,16 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
         raise AdapterError(f"{path} is not a valid safetensors file ({exc}): {fix}") from None
     if not isinstance(header, dict):
         raise AdapterError(f"{path} is not a valid safetensors file (header is not a table): {fix}")
-    tensors: dict[str, tuple[int, ...]] = {}
+    tensors: dict[str, _Entry] = {}
     end = 0
     for name, meta in header.items():
         if name == "__metadata__":
             continue
         try:
-            tensors[name] = tuple(int(d) for d in meta["shape"])
-            end = max(end, int(meta["data_offsets"][1]))
+            first, last = (int(offset) for offset in meta["data_offsets"])
+            shape = tuple(int(d) for d in meta["shape"])
+            tensors[name] = _Entry(str(meta["dtype"]), shape, 8 + length + first, 8 + length + last)
+            end = max(end, last)
         except (KeyError, TypeError, ValueError, IndexError):
             raise AdapterError(f"{path} is not a valid safetensors file (bad entry {name!r}): {fix}") from None
     if 8 + length + end > size:
@@ -109,6 +147,123 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
     if not tensors:
         raise AdapterError(f"{path} holds no tensors: {fix}")
     return tensors
+
+
+def _count_non_finite(raw: Any, dtype: str) -> tuple[int, int]:
+    """(NaN count, infinity count) of the values of float type ``dtype`` in the bytes ``raw``."""
+    view, exponent, mantissa = _FLOAT_BITS[dtype]
+    try:
+        import numpy as np
+    except ImportError:  # every backend brings numpy; without it, one slower pass in Python
+        bits = memoryview(raw).cast({"<u8": "Q", "<u4": "I", "<u2": "H"}[view])
+        special = [b for b in bits if b & exponent == exponent]
+        nan = sum(1 for b in special if b & mantissa)
+        return nan, len(special) - nan
+    values = np.frombuffer(raw, dtype=view)
+    kind = values.dtype.type
+    found = values[(values & kind(exponent)) == kind(exponent)]
+    nan = int(np.count_nonzero(found & kind(mantissa)))
+    return nan, len(found) - nan
+
+
+def _non_finite_error(path: Path, name: str, nan: int, inf: int, total: int) -> AdapterError:
+    counts = " and ".join(text for count, text in ((nan, f"{nan} NaN"), (inf, f"{inf} infinite")) if count)
+    return AdapterError(
+        f"adapter tensor {name} in {path} holds {counts} values (of {total}): the adapter is broken "
+        "(training diverged?); retrain or pick an earlier checkpoint"
+    )
+
+
+def _once(path: Path, scan: Callable[[], None]) -> None:
+    """Run ``scan`` (which raises on a broken file) once per version (path, size, mtime) of ``path``."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SCANNED:
+        scan()
+        _SCANNED.add(key)
+
+
+def _check_finite(path: Path, table: dict[str, _Entry]) -> None:
+    """Every float tensor of the safetensors file ``path`` must hold finite values only."""
+
+    def scan() -> None:
+        with path.open("rb") as handle:
+            for name, entry in table.items():
+                if entry.dtype not in _FLOAT_BITS:
+                    continue
+                nan = inf = 0
+                handle.seek(entry.start)
+                for offset in range(entry.start, entry.end, _CHUNK_BYTES):
+                    found = _count_non_finite(handle.read(min(_CHUNK_BYTES, entry.end - offset)), entry.dtype)
+                    nan, inf = nan + found[0], inf + found[1]
+                if nan or inf:
+                    raise _non_finite_error(path, name, nan, inf, math.prod(entry.shape))
+
+    _once(path, scan)
+
+
+def _check_gguf_finite(path: Path) -> None:
+    """Every float or quantized tensor of a LoRA GGUF must hold finite values only. Needs the
+    ``gguf`` package (in the mlx and torch extras); without it the backends' probe, which refuses
+    an adapter whose logits are not finite, is the check."""
+    try:
+        import numpy as np
+        from gguf import GGUFReader
+        from gguf.quants import dequantize
+    except ImportError:
+        return
+
+    def scan() -> None:
+        try:
+            reader = GGUFReader(path)
+        except Exception as exc:  # gguf raises ValueError, struct errors ... on a broken file
+            raise AdapterError(f"{path} is not a readable GGUF file ({exc}): re-convert the adapter") from None
+        file_type = reader.fields.get("general.type")
+        if file_type is None or file_type.contents() != "adapter":
+            return  # a whole model, not a LoRA: the llamacpp backend refuses it as an adapter
+        for tensor in reader.tensors:
+            kind = tensor.tensor_type.name
+            nan = inf = 0
+            if kind in _FLOAT_BITS:
+                raw = np.ascontiguousarray(tensor.data).reshape(-1).view(np.uint8)
+                for begin in range(0, raw.size, _CHUNK_BYTES):
+                    found = _count_non_finite(raw[begin : begin + _CHUNK_BYTES], kind)
+                    nan, inf = nan + found[0], inf + found[1]
+            elif kind not in ("I8", "I16", "I32", "I64"):  # quantized blocks: their scales can be NaN or inf
+                rows = tensor.data.reshape(-1, tensor.data.shape[-1])
+                step = max(1, _CHUNK_BYTES // max(rows.shape[1], 1))
+                for begin in range(0, rows.shape[0], step):
+                    try:
+                        values = dequantize(rows[begin : begin + step], tensor.tensor_type)
+                    except NotImplementedError:  # a type this gguf version cannot dequantize
+                        break
+                    nan += int(np.count_nonzero(np.isnan(values)))
+                    inf += int(np.count_nonzero(np.isinf(values)))
+            if nan or inf:
+                raise _non_finite_error(path, tensor.name, nan, inf, int(tensor.n_elements))
+
+    _once(path, scan)
+
+
+def _check_ranks(
+    weights: Path, table: dict[str, _Entry], config: Path, what: str, rank_of: Callable[[str], int]
+) -> None:
+    """The rank the config gives each LoRA module (``rank_of(module)``) must be the rank its
+    tensors have: a config and a weights file from different runs otherwise look like an adapter
+    for another base model once loaded."""
+    for name, entry in table.items():
+        suffix = next((s for s in _LORA_SUFFIXES if name.endswith(s)), None)
+        if suffix is None or len(entry.shape) != 2:
+            continue
+        expected = rank_of(name[: -len(suffix)])
+        actual = entry.shape[_RANK_AXIS[suffix]]
+        if actual != expected:
+            raise AdapterError(
+                f"the adapter's config and its weights disagree: {config} says {what}={expected}, but tensor "
+                f"{name} in {weights} has shape {entry.shape}, rank {actual}. The config or the weights file is "
+                "wrong, or they come from different training runs: save the adapter again (config and weights "
+                "together), or copy the adapter_config.json written with these weights"
+            )
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -162,13 +317,15 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
 
 def _gguf_adapter(path: Path) -> AdapterInfo | None:
     """A LoRA GGUF (llama.cpp's ``convert_lora_to_gguf.py``): a ``.gguf`` file, or a folder holding
-    exactly one. Only the file's magic is checked here; the llamacpp backend reads the rest."""
+    exactly one. The file's magic and its tensors' values are checked here; the llamacpp backend
+    reads the rest."""
     files = [path] if path.is_file() else sorted(path.glob("*.gguf"))
     if len(files) != 1:
         return None
     with files[0].open("rb") as handle:
         if handle.read(4) != b"GGUF":
             raise AdapterError(f"{files[0]} is not a GGUF file (bad magic): re-convert the adapter")
+    _check_gguf_finite(files[0])
     return AdapterInfo(files[0].parent, "gguf", files[0], {}, 0, 1.0, (), {})
 
 
@@ -184,7 +341,8 @@ def _positive(value: Any, file: Path, what: str) -> float:
 
 def _inspect_mlx(folder: Path) -> AdapterInfo:
     weights = folder / MLX_WEIGHTS
-    tensors = read_safetensors_header(weights)
+    table = _safetensors_table(weights)
+    tensors = {name: entry.shape for name, entry in table.items()}
     config = _load_config(folder)
     params = config.get("lora_parameters")
     if not isinstance(params, dict):
@@ -194,6 +352,8 @@ def _inspect_mlx(folder: Path) -> AdapterInfo:
             f"{folder / CONFIG}: fine_tune_type {config.get('fine_tune_type')!r} is not supported; ftgate gates LoRA adapters"
         )
     rank = int(_positive(params.get("rank"), folder / CONFIG, "rank"))
+    _check_ranks(weights, table, folder / CONFIG, "rank", lambda module: rank)
+    _check_finite(weights, table)
     recorded = _positive(params.get("scale", 1.0), folder / CONFIG, "scale")
     keys = tuple(str(k) for k in params.get("keys") or ())
     if not keys:  # no recorded targets: every module that carries LoRA weights
@@ -208,7 +368,8 @@ def _inspect_mlx(folder: Path) -> AdapterInfo:
 
 def _inspect_peft(folder: Path) -> AdapterInfo:
     weights = folder / PEFT_WEIGHTS
-    tensors = read_safetensors_header(weights)
+    table = _safetensors_table(weights)
+    tensors = {name: entry.shape for name, entry in table.items()}
     config = _load_config(folder)
     file = folder / CONFIG
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
@@ -216,8 +377,23 @@ def _inspect_peft(folder: Path) -> AdapterInfo:
             f"{file}: peft_type {config.get('peft_type')!r} is not supported; ftgate gates LoRA adapters"
         )
     rank = int(_positive(config.get("r"), file, "r"))
+    pattern = config.get("rank_pattern") if isinstance(config.get("rank_pattern"), dict) else {}
+    _check_ranks(weights, table, file, "r", lambda module: _pattern_rank(pattern, module, rank))
+    _check_finite(weights, table)
     alpha = _positive(config.get("lora_alpha", rank), file, "lora_alpha")
     scale = alpha / (rank**0.5) if config.get("use_rslora") else alpha / rank
     targets = config.get("target_modules") or ()
     keys = (targets,) if isinstance(targets, str) else tuple(str(t) for t in targets)
     return AdapterInfo(folder, "peft", weights, config, rank, scale, keys, tensors)
+
+
+def _pattern_rank(pattern: dict[str, Any], module: str, rank: int) -> int:
+    """The rank peft gives ``module``: the first ``rank_pattern`` key that matches the end of its
+    name (peft's ``get_pattern_key``), else ``r``."""
+    for key, value in pattern.items():
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return int(value)
+        except (re.error, TypeError, ValueError):
+            continue
+    return rank

@@ -29,3 +29,12 @@ class BackendError(FtgateError):
 
 class BaselineMismatch(FtgateError):
     """A stored baseline that cannot be used: unreadable, edited, or recorded for another setup."""
+
+
+class NonFiniteError(FtgateError):
+    """NaN or infinite logits or log-probabilities during evaluation: the run stops, no verdict.
+    ``index`` is the prompt (of those handed to the backend) that produced them, when known."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_ftgate.backends import Model
+from pytest_ftgate.backends import Model, check_scores
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.context import check_context
-from pytest_ftgate.errors import BackendError, ConfigError
+from pytest_ftgate.errors import BackendError, ConfigError, NonFiniteError
 from pytest_ftgate.results import EvalResult, ModelInfo, Prediction
 
 Progress = Callable[[str], None]
@@ -50,6 +50,27 @@ def cache_key(benchmark: Benchmark, model: Model, mode: str) -> dict[str, Any]:
     return key
 
 
+def _run_batch(
+    benchmark: Benchmark, model: Model, chunk: Sequence[Example], mode: str, batch_size: int | None
+) -> list[dict[str, Any]]:
+    """One chunk of examples through the backend: a cache record per example. NaN or infinite
+    logits or log-probabilities stop the run with a NonFiniteError naming the benchmark, the model
+    and the example: they never become an answer."""
+    prompts = [benchmark.messages(e) for e in chunk]
+    try:
+        if mode == "generate":
+            extra = {"stop": benchmark.answer_decided} if _accepts_stop(model.backend) else {}
+            replies = model.backend.generate(
+                model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size, **extra
+            )
+            return [{"output": reply} for reply in replies]
+        return _score_batch(benchmark, model, prompts)
+    except NonFiniteError as exc:
+        index = exc.index
+        where = f", example {chunk[index].id}" if index is not None and 0 <= index < len(chunk) else ""
+        raise NonFiniteError(f"{benchmark.title}{where}: {exc}", exc.index) from None
+
+
 def _score_batch(benchmark: Benchmark, model: Model, prompts: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
     forms = benchmark.answer_forms()
     flat = [form for variants in forms.values() for form in variants]
@@ -57,7 +78,7 @@ def _score_batch(benchmark: Benchmark, model: Model, prompts: list[list[dict[str
     if score is None:
         raise BackendError(f"the {model.backend.name} backend cannot score log-probabilities: use mode='generate'")
     records = []
-    for values in score(model, prompts, flat):
+    for values in check_scores(model, score(model, prompts, flat)):  # never an answer picked from NaN
         by_form = dict(zip(flat, values, strict=True))
         logprobs = {answer: _logsumexp([by_form[f] for f in variants]) for answer, variants in forms.items()}
         best = max(logprobs, key=lambda answer: logprobs[answer])
@@ -101,15 +122,7 @@ def evaluate(
     last_report = start
     for offset in range(0, len(todo), step):
         chunk = todo[offset : offset + step]
-        prompts = [benchmark.messages(e) for e in chunk]
-        if mode == "generate":
-            extra = {"stop": benchmark.answer_decided} if _accepts_stop(model.backend) else {}
-            replies = model.backend.generate(
-                model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size, **extra
-            )
-            new = [{"output": reply} for reply in replies]
-        else:
-            new = _score_batch(benchmark, model, prompts)
+        new = _run_batch(benchmark, model, chunk, mode, batch_size)
         for example, record in zip(chunk, new, strict=True):
             records[example.id] = record
             cache.add(key, example.id, record)

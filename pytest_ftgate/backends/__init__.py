@@ -9,14 +9,15 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import math
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Protocol, runtime_checkable
 
-from pytest_ftgate.errors import BackendError
+from pytest_ftgate.errors import BackendError, NonFiniteError
 
 Message = dict[str, str]
 
@@ -40,13 +41,35 @@ PROBE: list[Message] = [
 NO_EFFECT_TOLERANCE = 1e-6  # relative to the largest base logit
 
 
+def non_finite(model: Model, what: str, index: int | None = None) -> NonFiniteError:
+    """The error for NaN or infinite ``what`` (logits, log-probabilities) from ``model``; ``index``:
+    the prompt, of those handed to the backend, that produced them."""
+    return NonFiniteError(
+        f"{model.label} gave non-finite {what} (NaN or inf), which no verdict can be drawn from. The usual "
+        "causes: an adapter whose weights are broken (training diverged?), or a model that overflows in its "
+        "dtype (float16): retrain or pick an earlier checkpoint, or run the model in float32 or bfloat16",
+        index,
+    )
+
+
+def check_scores(model: Model, rows: Iterable[Sequence[float]]) -> list[list[float]]:
+    """``rows`` (a backend's ``score``: log-probabilities per prompt) as lists, when every value is
+    finite; otherwise the ``non_finite`` error naming the first prompt that has one."""
+    checked = [list(row) for row in rows]
+    for index, row in enumerate(checked):
+        if not all(math.isfinite(value) for value in row):
+            raise non_finite(model, "log-probabilities", index)
+    return checked
+
+
 def attach_adapter(
     backend: Backend, base: Model, name: str, fp: str, where: object, remove: Callable[[], None], fix: str
 ) -> Model:
     """The tuned ``Model`` for an adapter already loaded onto ``base`` (key ``fp``), after proving
     that it acts: its logits on ``PROBE`` must differ from the base's (``backend.probe_logits``).
     An adapter that changes nothing (zero LoRA B matrices: untrained or empty) is taken off
-    again (``remove``) and refused with an AdapterError naming ``where`` and ``fix``."""
+    again (``remove``) and refused with an AdapterError naming ``where`` and ``fix``; so is one
+    that makes the logits NaN or infinite (a NaN compares as neither changed nor unchanged)."""
     import numpy as np
 
     from pytest_ftgate.errors import AdapterError
@@ -56,7 +79,17 @@ def attach_adapter(
         handle=base.handle, adapter=fp,
     )  # fmt: skip
     base_logits = np.asarray(backend.probe_logits(base), dtype=np.float64)
-    change = float(np.max(np.abs(np.asarray(backend.probe_logits(tuned), dtype=np.float64) - base_logits)))
+    if not np.isfinite(base_logits).all():
+        remove()
+        raise non_finite(base, "logits on a probe prompt")
+    tuned_logits = np.asarray(backend.probe_logits(tuned), dtype=np.float64)
+    if not np.isfinite(tuned_logits).all():
+        remove()
+        raise AdapterError(
+            f"adapter {where} makes the model's logits on a probe prompt NaN or infinite: the adapter is broken "
+            "(training diverged?); retrain or pick an earlier checkpoint"
+        )
+    change = float(np.max(np.abs(tuned_logits - base_logits)))
     if change <= NO_EFFECT_TOLERANCE * (float(np.max(np.abs(base_logits))) or 1.0):
         remove()
         raise AdapterError(

@@ -51,7 +51,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter
+from pytest_ftgate.adapters import inspect_adapter
+from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, check_scores, non_finite
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError
 from pytest_ftgate.fingerprint import _memo_hash, digest
 from pytest_ftgate.threads import process_share
@@ -411,6 +412,7 @@ class LlamaCppBackend:
                 f"{loaded.header.architecture!r}: the adapter was trained for another base model; pass that base "
                 "with --ftgate-base"
             )
+        inspect_adapter(path)  # NaN or infinite tensors are refused before llama.cpp loads them
         fp = _memo_hash(path)
         if fp not in loaded.adapters:
             with _captured_log() as log:
@@ -616,7 +618,9 @@ class LlamaCppBackend:
             logits = self._feed(loaded, ids[index])
             out: list[int] = []
             while True:
-                token = int(np.argmax(logits))
+                token = int(np.argmax(logits))  # NaN counts as the largest: a broken row picks it
+                if not np.isfinite(logits[token]):
+                    raise non_finite(model, "logits", index)
                 if self._is_eog(loaded, token):
                     break
                 out.append(token)
@@ -634,8 +638,6 @@ class LlamaCppBackend:
     ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt: one
         evaluation per prompt for every single-token continuation, one extra decode per longer one."""
-        import numpy as np
-
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
         llm = loaded.llm
@@ -658,8 +660,7 @@ class LlamaCppBackend:
                     self._rollback(loaded, len(prompt))
                 values.append(total)
             rows[index] = values
-        assert all(np.isfinite(v) for row in rows for v in row)
-        return rows
+        return check_scores(model, rows)
 
 
 def _formatter(llm: Any, template: str) -> Any:

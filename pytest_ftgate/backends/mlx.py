@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
-from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, package_versions
+from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, check_scores, non_finite, package_versions
 from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
-from pytest_ftgate.errors import AdapterError, BackendError, ModelError
+from pytest_ftgate.errors import AdapterError, BackendError, ModelError, NonFiniteError
 from pytest_ftgate.fingerprint import digest, model_parts
 
 # Batch sizing without --ftgate-batch-size: tokens per forward pass, and a ceiling on rows.
@@ -342,7 +342,7 @@ class MLXBackend:
             for index, values in zip(chunk, scores, strict=True):
                 rows[index] = values
             mx.clear_cache()
-        return rows
+        return check_scores(model, rows)
 
     def _batches(self, loaded: _Loaded, ids: list[list[int]], extra: int, batch_size: int | None) -> list[list[int]]:
         """The prompts' indices cut into batches (``prefix.plan_batches``: groups sharing a long
@@ -412,7 +412,10 @@ class MLXBackend:
         eos = self._eos(loaded)
         replies = [""] * len(ids)
         for chunk in self._batches(loaded, ids, max_tokens, batch_size):
-            outputs = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
+            try:
+                outputs = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
+            except NonFiniteError as exc:
+                raise non_finite(model, "logits", None if exc.index is None else chunk[exc.index]) from None
             for index, tokens in zip(chunk, outputs, strict=True):
                 replies[index] = _detokenize(loaded, tokens)
             mx.clear_cache()
@@ -426,10 +429,12 @@ class MLXBackend:
         eos: set[int],
         stop: Callable[[str], bool] | None,
     ) -> list[list[int]]:
+        """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded).
+        A row whose logits are not finite raises NonFiniteError (its ``index`` is the row)."""
         import mlx.core as mx
 
         last, cache = self._prefill(loaded, ids)
-        next_tokens = mx.argmax(last, axis=-1)
+        next_tokens = _greedy(last)
         out: list[list[int]] = [[] for _ in ids]
         active = list(range(len(ids)))
         for _ in range(max_tokens):
@@ -437,6 +442,8 @@ class MLXBackend:
             values: list[int] = next_tokens.tolist()  # type: ignore[assignment]
             for slot, token in enumerate(values):
                 row = active[slot]
+                if token < 0:  # checked before the token is fed: the batch stops here
+                    raise NonFiniteError("non-finite logits", row)
                 if token in eos:
                     continue
                 out[row].append(token)
@@ -453,7 +460,7 @@ class MLXBackend:
                     c.filter(index)
                 next_tokens = next_tokens[index]
                 active = [active[slot] for slot in keep]
-            next_tokens = mx.argmax(self._forward(loaded, next_tokens[:, None], cache)[:, -1, :], axis=-1)
+            next_tokens = _greedy(self._forward(loaded, next_tokens[:, None], cache)[:, -1, :])
         return out
 
 
@@ -494,6 +501,16 @@ def _detokenize(loaded: _Loaded, tokens: list[int]) -> str:
         detokenizer.add_token(token)
     detokenizer.finalize()
     return str(detokenizer.text)
+
+
+def _greedy(logits: Any) -> Any:
+    """Each row's argmax, or -1 where the chosen logit is not finite. argmax takes NaN for the
+    largest value, so a row holding any NaN or +inf (or only -inf) gives -1."""
+    import mlx.core as mx
+
+    tokens = mx.argmax(logits, axis=-1).astype(mx.int32)
+    chosen = mx.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+    return mx.where(mx.isfinite(chosen), tokens, -1)
 
 
 def _stable(text: str) -> str:

@@ -50,9 +50,9 @@ from typing import Any
 
 from pytest_ftgate import threads
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
-from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, package_versions
+from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, check_scores, non_finite, package_versions
 from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
-from pytest_ftgate.errors import AdapterError, BackendError, ModelError
+from pytest_ftgate.errors import AdapterError, BackendError, ModelError, NonFiniteError
 from pytest_ftgate.fingerprint import model_fingerprint
 from pytest_ftgate.options import looks_local
 
@@ -428,6 +428,8 @@ class TransformersBackend:
                     continue
                 try:
                     tokens = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop, memo)
+                except NonFiniteError as exc:
+                    raise non_finite(model, "logits", None if exc.index is None else chunk[exc.index]) from None
                 except torch.cuda.OutOfMemoryError:
                     if len(chunk) == 1:
                         raise BackendError(
@@ -576,11 +578,12 @@ class TransformersBackend:
         stop: Callable[[str], bool] | None,
         memo: dict[str, Any] | None = None,
     ) -> list[list[int]]:
-        """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded)."""
+        """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded).
+        A row whose logits are not finite raises NonFiniteError (its ``index`` is the row)."""
         import torch
 
         logits, mask, position, cache = self._prefill(loaded, ids, memo)
-        next_tokens = logits[:, -1].argmax(-1)
+        next_tokens = _greedy(logits[:, -1])
         static = self._static_decoder(loaded, cache, mask, position, next_tokens, max_tokens)
         if static is False:  # it failed before any step: this batch again, the dynamic way
             return self._decode(loaded, ids, max_tokens, eos, stop, memo)
@@ -595,7 +598,11 @@ class TransformersBackend:
                 static.advance()
             for slot, token in enumerate(tokens):
                 row = active[slot]
-                if row is None or token in eos:
+                if row is None:
+                    continue
+                if token < 0:  # checked before the token is fed: the batch stops here
+                    raise NonFiniteError("non-finite logits", row)
+                if token in eos:
                     continue
                 out[row].append(token)
                 if len(out[row]) < max_tokens:
@@ -624,7 +631,7 @@ class TransformersBackend:
                 logits_to_keep=1,
             )
             position = position + 1
-            next_tokens = output.logits[:, -1].argmax(-1)
+            next_tokens = _greedy(output.logits[:, -1])
         return out
 
     def _static_decoder(
@@ -689,7 +696,7 @@ class TransformersBackend:
                 scores = self._score_batch(loaded, [ids[i] for i in chunk], pieces, longer, memo)
                 for index, values in zip(chunk, scores, strict=True):
                     rows[index] = values
-        return rows
+        return check_scores(model, rows)
 
     def _score_batch(
         self, loaded: _Loaded, ids: list[list[int]], pieces: list[list[int]], longer: list[int], memo: dict[str, Any]
@@ -742,8 +749,9 @@ class _StaticDecoder:
     the batch (their tokens are not read). The first step runs eagerly (it warms up the kernels
     and shows any failure before a token is read); the second is captured and replayed from then
     on. Since no step depends on which rows finished, ``_decode`` launches each step before the
-    host reads the previous tokens' texts for the stop rules: the two overlap. On a CPU (tests)
-    every step runs eagerly."""
+    host reads the previous tokens' texts for the stop rules: the two overlap. The host reads
+    ``shown``: the tokens, or -1 where the logits were not finite (``_greedy``); the steps feed
+    themselves valid ids. On a CPU (tests) every step runs eagerly."""
 
     def __init__(
         self, model: Any, cache: Any, mask: Any, position: Any, tokens: Any, steps: int, *, graph: bool
@@ -788,7 +796,8 @@ class _StaticDecoder:
         self.slots = torch.arange(total, device=device)
         self.current_slot = torch.full((1,), width, dtype=torch.long, device=device)
         self.first = tokens.clone()
-        self.tokens = tokens.clone()
+        self.tokens = tokens.clamp(min=0)
+        self.shown = tokens.clone()
         self.position = position.clone()
         self.use_graph = graph
         self.graph: Any = None
@@ -822,7 +831,8 @@ class _StaticDecoder:
             use_cache=True,
             logits_to_keep=1,
         )
-        self.tokens.copy_(output.logits[:, -1].argmax(-1))
+        self.shown.copy_(_greedy(output.logits[:, -1]))
+        self.tokens.copy_(self.shown.clamp(min=0))
         self.position.add_(1)
         self.current_slot.add_(1)
 
@@ -842,7 +852,7 @@ class _StaticDecoder:
 
     def current(self) -> Any:
         """This step's tokens (the prefill's first, while the step computed ahead is unread)."""
-        return self.first if self.pending else self.tokens
+        return self.first if self.pending else self.shown
 
     def advance(self) -> None:
         import torch
@@ -929,6 +939,16 @@ def _raise_misfit(info: AdapterInfo, loaded: _Loaded, unknown: list[str], mismat
         f"{len(unknown)} unknown keys, {len(mismatched)} shape mismatches ({detail}). "
         "The adapter was trained for another base model: pass that base with --ftgate-base"
     )
+
+
+def _greedy(logits: Any) -> Any:
+    """Each row's argmax, or -1 where the chosen logit is not finite. argmax takes NaN for the
+    largest value, so a row holding any NaN or +inf (or only -inf) gives -1: one gather, no sync."""
+    import torch
+
+    tokens = logits.argmax(-1)
+    chosen = logits.gather(-1, tokens[:, None])[:, 0]
+    return torch.where(torch.isfinite(chosen), tokens, -1)
 
 
 def _stable(text: str) -> str:
