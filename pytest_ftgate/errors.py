@@ -38,3 +38,7 @@ class NonFiniteError(FtgateError):
     def __init__(self, message: str, index: int | None = None) -> None:
         super().__init__(message)
         self.index = index
+
+
+class FtgateWarning(UserWarning):
+    """Not an error, but a reviewer must see it: e.g. a marker without a threshold only measures."""

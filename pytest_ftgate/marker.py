@@ -8,12 +8,14 @@ from typing import Any
 
 from pytest_ftgate import benchmarks
 from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.results import check_thresholds
 from pytest_ftgate.runner import check_mode
 
 MARKER = "ftgate"
 MARKER_HELP = (
     "ftgate(benchmark_or_list, *, max_drop=None, min_gain=None, strict=None, mode=None): gate a fine-tune on "
-    "benchmarks; fails when the benchmark drops more than max_drop points or gains less than min_gain"
+    "benchmarks; fails when the benchmark drops more than max_drop points or gains less than min_gain. "
+    "Without either it only measures (unless ftgate_max_drop sets a project-wide max_drop)"
 )
 KEYWORDS = ("max_drop", "min_gain", "strict", "mode")
 
@@ -28,6 +30,11 @@ class GateSpec:
     strict: bool | None = None
     listed: bool = False  # list form: one test per benchmark
     mode: str | None = None  # "generate" or "logprob"; None: the run's --ftgate-mode
+
+    @property
+    def gated(self) -> bool:
+        """Whether a threshold is set; without one the test measures and never fails."""
+        return self.max_drop is not None or self.min_gain is not None
 
 
 def parse_marker(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> GateSpec:
@@ -61,6 +68,10 @@ def parse_marker(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> G
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}: {key} must be a number of points, got {value!r}")
             thresholds[key] = float(value)
+    try:
+        check_thresholds(**thresholds)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if thresholds.get("max_drop", 0.0) < 0:
         raise ConfigError(f"{where}: max_drop must be >= 0 points (a drop of 2 points is max_drop=2.0)")
     strict = kwargs.get("strict")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ EARLY_STOP = "--ftgate-early-stop"
 REPORT = "--ftgate-report"
 MARKDOWN = "--ftgate-markdown"
 PLOT = "--ftgate-plot"
+MAX_DROP = "--ftgate-max-drop"
 AUDIT = "--ftgate-audit"
 
 # option -> (help, default). Each has an ini key of the same name without dashes.
@@ -58,6 +60,11 @@ _OPTIONS: dict[str, tuple[str, str | None]] = {
     REPORT: ("Write a JSON report to PATH", None),
     MARKDOWN: ("Write a Markdown summary to PATH", None),
     PLOT: ("Write a PNG chart to PATH", None),
+    MAX_DROP: (
+        "Default max_drop (points) for ftgate markers that set neither max_drop nor min_gain "
+        "(without it such a marker only measures)",
+        None,
+    ),
     AUDIT: (
         "Re-evaluate N randomly drawn examples of each stored baseline with the base model and fail when "
         "its answers were not the base model's (default auto: 5 in 100 examples, at least 8, at most 100; 0: off)",
@@ -106,6 +113,7 @@ class Settings:
     report: str | None = None
     markdown: str | None = None
     plot: str | None = None
+    max_drop: float | None = None  # default threshold for markers without one
     audit: int | str = "auto"
 
     def gate_kwargs(self) -> dict[str, Any]:
@@ -160,6 +168,19 @@ def audit_size(value: Any) -> int | str:
     if number < 0:
         raise ConfigError(f"{AUDIT} must be auto, 0 (off) or a number of examples, got {value!r}")
     return number
+
+
+def default_max_drop(value: Any) -> float | None:
+    """The project-wide default ``max_drop``: a finite number of points, at least 0."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        points = float(str(value).strip())
+    except ValueError:
+        points = math.nan
+    if not math.isfinite(points) or points < 0:
+        raise ConfigError(f"{MAX_DROP} must be a finite number of points >= 0 (e.g. 2.0), got {value!r}")
+    return points
 
 
 def confidence_level(value: Any) -> float:
@@ -240,5 +261,6 @@ def read_settings(config: pytest.Config) -> Settings:
         report=_path(config, _value(config, REPORT)),
         markdown=_path(config, _value(config, MARKDOWN)),
         plot=_path(config, _value(config, PLOT)),
+        max_drop=default_max_drop(_value(config, MAX_DROP)),
         audit=audit_size(_value(config, AUDIT)),
     )

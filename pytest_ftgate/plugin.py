@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
 from pytest_ftgate import options, report
-from pytest_ftgate.errors import ConfigError, FtgateError
+from pytest_ftgate.errors import ConfigError, FtgateError, FtgateWarning
 from pytest_ftgate.marker import MARKER, MARKER_HELP, GateSpec, parse_marker
 from pytest_ftgate.results import Comparison, Verdict
+from pytest_ftgate.text import safe
 from pytest_ftgate.xdist_compat import restore_group_suffixes
 
 BENCHMARK_PARAM = "ftgate_benchmark"
@@ -20,6 +23,7 @@ XDIST_GROUP = "ftgate"
 _SETTINGS = pytest.StashKey["options.Settings"]()
 _RECORDS = pytest.StashKey["list[report.GateRecord]"]()  # gated tests of this process (+ workers' on the controller)
 _RECORD = pytest.StashKey["report.GateRecord"]()  # on an item: its record, to note the test's outcome
+_SPEC = pytest.StashKey["GateSpec | None"]()  # on an item: its marker, parsed once, defaults applied
 _STARTED = pytest.StashKey[float]()
 _WRITTEN = pytest.StashKey["list[tuple[str, str]]"]()  # (what, path) of the report files written
 _WRITE_ERRORS = pytest.StashKey["list[str]"]()  # report files that could not be written
@@ -89,7 +93,10 @@ def pytest_ftgate_make_backend(name: str, config: pytest.Config) -> Any:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Validate ``@pytest.mark.ftgate`` and give the list form one test per benchmark."""
+    """Validate ``@pytest.mark.ftgate`` and give the list form one test per benchmark.
+
+    A bad marker is a collection error of its module that shows the message alone
+    (``Collector.CollectError``), not a traceback through pytest's and pluggy's frames."""
     marker = metafunc.definition.get_closest_marker(MARKER)
     if marker is None:
         return
@@ -97,7 +104,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     try:
         spec = parse_marker(marker.args, dict(marker.kwargs), where)
     except ConfigError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.Collector.CollectError(str(exc)) from None
     if spec.listed:
         if BENCHMARK_PARAM not in metafunc.fixturenames:
             metafunc.fixturenames.append(BENCHMARK_PARAM)
@@ -112,7 +119,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     loaded (and held in memory) once, while other tests spread out."""
     xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
-        if item.get_closest_marker(MARKER) is None or not isinstance(item, pytest.Function):
+        if not isinstance(item, pytest.Function) or _spec(item) is None:
             continue
         if "ftgate_comparison" not in item.fixturenames:
             item.fixturenames.append("ftgate_comparison")
@@ -121,9 +128,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _spec(item: pytest.Item) -> GateSpec | None:
-    """The validated marker of a test (validated once already at collection)."""
-    marker = item.get_closest_marker(MARKER)
-    return None if marker is None else parse_marker(marker.args, dict(marker.kwargs), item.nodeid)
+    """The test's marker, parsed once and stashed on the item, with the session's defaults: its
+    ``strict`` resolved, and the project-wide ``max_drop`` (``ftgate_max_drop``) for a marker
+    that sets no threshold. None for a test without the marker."""
+    if _SPEC not in item.stash:
+        marker = item.get_closest_marker(MARKER)
+        spec = None
+        if marker is not None:
+            try:  # validated at collection already, unless a hook added the marker later
+                spec = parse_marker(marker.args, dict(marker.kwargs), item.nodeid)
+            except ConfigError as exc:
+                raise pytest.UsageError(str(exc)) from None
+            settings = item.config.stash[_SETTINGS]
+            if spec.strict is None:
+                spec = dataclasses.replace(spec, strict=settings.strict)
+            if not spec.gated and settings.max_drop is not None:
+                spec = dataclasses.replace(spec, max_drop=settings.max_drop)
+        item.stash[_SPEC] = spec
+    return item.stash[_SPEC]
+
+
+def _benchmark(item: pytest.Item, spec: GateSpec) -> str:
+    """The benchmark of this test: its parameter in the list form, else the marker's one name."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and BENCHMARK_PARAM in callspec.params:
+        return str(callspec.params[BENCHMARK_PARAM])
+    return spec.benchmarks[0]
+
+
+def _keep(item: pytest.Item, record: report.GateRecord) -> None:
+    """Keep a test's record: for the reports, for its outcome, and as JUnit XML properties."""
+    item.stash[_RECORD] = record
+    item.config.stash[_RECORDS].append(record)
+    item.user_properties.extend(report.junit_properties(record))  # includes ftgate_verdict
+
+
+def _no_threshold_warning(item: pytest.Item, spec: GateSpec) -> None:
+    """A marker without a threshold measures and never fails: say so, once per test, at the test."""
+    names = spec.benchmarks[0] if not spec.listed else list(spec.benchmarks)
+    message = (
+        f"{safe(item.nodeid)}: @pytest.mark.ftgate({names!r}) has no threshold, so it only measures and never "
+        "fails. Make it a gate: add max_drop=POINTS (or min_gain=POINTS) to the marker, or set a "
+        f"project-wide default with ftgate_max_drop in the ini file (or {options.MAX_DROP}=POINTS)."
+    )
+    lineno = item.location[1]
+    warnings.warn_explicit(FtgateWarning(message), FtgateWarning, str(item.path), (lineno or 0) + 1)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -138,14 +187,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         found = item.funcargs.get("ftgate_comparison")
         if isinstance(found, Comparison):
             comparison = found
-            strict = spec.strict if spec.strict is not None else item.config.stash[_SETTINGS].strict
+            strict = bool(spec.strict)
             verdict = comparison.verdict(max_drop=spec.max_drop, min_gain=spec.min_gain, strict=strict)
-            record = report.GateRecord.from_comparison(
-                comparison, verdict, nodeid=item.nodeid, max_drop=spec.max_drop, min_gain=spec.min_gain, strict=strict
+            _keep(
+                item,
+                report.GateRecord.from_comparison(
+                    comparison,
+                    verdict,
+                    nodeid=item.nodeid,
+                    max_drop=spec.max_drop,
+                    min_gain=spec.min_gain,
+                    strict=strict,
+                ),
             )
-            item.stash[_RECORD] = record
-            item.config.stash[_RECORDS].append(record)
-            item.user_properties.extend(report.junit_properties(record))  # includes ftgate_verdict
+            if verdict.outcome == "measured":
+                _no_threshold_warning(item, spec)
     result = yield
     if comparison is not None and verdict is not None and not verdict.passed:
         detail = comparison.failure_detail()
@@ -155,11 +211,52 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """Note the test's own outcome on its record (a custom assertion can fail a passing gate)."""
+    """Note the test's own outcome on its record (a custom assertion can fail a passing gate). A
+    gated test whose comparison could not be computed (its setup or the gate raised: an adapter
+    that does not fit, a fixture that failed) gets an ``error`` record: no report calls it a pass."""
     rep = yield
     if rep.when == "call" and _RECORD in item.stash:
         item.stash[_RECORD].test_outcome = rep.outcome
+    elif (
+        rep.failed
+        and rep.when in ("setup", "call")
+        and _RECORD not in item.stash
+        and call.excinfo is not None
+        and isinstance(item, pytest.Function)
+    ):
+        spec = _spec(item)
+        if spec is not None:
+            name = _benchmark(item, spec)
+            _keep(
+                item,
+                report.GateRecord.from_error(
+                    nodeid=item.nodeid,
+                    benchmark=name,
+                    title=_title(name),
+                    error=_error_text(call.excinfo),
+                    max_drop=spec.max_drop,
+                    min_gain=spec.min_gain,
+                    strict=bool(spec.strict),
+                    confidence=item.config.stash[_SETTINGS].confidence,
+                ),
+            )
     return rep
+
+
+def _error_text(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    """The one line pytest shows for an error: our own message, or ``Type: message``."""
+    if isinstance(excinfo.value, pytest.fail.Exception):
+        return str(excinfo.value.msg).removeprefix("ftgate: ")
+    return excinfo.exconly().strip()
+
+
+def _title(name: str) -> str:
+    from pytest_ftgate.benchmarks import get_benchmark
+
+    try:
+        return get_benchmark(name).title or name
+    except ConfigError:
+        return name
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -214,13 +311,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def _guarded(produce: Callable[[], Any]) -> Any:
-    """Run ``produce``; an FtgateError becomes one readable line instead of a traceback."""
+    """Run ``produce``; an FtgateError becomes one readable line instead of a traceback (control
+    characters from data in it escaped)."""
     __tracebackhide__ = True
     try:
         return produce()
     except FtgateError as exc:
         error = exc
-    pytest.fail(f"ftgate: {error}", pytrace=False)
+    pytest.fail(f"ftgate: {safe(str(error), newlines=True)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -238,7 +336,7 @@ def ftgate(request: pytest.FixtureRequest) -> Any:
         def progress(line: str) -> None:
             # Shown live, like pytest's live logging: not swallowed by output capture.
             with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-                reporter.write_line(f"ftgate: {line}")
+                reporter.write_line(f"ftgate: {safe(line)}")
 
     return _guarded(
         lambda: Gate(
@@ -290,9 +388,8 @@ def ftgate_comparison(
     settings = request.config.stash[_SETTINGS]
     mode = spec.mode if spec is not None else None
     early_stop = None
-    if settings.early_stop and spec is not None and (spec.max_drop is not None or spec.min_gain is not None):
-        strict = spec.strict if spec.strict is not None else settings.strict
-        early_stop = {"max_drop": spec.max_drop, "min_gain": spec.min_gain, "strict": strict}
+    if settings.early_stop and spec is not None and spec.gated:
+        early_stop = {"max_drop": spec.max_drop, "min_gain": spec.min_gain, "strict": bool(spec.strict)}
     if not request.config.pluginmanager.has_plugin("syrupy"):
         return _guarded(lambda: ftgate.compare(ftgate_benchmark, mode, early_stop=early_stop))
     from pytest_ftgate.snapshot import compare_with_baseline

@@ -7,6 +7,11 @@ test, built from a ``Comparison`` and its ``Verdict``; every renderer takes a li
 
 Scores, deltas and interval bounds are percentage points (0-100), tuned minus base.
 
+Text from data files and models (example ids and texts, replies, benchmark titles) goes through
+``text.safe`` in every renderer but JSON: control characters and bidi overrides show as escapes
+(``\x1b``), so they can neither drive a terminal nor forge a line; Markdown also escapes HTML and
+its own punctuation. The JSON report keeps the raw text (JSON escapes it itself).
+
 JSON report schema (``pytest-ftgate/report``, version 1)
 --------------------------------------------------------
 Written by ``--ftgate-report PATH``. Readers should check ``schema`` and ``version``; a new field
@@ -24,9 +29,12 @@ may be added within version 1, a removed or changed field means version 2.
     mode asked for (``generate`` or ``logprob``; each gate records the mode it used). ``strict``:
     the session's default policy. Callers may add keys; readers ignore those they do not know.
 ``summary``
-    ``gates`` (number of gated tests), ``passed``, ``failed``, ``inconclusive`` (counts by
-    verdict) and ``outcome``: ``"fail"`` if any gate failed, else ``"inconclusive"`` if any was,
-    else ``"pass"`` (also ``"pass"`` with no gates).
+    ``gates`` (number of gated tests, errored ones included), ``passed``, ``failed``,
+    ``inconclusive``, ``measured``, ``errors`` (counts by verdict) and ``outcome``, the first that
+    applies: ``"error"`` if any gate errored (its comparison could not be computed), ``"fail"``
+    if any failed, ``"inconclusive"`` if any was, ``"pass"`` if any passed (measurements beside
+    it do not change that), ``"measured"`` when every test only measured (no threshold: nothing
+    was gated), and ``"pass"`` with no gates at all.
 ``gates``
     One object per gated test, in run order:
 
@@ -36,6 +44,13 @@ may be added within version 1, a removed or changed field means version 2.
         Registry name (``fpb``) and display title (``FPB``).
     ``mode``
         How answers were scored: ``"generate"`` or ``"logprob"``; base and tuned always alike.
+    ``error``
+        null, or the error text of a gate whose comparison could not be computed (an adapter
+        that does not fit, a fixture that raised): its ``verdict.outcome`` is ``"error"``, its
+        numbers (scores, ``delta``, ``ci``, ``p_value``) are null and ``n``, ``lost``, ``gained`` 0.
+    ``baseline_note``
+        null, or one line about the stored baseline the base side came from (recorded,
+        re-recorded, audited).
     ``n``
         Examples evaluated (the same ids for base and tuned).
     ``base`` / ``tuned``
@@ -57,7 +72,10 @@ may be added within version 1, a removed or changed field means version 2.
         ``max_drop`` (points or null), ``min_gain`` (points or null), ``strict`` (bool): what the
         marker asked for.
     ``verdict``
-        ``outcome`` (``"pass"``, ``"fail"`` or ``"inconclusive"``) and ``reason`` (one line).
+        ``outcome`` and ``reason`` (one line). ``outcome`` is ``"pass"``, ``"fail"`` or
+        ``"inconclusive"`` for a gate with a threshold; ``"measured"`` for a marker with neither
+        ``max_drop`` nor ``min_gain`` (and no ``ftgate_max_drop`` default): a measurement that
+        never fails; ``"error"`` when the comparison could not be computed.
     ``test_outcome``
         The test's own result (``"passed"``, ``"failed"``, ...) when known, else null: a test can
         fail on a custom assertion although the gate passed.
@@ -68,8 +86,8 @@ may be added within version 1, a removed or changed field means version 2.
         ``base_output``, ``tuned_output`` (clipped).
     ``advice``
         The seed study's decision framework: ``framework`` (advice for this baseline, see
-        ``advice``) and ``measured`` (what fine-tuning did, see ``outcome_note``). Derived from the
-        fields above; ignored by ``GateRecord.from_dict``.
+        ``advice``) and ``measured`` (what fine-tuning did, see ``outcome_note``); both null for
+        an errored gate. Derived from the fields above; ignored by ``GateRecord.from_dict``.
 """
 
 from __future__ import annotations
@@ -87,6 +105,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.text import safe
 
 if TYPE_CHECKING:
     from pytest_ftgate.results import Comparison, Verdict
@@ -187,6 +206,8 @@ class GateRecord:
     tuned_metrics: dict[str, float] = field(default_factory=dict)
     mode: str = "generate"
     test_outcome: str | None = None
+    error: str | None = None  # the comparison could not be computed (outcome "error")
+    baseline_note: str | None = None  # one line about the stored baseline used
 
     @property
     def seconds(self) -> float:
@@ -245,34 +266,76 @@ class GateRecord:
             base_metrics={str(k): float(v) for k, v in base.metrics.items()},
             tuned_metrics={str(k): float(v) for k, v in tuned.metrics.items()},
             mode=base.mode,
+            baseline_note=getattr(comparison, "baseline_note", None),
+        )
+
+    @classmethod
+    def from_error(
+        cls,
+        *,
+        nodeid: str,
+        benchmark: str,
+        title: str,
+        error: str,
+        max_drop: float | None = None,
+        min_gain: float | None = None,
+        strict: bool = False,
+        confidence: float = 0.95,
+    ) -> GateRecord:
+        """The record of a gated test whose comparison could not be computed: outcome ``error``,
+        no numbers (NaN here, null in JSON)."""
+        nan = math.nan
+        return cls(
+            nodeid=nodeid,
+            benchmark=benchmark,
+            title=title or benchmark,
+            base=nan,
+            tuned=nan,
+            delta=nan,
+            ci=(nan, nan),
+            confidence=float(confidence),
+            p_value=nan,
+            n=0,
+            lost=0,
+            gained=0,
+            outcome="error",
+            reason=f"the comparison could not be computed: {error}",
+            max_drop=max_drop,
+            min_gain=min_gain,
+            strict=strict,
+            test_outcome="error",
+            error=error,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The ``gates[]`` entry of the JSON report (see the module docstring). JSON-safe."""
+        errored = self.outcome == "error"
         return {
             "nodeid": self.nodeid,
             "benchmark": self.benchmark,
             "title": self.title,
             "mode": self.mode,
+            "error": self.error,
+            "baseline_note": self.baseline_note,
             "n": self.n,
             "base": {
-                "score": self.base,
+                "score": _finite(self.base),
                 "model": self.base_model,
                 "fingerprint": self.base_fingerprint,
                 "metrics": _json_metrics(self.base_metrics),
                 "seconds": self.base_seconds,
             },
             "tuned": {
-                "score": self.tuned,
+                "score": _finite(self.tuned),
                 "model": self.tuned_model,
                 "fingerprint": self.tuned_fingerprint,
                 "metrics": _json_metrics(self.tuned_metrics),
                 "seconds": self.tuned_seconds,
             },
-            "delta": self.delta,
-            "ci": [self.ci[0], self.ci[1]],
+            "delta": _finite(self.delta),
+            "ci": [_finite(self.ci[0]), _finite(self.ci[1])],
             "confidence": self.confidence,
-            "p_value": self.p_value,
+            "p_value": _finite(self.p_value),
             "lost": self.lost,
             "gained": self.gained,
             "thresholds": {"max_drop": self.max_drop, "min_gain": self.min_gain, "strict": self.strict},
@@ -280,7 +343,10 @@ class GateRecord:
             "test_outcome": self.test_outcome,
             "seconds": self.seconds,
             "top_lost": [example.to_dict() for example in self.top_lost],
-            "advice": {"framework": advice(self.base), "measured": outcome_note(self)},
+            "advice": {
+                "framework": None if errored else advice(self.base),
+                "measured": None if errored else outcome_note(self),
+            },
         }
 
     @classmethod
@@ -294,12 +360,12 @@ class GateRecord:
             nodeid=str(data["nodeid"]),
             benchmark=str(data["benchmark"]),
             title=str(data.get("title") or data["benchmark"]),
-            base=float(base["score"]),
-            tuned=float(tuned["score"]),
-            delta=float(data["delta"]),
-            ci=(float(low), float(high)),
+            base=_nan_float(base["score"]),
+            tuned=_nan_float(tuned["score"]),
+            delta=_nan_float(data["delta"]),
+            ci=(_nan_float(low), _nan_float(high)),
             confidence=float(data["confidence"]),
-            p_value=float(data["p_value"]),
+            p_value=_nan_float(data["p_value"]),
             n=int(data["n"]),
             lost=int(data["lost"]),
             gained=int(data["gained"]),
@@ -319,6 +385,8 @@ class GateRecord:
             tuned_metrics=_read_metrics(tuned.get("metrics", {})),
             mode=str(data.get("mode", "generate")),
             test_outcome=data.get("test_outcome"),
+            error=_opt_str(data.get("error")),
+            baseline_note=_opt_str(data.get("baseline_note")),
         )
 
 
@@ -364,42 +432,57 @@ def outcome_note(record: GateRecord) -> str:
     return f"no clear change ({_signed(record.delta)}, interval {_signed(low)} to {_signed(high)})"
 
 
+_OUTCOMES = ("pass", "fail", "inconclusive", "measured", "error")
+
+
 def overall_outcome(records: Sequence[GateRecord]) -> str:
-    """``fail`` if any gate failed, else ``inconclusive`` if any was, else ``pass``."""
+    """``error`` if any gate errored, else ``fail`` if any failed, else ``inconclusive`` if any
+    was, else ``pass`` if any passed (or there are no records), else ``measured``: every test only
+    measured, nothing was gated."""
     outcomes = {record.outcome for record in records}
-    if "fail" in outcomes:
-        return "fail"
-    if "inconclusive" in outcomes:
-        return "inconclusive"
-    return "pass"
+    for outcome in ("error", "fail", "inconclusive", "pass"):
+        if outcome in outcomes:
+            return outcome
+    return "measured" if outcomes else "pass"
 
 
 def headline(records: Sequence[GateRecord]) -> str:
-    """``1 of 3 benchmarks regressed``, ``all 3 benchmarks passed``, ``2 of 4 gates failed, 1 inconclusive``."""
+    """``1 of 3 benchmarks regressed``, ``all 3 benchmarks passed``, ``2 of 4 gates failed, 1
+    inconclusive``, ``FPB errored``, ``FPB measured (no threshold)``. Titles are escaped (``safe``)."""
     total = len(records)
     if total == 0:
         return "no gates ran"
     noun = "benchmarks" if len({r.benchmark for r in records}) == total else "gates"
+    errored = [r for r in records if r.outcome == "error"]
     failed = [r for r in records if r.outcome == "fail"]
     unsure = sum(r.outcome == "inconclusive" for r in records)
+    measured = sum(r.outcome == "measured" for r in records)
     own = sum(r.test_outcome == "failed" and r.outcome != "fail" for r in records)
     own_note = (
         f" ({own} test{'s' if own > 1 else ''} failed on {'their' if own > 1 else 'its'} own assertions)" if own else ""
     )
-    if not failed and not unsure:
-        text = f"all {total} {noun} passed" if total > 1 else f"{records[0].title} passed"
+    if not errored and not failed and not unsure:
+        if not measured:
+            text = f"all {total} {noun} passed" if total > 1 else f"{safe(records[0].title)} passed"
+        elif measured == total:
+            text = f"all {total} {noun} measured" if total > 1 else f"{safe(records[0].title)} measured"
+            text += " (no threshold)"
+        else:
+            text = f"{total - measured} of {total} {noun} passed, {measured} measured (no threshold)"
         return text + own_note
     if total == 1:  # "FPB regressed", not "1 of 1 benchmarks regressed (FPB)"
         r = records[0]
-        word = {"fail": "regressed" if r.delta < 0 else "failed"}.get(r.outcome, r.outcome)
-        return f"{r.title} {word}{own_note}"
-    parts = []
-    if failed:
-        verb = "regressed" if all(r.delta < 0 for r in failed) else "failed"
-        names = ", ".join(r.title for r in failed[:4]) + (", ..." if len(failed) > 4 else "")
-        parts.append(f"{len(failed)} of {total} {noun} {verb} ({names})")
+        word = {"fail": "regressed" if r.delta < 0 else "failed", "error": "errored"}.get(r.outcome, r.outcome)
+        return f"{safe(r.title)} {word}{own_note}"
+    parts: list[str] = []
+    verb = "regressed" if all(r.delta < 0 for r in failed) else "failed"
+    for word, group in (("errored", errored), (verb, failed)):
+        if group:
+            names = ", ".join(safe(r.title) for r in group[:4]) + (", ..." if len(group) > 4 else "")
+            count = f"{len(group)}" if parts else f"{len(group)} of {total} {noun}"
+            parts.append(f"{count} {word} ({names})")
     if unsure:
-        parts.append(f"{unsure} inconclusive" if failed else f"{unsure} of {total} {noun} inconclusive")
+        parts.append(f"{unsure} inconclusive" if parts else f"{unsure} of {total} {noun} inconclusive")
     return ", ".join(parts) + own_note
 
 
@@ -462,7 +545,7 @@ def _iso(moment: float | _dt.datetime | None) -> str | None:
 
 def to_json(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON report as a dict (schema in the module docstring)."""
-    counts = {key: sum(r.outcome == key for r in records) for key in ("pass", "fail", "inconclusive")}
+    counts = {key: sum(r.outcome == key for r in records) for key in _OUTCOMES}
     return {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
@@ -472,6 +555,8 @@ def to_json(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = N
             "passed": counts["pass"],
             "failed": counts["fail"],
             "inconclusive": counts["inconclusive"],
+            "measured": counts["measured"],
+            "errors": counts["error"],
             "outcome": overall_outcome(records),
         },
         "gates": [record.to_dict() for record in records],
@@ -529,11 +614,18 @@ def _atomic_write(path: Path, payload: bytes) -> Path:
 # --- terminal --------------------------------------------------------------------------------
 
 
-_OUTCOME_MARKUP = {"pass": {"green": True}, "fail": {"red": True, "bold": True}, "inconclusive": {"yellow": True}}
+_OUTCOME_MARKUP = {
+    "pass": {"green": True},
+    "fail": {"red": True, "bold": True},
+    "inconclusive": {"yellow": True},
+    "measured": {"cyan": True},
+    "error": {"red": True, "bold": True},
+}
 
 
 def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[str, dict[str, bool]]]:
-    """The lines of the terminal summary (table, headline, advice), each with its markup.
+    """The lines of the terminal summary (table, headline, errors, baseline notes, advice), each
+    with its markup. Text from data and models is escaped (``safe``).
 
     ``markup=False`` gives empty markup dicts (a terminal without colour, or ``--color=no``).
     """
@@ -545,6 +637,9 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
     labels = _labels(records)
     rows = []
     for label, r in zip(labels, records):
+        if r.outcome == "error":  # no numbers: the comparison could not be computed
+            rows.append([label, "-", "-", "-", "-", "-", "error", "-"])
+            continue
         verdict = r.outcome
         if r.test_outcome == "failed" and r.outcome != "fail":
             verdict += " (test failed)"
@@ -577,22 +672,31 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
     overall = overall_outcome(records)
     lines.append(("", {}))
     lines.append((f"ftgate: {headline(records)}", mk(**_OUTCOME_MARKUP[overall])))
+    for r in records:
+        if r.error is not None:
+            lines.append((f"ftgate: {safe(r.nodeid)} errored: {safe(r.error)}", mk(**_OUTCOME_MARKUP["error"])))
+    for label, r in zip(labels, records):
+        if r.baseline_note:
+            lines.append((f"ftgate: {label}: {safe(r.baseline_note)}", {}))
     models = _models_line(records)
     if models:
         lines.append((models, {}))
-    lines.append(("decision framework (seed study), by baseline:", {}))
     firsts = _first_per_benchmark(records)
-    width = max(len(r.title) for r in firsts)
-    for r in firsts:
-        lines.append((f"  {r.title.ljust(width)}  {advice(r.base)}; measured: {outcome_note(r)}", {}))
+    if firsts:
+        lines.append(("decision framework (seed study), by baseline:", {}))
+        width = max(len(safe(r.title)) for r in firsts)
+        for r in firsts:
+            lines.append((f"  {safe(r.title).ljust(width)}  {advice(r.base)}; measured: {outcome_note(r)}", {}))
     return lines
 
 
 def _first_per_benchmark(records: Sequence[GateRecord]) -> list[GateRecord]:
-    """The decision framework is about a benchmark, not a test: one record per benchmark."""
+    """The decision framework is about a benchmark, not a test: one record per benchmark (with
+    numbers: errored gates have none)."""
     seen: dict[str, GateRecord] = {}
     for r in records:
-        seen.setdefault(r.benchmark, r)
+        if r.outcome != "error":
+            seen.setdefault(r.benchmark, r)
     return list(seen.values())
 
 
@@ -619,13 +723,13 @@ def write_summary(
     for text, kw in summary_lines(records, markup=markup):
         writer.line(text, **kw)
     for what, path in written:
-        writer.line(f"ftgate: {what} written to {path}")
+        writer.line(f"ftgate: {what} written to {safe(path)}")
     for error in errors:
-        writer.line(f"ftgate: {error}", **({"red": True} if markup else {}))
+        writer.line(f"ftgate: {safe(error)}", **({"red": True} if markup else {}))
 
 
 def _labels(records: Sequence[GateRecord]) -> list[str]:
-    """Benchmark titles; when a benchmark has several gates, the test name tells them apart."""
+    """Benchmark titles (escaped); when a benchmark has several gates, the test name tells them apart."""
     counts: dict[str, int] = {}
     for r in records:
         counts[r.benchmark] = counts.get(r.benchmark, 0) + 1
@@ -638,20 +742,26 @@ def _labels(records: Sequence[GateRecord]) -> list[str]:
             labels.append(f"{r.title} ({test})")
     if len(set(labels)) != len(labels):  # same test name in several files
         labels = [f"{r.title} ({r.nodeid})" for r in records]
-    return labels
+    return [safe(label) for label in labels]
 
 
 def _models_line(records: Sequence[GateRecord]) -> str:
     bases = {r.base_model for r in records if r.base_model}
     tuneds = {r.tuned_model for r in records if r.tuned_model}
     if len(bases) == 1 and len(tuneds) == 1:
-        return f"base {next(iter(bases))} vs tuned {next(iter(tuneds))}"
+        return safe(f"base {next(iter(bases))} vs tuned {next(iter(tuneds))}")
     return ""
 
 
 # --- Markdown --------------------------------------------------------------------------------
 
-_OUTCOME_ICON = {"pass": "\u2705", "fail": "\u274c", "inconclusive": "\u26a0\ufe0f"}
+_OUTCOME_ICON = {
+    "pass": "\u2705",
+    "fail": "\u274c",
+    "inconclusive": "\u26a0\ufe0f",
+    "measured": "\U0001f4cf",  # a ruler: measured, not gated
+    "error": "\u274c",
+}
 _EMPTY_REPLY = "<i>(empty reply)</i>"
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
 
@@ -659,17 +769,23 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
 def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None) -> str:
     """A GitHub-flavoured Markdown summary for ``$GITHUB_STEP_SUMMARY`` or a pull-request comment.
 
-    A headline with the overall verdict, the table, the decision framework per benchmark, and a
-    collapsed block with the top lost examples for each gate that did not pass.
+    A headline with the overall verdict, a red CAUTION alert with the error text of each gate
+    that errored, the table, notes about stored baselines, the decision framework per benchmark,
+    and a collapsed block with the top lost examples for each gate that did not pass. Text from
+    data and models is escaped (control characters, HTML, Markdown punctuation, line breaks).
     """
     meta = dict(meta or {})
     overall = overall_outcome(records)
-    out = [f"### {_OUTCOME_ICON[overall]} ftgate: {headline(records)}", ""]
+    out = [f"### {_OUTCOME_ICON[overall]} ftgate: {_md_escape(headline(records))}", ""]
     context = _md_context(records, meta)
     if context:
         out += [context, ""]
     if not records:
         return "\n".join(out).rstrip() + "\n"
+
+    for r in records:
+        if r.error is not None:
+            out += ["> [!CAUTION]", f"> `{_code(r.nodeid)}` errored: {_md_escape(r.error)}", ""]
 
     labels = _labels(records)
     conf = records[0].confidence
@@ -677,11 +793,15 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
     out.append(f"| Benchmark | Base | Tuned | \u0394 | {ci_head} | n | Verdict |")
     out.append("|:--|--:|--:|--:|:-:|--:|:--|")
     for label, r in zip(labels, records):
+        if r.outcome == "error":
+            none = " | ".join(["\u2014"] * 5)
+            out.append(f"| {_cell(label)} | {none} | {_OUTCOME_ICON['error']} error |")
+            continue
         delta = _signed(r.delta)
         if r.outcome == "fail":
             delta = f"**{delta}**"
         verdict = f"{_OUTCOME_ICON.get(r.outcome, '')} {r.outcome}"
-        rule = _rule(r)
+        rule = _rule(r) or ("no threshold" if r.outcome == "measured" else "")
         if rule:
             verdict += f" ({rule})"
         if r.test_outcome == "failed" and r.outcome != "fail":
@@ -692,16 +812,24 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
         )
     out.append("")
 
-    out.append("**Decision framework** (seed study: the baseline decides how hard to fine-tune)")
-    out.append("")
-    out.append("| Benchmark | Baseline | Advice | Measured outcome |")
-    out.append("|:--|--:|:--|:--|")
-    for r in _first_per_benchmark(records):
-        out.append(f"| {_cell(r.title)} | {r.base:.1f} | {_cell(advice(r.base))} | {_cell(outcome_note(r))} |")
-    out.append("")
+    notes = [(label, r.baseline_note) for label, r in zip(labels, records) if r.baseline_note]
+    if notes:
+        out += ["**Stored baselines**", ""]
+        out += [f"- {_cell(label)}: {_cell(note)}" for label, note in notes]
+        out.append("")
+
+    firsts = _first_per_benchmark(records)
+    if firsts:
+        out.append("**Decision framework** (seed study: the baseline decides how hard to fine-tune)")
+        out.append("")
+        out.append("| Benchmark | Baseline | Advice | Measured outcome |")
+        out.append("|:--|--:|:--|:--|")
+        for r in firsts:
+            out.append(f"| {_cell(r.title)} | {r.base:.1f} | {_cell(advice(r.base))} | {_cell(outcome_note(r))} |")
+        out.append("")
 
     for label, r in zip(labels, records):
-        if r.outcome == "pass":
+        if r.outcome in ("pass", "error"):  # an error is in its CAUTION alert above
             continue
         icon = _OUTCOME_ICON.get(r.outcome, "")
         shown = f"; first {len(r.top_lost)} lost below" if r.top_lost and r.lost > len(r.top_lost) else ""
@@ -791,15 +919,16 @@ def _rule(r: GateRecord) -> str:
 
 
 def _md_escape(text: str) -> str:
-    """Escape Markdown punctuation and HTML so model output shows as written."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+    """One line with control characters (line breaks too) escaped (``safe``), then Markdown
+    punctuation and HTML, so that model output and data show as written."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(safe(text), quote=False))
 
 
 def _cell(text: str, width: int | None = None, *, empty: str = "\u2014") -> str:
     """A table cell: clipped, escaped (pipes, HTML, emphasis), line breaks as ``<br>``.
 
     An empty value shows as ``empty`` (a bare empty cell reads as missing data)."""
-    text = str(text).replace("\r\n", "\n").replace("\r", "\n").strip()
+    text = safe(str(text).replace("\r\n", "\n").replace("\r", "\n").strip(), newlines=True)
     if width is not None and len(text) > width:
         text = text[: width - 1].rstrip() + "\u2026"
     lines = [_md_escape(" ".join(line.split())) for line in text.split("\n")]
@@ -807,7 +936,8 @@ def _cell(text: str, width: int | None = None, *, empty: str = "\u2014") -> str:
 
 
 def _code(text: str) -> str:
-    return str(text).replace("`", "'")
+    """Text for inside backticks: a backtick cannot end the span early, control characters escaped."""
+    return safe(text).replace("`", "'")
 
 
 # --- PNG chart -------------------------------------------------------------------------------
@@ -938,7 +1068,8 @@ def write_plot(
     ncol = len(handles) if fig_width >= 2.0 * len(handles) else 2
     rows = -(-len(handles) // ncol)
     if not groups:
-        ax.text(0.5, 0.5, "no gates ran", transform=ax.transAxes, ha="center", va="center", color="#57606a")
+        empty = "no comparison could be computed" if records else "no gates ran"
+        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="#57606a")
     subtitle = _models_line(records)
     reserve = (0.28 * rows + 0.12 + (0.22 if subtitle else 0.0)) / fig_height  # legend and subtitle, below
     fig.legend(
@@ -974,11 +1105,13 @@ class _Group:
 
 def _plot_groups(records: Sequence[GateRecord]) -> list[_Group]:
     """One bar group per benchmark; several gates on one benchmark share it with the tightest
-    thresholds and the worst verdict."""
+    thresholds and the worst verdict. Errored gates have no numbers to draw."""
     order: list[str] = []
     groups: dict[str, _Group] = {}
-    rank = {"pass": 0, "inconclusive": 1, "fail": 2}
+    rank = {"measured": 0, "pass": 0, "inconclusive": 1, "fail": 2}
     for r in records:
+        if r.outcome == "error":
+            continue
         floor = None if r.max_drop is None else r.base - r.max_drop
         target = None if r.min_gain is None else r.base + r.min_gain
         g = groups.get(r.benchmark)
@@ -999,9 +1132,17 @@ def _plot_groups(records: Sequence[GateRecord]) -> list[_Group]:
 
 
 def junit_properties(record: GateRecord) -> list[tuple[str, str]]:
-    """``(name, value)`` pairs for ``record_property`` / ``item.user_properties`` (JUnit XML)."""
+    """``(name, value)`` pairs for ``record_property`` / ``item.user_properties`` (JUnit XML).
+    An errored gate has ``ftgate_verdict`` ``error`` and ``ftgate_error``, and no numbers."""
+    if record.outcome == "error":
+        return [
+            ("ftgate_benchmark", safe(record.benchmark)),
+            ("ftgate_verdict", "error"),
+            ("ftgate_error", safe(record.error or "")),
+        ]
+    note = [("ftgate_baseline", safe(record.baseline_note))] if record.baseline_note else []
     return [
-        ("ftgate_benchmark", record.benchmark),
+        ("ftgate_benchmark", safe(record.benchmark)),
         ("ftgate_base", f"{record.base:.2f}"),
         ("ftgate_tuned", f"{record.tuned:.2f}"),
         ("ftgate_delta", f"{record.delta:+.2f}"),
@@ -1012,6 +1153,7 @@ def junit_properties(record: GateRecord) -> list[tuple[str, str]]:
         ("ftgate_gained", str(record.gained)),
         ("ftgate_p_value", f"{record.p_value:.4g}"),
         ("ftgate_verdict", record.outcome),
+        *note,
     ]
 
 
@@ -1052,3 +1194,16 @@ def _read_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a number an errored gate does not have is written as null."""
+    return value if math.isfinite(value) else None
+
+
+def _nan_float(value: Any) -> float:
+    return math.nan if value is None else float(value)

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pytest_ftgate import stats
+from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.text import safe
 
-Outcome = Literal["pass", "fail", "inconclusive"]
+Outcome = Literal["pass", "fail", "inconclusive", "measured"]
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,16 @@ class Flip:
 
 @dataclass(frozen=True)
 class Verdict:
-    """``outcome`` is pass, fail or inconclusive; ``reason`` is one line a person reads."""
+    """``outcome`` is pass, fail or inconclusive, or ``measured`` when no threshold was given (a
+    measurement, not a gate: it never fails); ``reason`` is one line a person reads."""
 
     outcome: Outcome
     reason: str
 
     @property
     def passed(self) -> bool:
-        return self.outcome == "pass"
+        """Whether the test may pass: the thresholds held, or there were none."""
+        return self.outcome in ("pass", "measured")
 
     def __str__(self) -> str:
         return f"{self.outcome}: {self.reason}"
@@ -158,7 +162,15 @@ class Comparison:
         return self.base.n
 
     def verdict(self, max_drop: float | None = None, min_gain: float | None = None, strict: bool = False) -> Verdict:
-        """Judge the comparison against the user's thresholds (points). See ``stats.decide``."""
+        """Judge the comparison against the user's thresholds (points). See ``stats.decide``.
+        Without a threshold the verdict is ``measured``. ConfigError for a threshold that is not
+        a finite number (NaN would fail every run, infinity pass every run)."""
+        check_thresholds(max_drop=max_drop, min_gain=min_gain)
+        if max_drop is None and min_gain is None:
+            return Verdict(
+                "measured",
+                f"{self.summary()} No threshold: measured, not gated (give max_drop or min_gain to make it a gate).",
+            )
         early = self.early
         if early is not None and (early.max_drop, early.min_gain, early.strict) == (max_drop, min_gain, strict):
             low, high = early.interval
@@ -183,12 +195,13 @@ class Comparison:
 
     def summary(self, max_drop: float | None = None, min_gain: float | None = None) -> str:
         """``FPB dropped 28.4 points (78.8 -> 50.4) after fine-tuning; allowed 2.0. 970 examples: ...``"""
+        title = safe(self.title)
         if self.delta < 0:
-            head = f"{self.title} dropped {-self.delta:.1f} points"
+            head = f"{title} dropped {-self.delta:.1f} points"
         elif self.delta > 0:
-            head = f"{self.title} gained {self.delta:.1f} points"
+            head = f"{title} gained {self.delta:.1f} points"
         else:
-            head = f"{self.title} did not change"
+            head = f"{title} did not change"
         head += f" ({self.base.score:.1f} -> {self.tuned.score:.1f}) {self.change}"
         rules = []
         if max_drop is not None:
@@ -210,11 +223,11 @@ class Comparison:
         return text
 
     def failure_detail(self, limit: int = 3) -> str:
-        """The first few lost examples, for a failure message."""
+        """The first few lost examples, for a failure message (control characters escaped)."""
         lines = []
         for flip in self.lost[:limit]:
             lines.append(
-                f"  lost {flip.id}: {_clip(flip.text)!r} gold={flip.gold!r} "
+                f"  lost {safe(flip.id)}: {_clip(flip.text)!r} gold={flip.gold!r} "
                 f"base={_clip(flip.base_output, 40)!r} tuned={_clip(flip.tuned_output, 40)!r}"
             )
         return "\n".join(lines)
@@ -232,6 +245,15 @@ class Comparison:
         if not verdict.passed:
             detail = self.failure_detail()
             raise AssertionError(verdict.reason + ("\n" + detail if detail else ""))
+
+
+def check_thresholds(*, max_drop: float | None = None, min_gain: float | None = None) -> None:
+    """ConfigError unless each given threshold is a finite number of points."""
+    for name, value in (("max_drop", max_drop), ("min_gain", min_gain)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number of points, got {value!r}")
 
 
 def _drift(pairs: list[tuple[Prediction, Prediction]]) -> dict[str, float] | None:
@@ -279,7 +301,7 @@ class Parity:
     differing: list[Flip]  # base_output = a's reply, tuned_output = b's reply
 
     def summary(self) -> str:
-        return (
+        return safe(
             f"{self.a.title or self.a.benchmark}: {self.a.model.label} and {self.b.model.label} agree on "
             f"{self.agreement:.1f}% of {self.a.n} examples ({len(self.differing)} differ; scores "
             f"{self.a.score:.1f} vs {self.b.score:.1f})"

@@ -194,6 +194,9 @@ def table(reports: dict[str, dict[str, Any]]) -> str:
     ]
     for name, data in reports.items():
         for gate_record in data["gates"]:
+            if gate_record["verdict"]["outcome"] == "error":  # no numbers: the comparison was not computed
+                lines.append(f"{name:<11} {gate_record['title']:<28} {'-':>8} {'-':>8} {'-':>7}  {'-':<9}  error")
+                continue
             base, tuned, delta = gate_record["base"]["score"], gate_record["tuned"]["score"], gate_record["delta"]
             direction = "up" if gate_record["ci"][0] > 0 else "down" if gate_record["ci"][1] < 0 else "flat"
             lines.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,14 @@ def gate_project(pytester: pytest.Pytester) -> pytest.Pytester:
     (pytester.path / "base").mkdir()
     pytester.makeini("[pytest]\nftgate_backend = fake\nftgate_base = base\n")
     return pytester
+
+
+@pytest.fixture
+def fake_adapter(gate_project: pytest.Pytester) -> Callable[..., str]:
+    """``fake_adapter(name="lora", **config)``: write a fake adapter into the gate project (see
+    ``write_fake_adapter``) and return its ``--ftgate-adapter=DIR`` argument."""
+
+    def make(name: str = "lora", **config: object) -> str:
+        return f"--ftgate-adapter={write_fake_adapter(gate_project.path / name, **config)}"
+
+    return make

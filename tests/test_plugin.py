@@ -42,6 +42,7 @@ def test_options_and_ini_keys_are_registered(pytester: pytest.Pytester) -> None:
         options.REPORT,
         options.MARKDOWN,
         options.PLOT,
+        options.MAX_DROP,
     ):
         result.stdout.fnmatch_lines([f"*{option}*"])
         result.stdout.fnmatch_lines([f"*{options.ini_name(option)} *"])

@@ -14,6 +14,11 @@ from pytest_ftgate.errors import ConfigError
 from pytest_ftgate.report import GateRecord
 from pytest_ftgate.results import EvalResult, ModelInfo, Prediction, compare
 
+try:  # loaded before any pytester run of this process: a run that imports numpy (adapter
+    import numpy  # noqa: F401  inspection does) would otherwise unload it, and numpy's C
+except ImportError:  # extension cannot be imported twice (the plot tests below need it)
+    pass
+
 BASE = ModelInfo("gemma-4-e4b-it-4bit", "b" * 64)
 TUNED = ModelInfo("gemma-4-e4b-it-4bit+lora", "t" * 64)
 
@@ -197,13 +202,24 @@ def test_json_schema_fields(records: list[GateRecord], tmp_path: Path) -> None:
         "strict",
     }
     assert data["meta"]["started"] == "1970-01-01T00:00:00Z"
-    assert data["summary"] == {"gates": 3, "passed": 2, "failed": 1, "inconclusive": 0, "outcome": "fail"}
+    # measured and errors: counts added with the "measured" and "error" verdicts (issue 12)
+    assert data["summary"] == {
+        "gates": 3,
+        "passed": 2,
+        "failed": 1,
+        "inconclusive": 0,
+        "measured": 0,
+        "errors": 0,
+        "outcome": "fail",
+    }
     gate = data["gates"][1]
     assert set(gate) == {
         "nodeid",
         "benchmark",
         "title",
         "mode",
+        "error",  # null unless the comparison could not be computed (issue 12)
+        "baseline_note",  # null unless the base side came from a stored baseline
         "n",
         "base",
         "tuned",
@@ -507,3 +523,89 @@ def test_terminal_summary_lists_written_files_and_takes_a_reporter(records: list
     )
     assert reporter.out[0] == "=== ftgate ==="
     assert reporter.out[-2:] == ["ftgate: JSON report written to out/ftgate.json", "ftgate: could not write x.png"]
+
+
+# --- errored gates, measurements, baseline notes, escaping (issue 12) ------------------------
+
+
+def errored(nodeid: str = "tests/test_gate.py::test_gate[fpb]") -> GateRecord:
+    return GateRecord.from_error(
+        nodeid=nodeid, benchmark="fpb", title="FPB", error="adapter lora has no effect", max_drop=2.0
+    )
+
+
+def test_error_record_travels_through_json_with_null_numbers() -> None:
+    rec = errored()
+    data = json.loads(json.dumps(rec.to_dict(), allow_nan=False))  # what xdist's workeroutput carries
+    assert (data["verdict"]["outcome"], data["error"], data["test_outcome"]) == (
+        "error",
+        "adapter lora has no effect",
+        "error",
+    )
+    assert data["delta"] is None and data["ci"] == [None, None] and data["base"]["score"] is None
+    assert data["advice"] == {"framework": None, "measured": None}
+    back = GateRecord.from_dict(data)
+    assert back.to_dict() == rec.to_dict()  # NaN != NaN: compare the plain data
+
+
+def test_error_outranks_every_other_outcome(records: list[GateRecord]) -> None:
+    assert report.overall_outcome([*records, errored()]) == "error"
+    assert report.headline([errored()]) == "FPB errored"
+    assert report.headline([*records, errored("x.py::t")]) == "1 of 4 gates errored (FPB), 1 regressed (FPB)"
+    data = report.to_json([records[0], errored()])
+    assert data["summary"]["outcome"] == "error" and data["summary"]["errors"] == 1
+
+
+def test_error_is_red_with_its_text_in_terminal_and_markdown(records: list[GateRecord]) -> None:
+    lines = report.summary_lines([records[0], errored()], markup=True)
+    row = next((text, kw) for text, kw in lines if text.startswith("FPB"))
+    assert row[0].split() == ["FPB", "-", "-", "-", "-", "-", "error", "-"] and row[1] == {"red": True, "bold": True}
+    said = [(text, kw) for text, kw in lines if "errored:" in text]
+    assert said == [("ftgate: tests/test_gate.py::test_gate[fpb] errored: adapter lora has no effect", row[1])]
+    text = report.to_markdown([records[0], errored()])
+    assert text.startswith("### \u274c ftgate: 1 of 2 benchmarks errored (FPB)")
+    assert "> [!CAUTION]\n> `tests/test_gate.py::test_gate[fpb]` errored: adapter lora has no effect" in text
+    assert "| FPB | \u2014 | \u2014 | \u2014 | \u2014 | \u2014 | \u274c error |" in text
+    assert report.junit_properties(errored())[1:] == [
+        ("ftgate_verdict", "error"),
+        ("ftgate_error", "adapter lora has no effect"),
+    ]
+
+
+def test_measurement_is_not_a_pass() -> None:
+    measured = record("fpb", title="FPB", n=100, lost=33, gained=0, both=60, max_drop=None)
+    assert measured.outcome == "measured"
+    assert report.overall_outcome([measured]) == "measured"
+    assert report.headline([measured]) == "FPB measured (no threshold)"
+    gate = record("medmcqa", title="MedMCQA", n=100, lost=0, gained=0, both=60)
+    assert report.overall_outcome([measured, gate]) == "pass"  # the one gate passed
+    assert report.headline([measured, gate]) == "1 of 2 benchmarks passed, 1 measured (no threshold)"
+    text = report.to_markdown([measured])
+    assert text.startswith("### \U0001f4cf ftgate: FPB measured (no threshold)")
+    assert "| \U0001f4cf measured (no threshold) |" in text
+
+
+def test_baseline_note_is_shown_and_escaped(records: list[GateRecord]) -> None:
+    records[0].baseline_note = "baseline re-recorded: 35.5 -> 36.1\x1b[2J"
+    assert GateRecord.from_dict(json.loads(json.dumps(records[0].to_dict()))) == records[0]
+    lines = [text for text, _ in report.summary_lines(records, markup=False)]
+    assert "ftgate: MedMCQA: baseline re-recorded: 35.5 -> 36.1\\x1b[2J" in lines
+    text = report.to_markdown(records)
+    assert "- MedMCQA: baseline re-recorded: 35.5 -&gt; 36.1\\\\x1b\\[2J" in text
+    assert ("ftgate_baseline", "baseline re-recorded: 35.5 -> 36.1\\x1b[2J") in report.junit_properties(records[0])
+
+
+def test_text_from_data_is_escaped_in_every_renderer() -> None:
+    evil = record(
+        "fpb",
+        title="<b>x</b>\nforged\u202e",
+        texts={0: ("q\x1b[2J", "A", "A\x9b", "B\x07")},
+    )
+    lines = "\n".join(text for text, _ in report.summary_lines([evil], markup=False))
+    assert "\x1b" not in lines and "\u202e" not in lines and "\nforged" not in lines
+    assert "ftgate: <b>x</b>\\nforged\\u202e regressed" in lines
+    text = report.to_markdown([evil])
+    assert text.splitlines()[0] == "### \u274c ftgate: &lt;b&gt;x&lt;/b&gt;\\\\nforged\\\\u202e regressed"
+    assert not any(ord(c) < 32 and c != "\n" or 0x7F <= ord(c) <= 0x9F for c in text)
+    assert "q\\\\x1b\\[2J" in text
+    assert report.to_json([evil])["gates"][0]["top_lost"][0]["text"] == "q\x1b[2J"  # raw: JSON escapes it
