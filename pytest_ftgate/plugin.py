@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_ftgate import options, report
+from pytest_ftgate import options, reporting
 from pytest_ftgate.errors import ConfigError, FtgateError, FtgateWarning
 from pytest_ftgate.marker import MARKER, MARKER_HELP, GateSpec, parse_marker
 from pytest_ftgate.results import Comparison, Verdict
@@ -21,8 +21,8 @@ from pytest_ftgate.xdist_compat import restore_group_suffixes
 BENCHMARK_PARAM = "ftgate_benchmark"
 XDIST_GROUP = "ftgate"
 _SETTINGS = pytest.StashKey["options.Settings"]()
-_RECORDS = pytest.StashKey["list[report.GateRecord]"]()  # gated tests of this process (+ workers' on the controller)
-_RECORD = pytest.StashKey["report.GateRecord"]()  # on an item: its record, to note the test's outcome
+_RECORDS = pytest.StashKey["list[reporting.GateRecord]"]()  # gated tests of this process (+ workers' on the controller)
+_RECORD = pytest.StashKey["reporting.GateRecord"]()  # on an item: its record, to note the test's outcome
 _SPEC = pytest.StashKey["GateSpec | None"]()  # on an item: its marker, parsed once, defaults applied
 _STARTED = pytest.StashKey[float]()
 _WRITTEN = pytest.StashKey["list[tuple[str, str]]"]()  # (what, path) of the report files written
@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
             inspect_adapter(settings.adapter)
         if settings.plot is not None and not hasattr(config, "workerinput"):
-            report.require_matplotlib()  # say so now, not after an hour of evaluation
+            reporting.require_matplotlib()  # say so now, not after an hour of evaluation
     except FtgateError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_SETTINGS] = settings
@@ -76,7 +76,7 @@ class _XdistHooks:
         """Controller: merge the records a worker sent home through ``workeroutput``."""
         data = getattr(node, "workeroutput", None) or {}
         records = self.config.stash[_RECORDS]
-        records.extend(report.GateRecord.from_dict(item) for item in data.get(WORKEROUTPUT_KEY, []))
+        records.extend(reporting.GateRecord.from_dict(item) for item in data.get(WORKEROUTPUT_KEY, []))
 
     @pytest.hookimpl(trylast=True)  # after xdist's worker hook, which appends the group to node ids
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -156,11 +156,11 @@ def _benchmark(item: pytest.Item, spec: GateSpec) -> str:
     return spec.benchmarks[0]
 
 
-def _keep(item: pytest.Item, record: report.GateRecord) -> None:
+def _keep(item: pytest.Item, record: reporting.GateRecord) -> None:
     """Keep a test's record: for the reports, for its outcome, and as JUnit XML properties."""
     item.stash[_RECORD] = record
     item.config.stash[_RECORDS].append(record)
-    item.user_properties.extend(report.junit_properties(record))  # includes ftgate_verdict
+    item.user_properties.extend(reporting.junit_properties(record))  # includes ftgate_verdict
 
 
 def _no_threshold_warning(item: pytest.Item, spec: GateSpec) -> None:
@@ -191,7 +191,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             verdict = comparison.verdict(max_drop=spec.max_drop, min_gain=spec.min_gain, strict=strict)
             _keep(
                 item,
-                report.GateRecord.from_comparison(
+                reporting.GateRecord.from_comparison(
                     comparison,
                     verdict,
                     nodeid=item.nodeid,
@@ -229,7 +229,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             name = _benchmark(item, spec)
             _keep(
                 item,
-                report.GateRecord.from_error(
+                reporting.GateRecord.from_error(
                     nodeid=item.nodeid,
                     benchmark=name,
                     title=_title(name),
@@ -271,9 +271,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         config.workeroutput[WORKEROUTPUT_KEY] = [record.to_dict() for record in config.stash[_RECORDS]]
         return
     settings = config.stash[_SETTINGS]
-    gathered: list[report.GateRecord] = config.stash[_RECORDS]
-    records = report.collate(gathered)
-    meta = report.make_meta(
+    gathered: list[reporting.GateRecord] = config.stash[_RECORDS]
+    records = reporting.collate(gathered)
+    meta = reporting.make_meta(
         started=config.stash[_STARTED],
         backend=settings.backend,
         base=settings.base,
@@ -285,9 +285,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         strict=settings.strict,
     )
     outputs: list[tuple[str, str | None, Callable[[str], object]]] = [
-        ("JSON report", settings.report, lambda path: report.write_json(path, records, meta=meta)),
-        ("Markdown summary", settings.markdown, lambda path: report.write_markdown(path, records, meta=meta)),
-        ("chart", settings.plot, lambda path: report.write_plot(path, records)),
+        ("JSON report", settings.report, lambda path: reporting.write_json(path, records, meta=meta)),
+        ("Markdown summary", settings.markdown, lambda path: reporting.write_markdown(path, records, meta=meta)),
+        ("chart", settings.plot, lambda path: reporting.write_plot(path, records)),
     ]
     for what, path, write in outputs:
         if path is None:
@@ -304,10 +304,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     """One table for the whole run, printed once: by the xdist controller or the single process."""
     if hasattr(config, "workerinput") or _RECORDS not in config.stash:
         return
-    gathered: list[report.GateRecord] = config.stash[_RECORDS]
+    gathered: list[reporting.GateRecord] = config.stash[_RECORDS]
     written: list[tuple[str, str]] = config.stash[_WRITTEN]
     errors: list[str] = config.stash[_WRITE_ERRORS]
-    report.write_summary(terminalreporter, report.collate(gathered), written=written, errors=errors)
+    reporting.write_summary(terminalreporter, reporting.collate(gathered), written=written, errors=errors)
 
 
 def _guarded(produce: Callable[[], Any]) -> Any:

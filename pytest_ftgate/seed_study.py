@@ -187,7 +187,7 @@ def gate(root: Path, base: str, adapter: Path, args: argparse.Namespace, hub: bo
 
 def table(reports: dict[str, dict[str, Any]]) -> str:
     """The seed's table: benchmark, baseline, post-FT, delta, direction, verdict, advice."""
-    from pytest_ftgate.report import advice
+    from pytest_ftgate.reporting import advice
 
     lines = [
         f"{'adapter':<11} {'benchmark':<28} {'baseline':>8} {'post-FT':>8} {'delta':>7}  direction  verdict  advice",

@@ -1,0 +1,34 @@
+"""JUnit XML: ``ftgate_*`` properties of a gated test (``record_property`` pairs)."""
+
+from __future__ import annotations
+
+from pytest_ftgate.reporting.record import GateRecord
+from pytest_ftgate.text import safe
+
+
+
+def junit_properties(record: GateRecord) -> list[tuple[str, str]]:
+    """``(name, value)`` pairs for ``record_property`` / ``item.user_properties`` (JUnit XML).
+    An errored gate has ``ftgate_verdict`` ``error`` and ``ftgate_error``, and no numbers."""
+    if record.outcome == "error":
+        return [
+            ("ftgate_benchmark", safe(record.benchmark)),
+            ("ftgate_verdict", "error"),
+            ("ftgate_error", safe(record.error or "")),
+        ]
+    note = [("ftgate_baseline", safe(record.baseline_note))] if record.baseline_note else []
+    return [
+        ("ftgate_benchmark", safe(record.benchmark)),
+        ("ftgate_base", f"{record.base:.2f}"),
+        ("ftgate_tuned", f"{record.tuned:.2f}"),
+        ("ftgate_delta", f"{record.delta:+.2f}"),
+        ("ftgate_ci_low", f"{record.ci[0]:+.2f}"),
+        ("ftgate_ci_high", f"{record.ci[1]:+.2f}"),
+        ("ftgate_n", str(record.n)),
+        ("ftgate_lost", str(record.lost)),
+        ("ftgate_gained", str(record.gained)),
+        ("ftgate_p_value", f"{record.p_value:.4g}"),
+        ("ftgate_verdict", record.outcome),
+        *note,
+    ]
+

@@ -1,0 +1,550 @@
+"""The record of a gated test (``GateRecord``), the JSON report, and the run's overall outcome.
+
+Pure functions over plain data. A ``GateRecord`` is the JSON-serialisable record of one gated
+test, built from a ``Comparison`` and its ``Verdict``; every renderer (``terminal``,
+``markdown``, ``plot``, ``junit``) takes records alone. Records travel between xdist workers and
+the controller as ``to_dict()`` output.
+
+Scores, deltas and interval bounds are percentage points (0-100), tuned minus base.
+
+Text from data files and models (example ids and texts, replies, benchmark titles) goes through
+``text.safe`` in every renderer but JSON: control characters and bidi overrides show as escapes
+(``\x1b``), so they can neither drive a terminal nor forge a line; Markdown also escapes HTML and
+its own punctuation. The JSON report keeps the raw text (JSON escapes it itself).
+
+JSON report schema (``pytest-ftgate/report``, version 1)
+--------------------------------------------------------
+Written by ``--ftgate-report PATH``. Readers should check ``schema`` and ``version``; a new field
+may be added within version 1, a removed or changed field means version 2.
+
+``schema``
+    Always ``"pytest-ftgate/report"``.
+``version``
+    Schema version, an integer (``1``).
+``meta``
+    The run. ``ftgate``: pytest-ftgate version. ``started`` / ``finished``: ISO 8601 UTC times.
+    ``backend``: backend name. ``base``: base model (hub id or folder). ``adapter``: adapter folder
+    or null. ``candidate``: candidate model or null. ``confidence``: confidence level of the
+    intervals (e.g. 0.95). ``limit``: examples per benchmark or null (all). ``mode``: the scoring
+    mode asked for (``generate`` or ``logprob``; each gate records the mode it used). ``strict``:
+    the session's default policy. Callers may add keys; readers ignore those they do not know.
+``summary``
+    ``gates`` (number of gated tests, errored ones included), ``passed``, ``failed``,
+    ``inconclusive``, ``measured``, ``errors`` (counts by verdict) and ``outcome``, the first that
+    applies: ``"error"`` if any gate errored (its comparison could not be computed), ``"fail"``
+    if any failed, ``"inconclusive"`` if any was, ``"pass"`` if any passed (measurements beside
+    it do not change that), ``"measured"`` when every test only measured (no threshold: nothing
+    was gated), and ``"pass"`` with no gates at all.
+``gates``
+    One object per gated test, in run order:
+
+    ``nodeid``
+        The pytest node id, e.g. ``tests/test_gate.py::test_no_forgetting[fpb]``.
+    ``benchmark`` / ``title``
+        Registry name (``fpb``) and display title (``FPB``).
+    ``mode``
+        How answers were scored: ``"generate"`` or ``"logprob"``; base and tuned always alike.
+    ``error``
+        null, or the error text of a gate whose comparison could not be computed (an adapter
+        that does not fit, a fixture that raised): its ``verdict.outcome`` is ``"error"``, its
+        numbers (scores, ``delta``, ``ci``, ``p_value``) are null and ``n``, ``lost``, ``gained`` 0.
+    ``baseline_note``
+        null, or one line about the stored baseline the base side came from (recorded,
+        re-recorded, audited).
+    ``n``
+        Examples evaluated (the same ids for base and tuned).
+    ``base`` / ``tuned``
+        ``score`` (primary metric, points), ``model`` (label), ``fingerprint`` (of everything that
+        defines the model's answers), ``metrics`` (dict, points: ``accuracy``, ``unparsed_rate``,
+        ``macro_f1`` for FPB, ...; null where undefined), ``seconds`` (evaluation wall time;
+        small when cached).
+    ``delta``
+        ``tuned.score - base.score``, points.
+    ``ci``
+        ``[low, high]``: paired interval for the delta (Tango score interval), points.
+    ``confidence``
+        Confidence level of ``ci``.
+    ``p_value``
+        Exact two-sided McNemar p-value of "no change".
+    ``lost`` / ``gained``
+        Number of examples base got right and tuned wrong, and the reverse.
+    ``thresholds``
+        ``max_drop`` (points or null), ``min_gain`` (points or null), ``strict`` (bool): what the
+        marker asked for.
+    ``verdict``
+        ``outcome`` and ``reason`` (one line). ``outcome`` is ``"pass"``, ``"fail"`` or
+        ``"inconclusive"`` for a gate with a threshold; ``"measured"`` for a marker with neither
+        ``max_drop`` nor ``min_gain`` (and no ``ftgate_max_drop`` default): a measurement that
+        never fails; ``"error"`` when the comparison could not be computed.
+    ``test_outcome``
+        The test's own result (``"passed"``, ``"failed"``, ...) when known, else null: a test can
+        fail on a custom assertion although the gate passed.
+    ``seconds``
+        ``base.seconds + tuned.seconds``.
+    ``top_lost``
+        Up to 5 lost examples: ``id``, ``text`` (the question, clipped), ``gold``,
+        ``base_output``, ``tuned_output`` (clipped).
+    ``advice``
+        The seed study's decision framework: ``framework`` (advice for this baseline, see
+        ``advice``) and ``measured`` (what fine-tuning did, see ``outcome_note``); both null for
+        an errored gate. Derived from the fields above; ignored by ``GateRecord.from_dict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.reporting.summary import advice, outcome_note
+
+if TYPE_CHECKING:
+    from pytest_ftgate.results import Comparison, Verdict
+
+SCHEMA = "pytest-ftgate/report"
+SCHEMA_VERSION = 1
+TOP_LOST = 5
+TEXT_WIDTH = 240  # characters of a lost example's question kept in a record
+OUTPUT_WIDTH = 160  # characters of a model reply kept in a record
+
+# --- the record ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LostExample:
+    """An example base answered correctly and tuned did not (texts clipped)."""
+
+    id: str
+    text: str
+    gold: str
+    base_output: str
+    tuned_output: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "text": self.text,
+            "gold": self.gold,
+            "base_output": self.base_output,
+            "tuned_output": self.tuned_output,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LostExample:
+        return cls(
+            str(data["id"]),
+            str(data.get("text", "")),
+            str(data.get("gold", "")),
+            str(data.get("base_output", "")),
+            str(data.get("tuned_output", "")),
+        )
+
+
+@dataclass
+class GateRecord:
+    """One gated test, as plain data: what the reports show and what xdist workers send home."""
+
+    nodeid: str
+    benchmark: str
+    title: str
+    base: float
+    tuned: float
+    delta: float
+    ci: tuple[float, float]
+    confidence: float
+    p_value: float
+    n: int
+    lost: int
+    gained: int
+    outcome: str
+    reason: str
+    max_drop: float | None = None
+    min_gain: float | None = None
+    strict: bool = False
+    top_lost: list[LostExample] = field(default_factory=list)
+    base_seconds: float = 0.0
+    tuned_seconds: float = 0.0
+    base_model: str = ""
+    base_fingerprint: str = ""
+    tuned_model: str = ""
+    tuned_fingerprint: str = ""
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    tuned_metrics: dict[str, float] = field(default_factory=dict)
+    mode: str = "generate"
+    test_outcome: str | None = None
+    error: str | None = None  # the comparison could not be computed (outcome "error")
+    baseline_note: str | None = None  # one line about the stored baseline used
+
+    @property
+    def seconds(self) -> float:
+        """Evaluation time of base and tuned together."""
+        return self.base_seconds + self.tuned_seconds
+
+    @classmethod
+    def from_comparison(
+        cls,
+        comparison: Comparison,
+        verdict: Verdict,
+        *,
+        nodeid: str,
+        max_drop: float | None = None,
+        min_gain: float | None = None,
+        strict: bool = False,
+    ) -> GateRecord:
+        """The record of one test: its comparison, the verdict of its thresholds, its node id."""
+        base, tuned = comparison.base, comparison.tuned
+        top = [
+            LostExample(
+                str(flip.id),
+                _clip(flip.text, TEXT_WIDTH),
+                _clip(flip.gold, OUTPUT_WIDTH),
+                _clip(flip.base_output, OUTPUT_WIDTH),
+                _clip(flip.tuned_output, OUTPUT_WIDTH),
+            )
+            for flip in comparison.lost[:TOP_LOST]
+        ]
+        low, high = comparison.ci
+        return cls(
+            nodeid=nodeid,
+            benchmark=comparison.benchmark,
+            title=comparison.title,
+            base=float(base.score),
+            tuned=float(tuned.score),
+            delta=float(comparison.delta),
+            ci=(float(low), float(high)),
+            confidence=float(comparison.confidence),
+            p_value=float(comparison.p_value),
+            n=int(comparison.n),
+            lost=len(comparison.lost),
+            gained=len(comparison.gained),
+            outcome=str(verdict.outcome),
+            reason=str(verdict.reason),
+            max_drop=None if max_drop is None else float(max_drop),
+            min_gain=None if min_gain is None else float(min_gain),
+            strict=bool(strict),
+            top_lost=top,
+            base_seconds=float(base.seconds),
+            tuned_seconds=float(tuned.seconds),
+            base_model=base.model.label,
+            base_fingerprint=base.model.fingerprint,
+            tuned_model=tuned.model.label,
+            tuned_fingerprint=tuned.model.fingerprint,
+            base_metrics={str(k): float(v) for k, v in base.metrics.items()},
+            tuned_metrics={str(k): float(v) for k, v in tuned.metrics.items()},
+            mode=base.mode,
+            baseline_note=getattr(comparison, "baseline_note", None),
+        )
+
+    @classmethod
+    def from_error(
+        cls,
+        *,
+        nodeid: str,
+        benchmark: str,
+        title: str,
+        error: str,
+        max_drop: float | None = None,
+        min_gain: float | None = None,
+        strict: bool = False,
+        confidence: float = 0.95,
+    ) -> GateRecord:
+        """The record of a gated test whose comparison could not be computed: outcome ``error``,
+        no numbers (NaN here, null in JSON)."""
+        nan = math.nan
+        return cls(
+            nodeid=nodeid,
+            benchmark=benchmark,
+            title=title or benchmark,
+            base=nan,
+            tuned=nan,
+            delta=nan,
+            ci=(nan, nan),
+            confidence=float(confidence),
+            p_value=nan,
+            n=0,
+            lost=0,
+            gained=0,
+            outcome="error",
+            reason=f"the comparison could not be computed: {error}",
+            max_drop=max_drop,
+            min_gain=min_gain,
+            strict=strict,
+            test_outcome="error",
+            error=error,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``gates[]`` entry of the JSON report (see the module docstring). JSON-safe."""
+        errored = self.outcome == "error"
+        return {
+            "nodeid": self.nodeid,
+            "benchmark": self.benchmark,
+            "title": self.title,
+            "mode": self.mode,
+            "error": self.error,
+            "baseline_note": self.baseline_note,
+            "n": self.n,
+            "base": {
+                "score": _finite(self.base),
+                "model": self.base_model,
+                "fingerprint": self.base_fingerprint,
+                "metrics": _json_metrics(self.base_metrics),
+                "seconds": self.base_seconds,
+            },
+            "tuned": {
+                "score": _finite(self.tuned),
+                "model": self.tuned_model,
+                "fingerprint": self.tuned_fingerprint,
+                "metrics": _json_metrics(self.tuned_metrics),
+                "seconds": self.tuned_seconds,
+            },
+            "delta": _finite(self.delta),
+            "ci": [_finite(self.ci[0]), _finite(self.ci[1])],
+            "confidence": self.confidence,
+            "p_value": _finite(self.p_value),
+            "lost": self.lost,
+            "gained": self.gained,
+            "thresholds": {"max_drop": self.max_drop, "min_gain": self.min_gain, "strict": self.strict},
+            "verdict": {"outcome": self.outcome, "reason": self.reason},
+            "test_outcome": self.test_outcome,
+            "seconds": self.seconds,
+            "top_lost": [example.to_dict() for example in self.top_lost],
+            "advice": {
+                "framework": None if errored else advice(self.base),
+                "measured": None if errored else outcome_note(self),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateRecord:
+        """Inverse of ``to_dict`` (derived keys such as ``advice`` and ``seconds`` are ignored)."""
+        base, tuned = data["base"], data["tuned"]
+        thresholds = data.get("thresholds", {})
+        verdict = data["verdict"]
+        low, high = data["ci"]
+        return cls(
+            nodeid=str(data["nodeid"]),
+            benchmark=str(data["benchmark"]),
+            title=str(data.get("title") or data["benchmark"]),
+            base=_nan_float(base["score"]),
+            tuned=_nan_float(tuned["score"]),
+            delta=_nan_float(data["delta"]),
+            ci=(_nan_float(low), _nan_float(high)),
+            confidence=float(data["confidence"]),
+            p_value=_nan_float(data["p_value"]),
+            n=int(data["n"]),
+            lost=int(data["lost"]),
+            gained=int(data["gained"]),
+            outcome=str(verdict["outcome"]),
+            reason=str(verdict.get("reason", "")),
+            max_drop=_opt_float(thresholds.get("max_drop")),
+            min_gain=_opt_float(thresholds.get("min_gain")),
+            strict=bool(thresholds.get("strict", False)),
+            top_lost=[LostExample.from_dict(example) for example in data.get("top_lost", [])],
+            base_seconds=float(base.get("seconds", 0.0)),
+            tuned_seconds=float(tuned.get("seconds", 0.0)),
+            base_model=str(base.get("model", "")),
+            base_fingerprint=str(base.get("fingerprint", "")),
+            tuned_model=str(tuned.get("model", "")),
+            tuned_fingerprint=str(tuned.get("fingerprint", "")),
+            base_metrics=_read_metrics(base.get("metrics", {})),
+            tuned_metrics=_read_metrics(tuned.get("metrics", {})),
+            mode=str(data.get("mode", "generate")),
+            test_outcome=data.get("test_outcome"),
+            error=_opt_str(data.get("error")),
+            baseline_note=_opt_str(data.get("baseline_note")),
+        )
+
+
+def collate(records: Iterable[GateRecord]) -> list[GateRecord]:
+    """One record per node id (the last one wins, e.g. after a rerun), sorted by node id.
+
+    The xdist controller receives records from workers in any order; this makes every report
+    deterministic.
+    """
+    by_id: dict[str, GateRecord] = {}
+    for record in records:
+        by_id[record.nodeid] = record
+    return [by_id[key] for key in sorted(by_id)]
+
+
+_OUTCOMES = ("pass", "fail", "inconclusive", "measured", "error")
+
+
+def overall_outcome(records: Sequence[GateRecord]) -> str:
+    """``error`` if any gate errored, else ``fail`` if any failed, else ``inconclusive`` if any
+    was, else ``pass`` if any passed (or there are no records), else ``measured``: every test only
+    measured, nothing was gated."""
+    outcomes = {record.outcome for record in records}
+    for outcome in ("error", "fail", "inconclusive", "pass"):
+        if outcome in outcomes:
+            return outcome
+    return "measured" if outcomes else "pass"
+
+
+# --- meta ------------------------------------------------------------------------------------
+
+
+def make_meta(
+    *,
+    started: float | _dt.datetime | None = None,
+    finished: float | _dt.datetime | None = None,
+    backend: str | None = None,
+    base: str | None = None,
+    adapter: str | None = None,
+    candidate: str | None = None,
+    confidence: float | None = None,
+    limit: int | None = None,
+    mode: str | None = None,
+    strict: bool | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``meta`` object of the reports. Times are epoch seconds or datetimes (UTC assumed)."""
+    meta: dict[str, Any] = {
+        "ftgate": _version(),
+        "started": _iso(started),
+        "finished": _iso(finished if finished is not None else _dt.datetime.now(_dt.timezone.utc)),
+        "backend": backend,
+        "base": base,
+        "adapter": adapter,
+        "candidate": candidate,
+        "confidence": confidence,
+        "limit": limit,
+        "mode": mode,
+        "strict": strict,
+    }
+    meta.update(extra)
+    return meta
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytest-ftgate")
+    except PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def _iso(moment: float | _dt.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if not isinstance(moment, _dt.datetime):
+        moment = _dt.datetime.fromtimestamp(float(moment), _dt.timezone.utc)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return moment.astimezone(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+def to_json(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report as a dict (schema in the module docstring)."""
+    counts = {key: sum(r.outcome == key for r in records) for key in _OUTCOMES}
+    return {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "meta": dict(meta) if meta is not None else make_meta(),
+        "summary": {
+            "gates": len(records),
+            "passed": counts["pass"],
+            "failed": counts["fail"],
+            "inconclusive": counts["inconclusive"],
+            "measured": counts["measured"],
+            "errors": counts["error"],
+            "outcome": overall_outcome(records),
+        },
+        "gates": [record.to_dict() for record in records],
+    }
+
+
+def write_json(
+    path: str | os.PathLike[str], records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the JSON report atomically (temporary file, then ``os.replace``); parents are created."""
+    import json
+
+    data = to_json(records, meta=meta)
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
+    return atomic_write(Path(path), text.encode("utf-8"))
+
+
+def load_json(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[GateRecord]]:
+    """Read a report written by ``write_json``: ``(meta, records)``. Checks schema and version."""
+    import json
+
+    where = Path(path)
+    try:
+        data = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read ftgate report {where}: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ConfigError(f'{where} is not an ftgate report (no "schema": "{SCHEMA}")')
+    if data.get("version") != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{where} has report version {data.get('version')!r}; this pytest-ftgate reads version "
+            f"{SCHEMA_VERSION}: upgrade pytest-ftgate or regenerate the report"
+        )
+    return dict(data.get("meta", {})), [GateRecord.from_dict(gate) for gate in data.get("gates", [])]
+
+
+def atomic_write(path: Path, payload: bytes) -> Path:
+    """Write ``payload`` to a temporary file beside ``path``, then ``os.replace`` it: a reader never
+    sees half a report. The file gets the usual permissions (umask), unlike ``mkstemp``'s 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("xb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _clip(text: str, width: int) -> str:
+    """Keep line breaks (the Markdown shows them) but trim trailing space and length."""
+    text = str(text).strip()
+    return text if len(text) <= width else text[: width - 1].rstrip() + "\u2026"
+
+
+def _json_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN or infinity: an undefined metric is written as null."""
+    return {key: (value if math.isfinite(value) else None) for key, value in metrics.items()}
+
+
+def _read_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {str(key): (math.nan if value is None else float(value)) for key, value in metrics.items()}
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a number an errored gate does not have is written as null."""
+    return value if math.isfinite(value) else None
+
+
+def _nan_float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+

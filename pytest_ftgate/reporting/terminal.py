@@ -1,0 +1,129 @@
+"""The terminal summary: one table for the run, the headline, errors, notes and the decision
+framework, through a pytest-like terminal writer. Text from data goes through ``text.safe``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pytest_ftgate.reporting.record import GateRecord, overall_outcome
+from pytest_ftgate.reporting.summary import (
+    advice,
+    duration,
+    first_per_benchmark,
+    headline,
+    models_line,
+    outcome_note,
+    row_labels,
+    signed,
+)
+from pytest_ftgate.text import safe
+
+
+
+_OUTCOME_MARKUP = {
+    "pass": {"green": True},
+    "fail": {"red": True, "bold": True},
+    "inconclusive": {"yellow": True},
+    "measured": {"cyan": True},
+    "error": {"red": True, "bold": True},
+}
+
+
+def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[str, dict[str, bool]]]:
+    """The lines of the terminal summary (table, headline, errors, baseline notes, advice), each
+    with its markup. Text from data and models is escaped (``safe``).
+
+    ``markup=False`` gives empty markup dicts (a terminal without colour, or ``--color=no``).
+    """
+    if not records:
+        return []
+    conf = records[0].confidence
+    ci_head = f"{conf:.0%} CI" if all(r.confidence == conf for r in records) else "CI"
+    header = ["benchmark", "base", "tuned", "delta", ci_head, "n", "verdict", "time"]
+    labels = row_labels(records)
+    rows = []
+    for label, r in zip(labels, records):
+        if r.outcome == "error":  # no numbers: the comparison could not be computed
+            rows.append([label, "-", "-", "-", "-", "-", "error", "-"])
+            continue
+        verdict = r.outcome
+        if r.test_outcome == "failed" and r.outcome != "fail":
+            verdict += " (test failed)"
+        rows.append(
+            [
+                label,
+                f"{r.base:.1f}",
+                f"{r.tuned:.1f}",
+                signed(r.delta),
+                f"[{signed(r.ci[0])}, {signed(r.ci[1])}]",
+                str(r.n),
+                verdict,
+                duration(r.seconds),
+            ]
+        )
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    right = {1, 2, 3, 5, 7}
+
+    def fmt(cells: list[str]) -> str:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    def mk(**kw: bool) -> dict[str, bool]:
+        return dict(kw) if markup else {}
+
+    lines: list[tuple[str, dict[str, bool]]] = [(fmt(header), mk(bold=True))]
+    for r, row in zip(records, rows):
+        colour = "fail" if r.test_outcome == "failed" else r.outcome
+        lines.append((fmt(row), mk(**_OUTCOME_MARKUP.get(colour, {}))))
+    overall = overall_outcome(records)
+    lines.append(("", {}))
+    lines.append((f"ftgate: {headline(records)}", mk(**_OUTCOME_MARKUP[overall])))
+    for r in records:
+        if r.error is not None:
+            lines.append((f"ftgate: {safe(r.nodeid)} errored: {safe(r.error)}", mk(**_OUTCOME_MARKUP["error"])))
+    for label, r in zip(labels, records):
+        if r.baseline_note:
+            lines.append((f"ftgate: {label}: {safe(r.baseline_note)}", {}))
+    models = models_line(records)
+    if models:
+        lines.append((models, {}))
+    firsts = first_per_benchmark(records)
+    if firsts:
+        lines.append(("decision framework (seed study), by baseline:", {}))
+        width = max(len(safe(r.title)) for r in firsts)
+        for r in firsts:
+            lines.append((f"  {safe(r.title).ljust(width)}  {advice(r.base)}; measured: {outcome_note(r)}", {}))
+    return lines
+
+
+
+
+def write_summary(
+    writer: Any,
+    records: Sequence[GateRecord],
+    *,
+    title: str = "ftgate",
+    written: Sequence[tuple[str, str]] = (),
+    errors: Sequence[str] = (),
+) -> None:
+    """Print the summary through a pytest-like terminal writer (``.sep``, ``.line``, ``.hasmarkup``)
+    or pytest's ``TerminalReporter`` (``.write_sep`` instead of ``.sep``).
+
+    ``written``: ``(what, path)`` pairs of report files, listed at the end (``("JSON report",
+    "out/ftgate.json")``); ``errors``: lines about files that could not be written (shown in red).
+    Nothing is printed when there are no records, files or errors.
+    """
+    if not records and not written and not errors:
+        return
+    markup = bool(getattr(writer, "hasmarkup", False))
+    sep = writer.sep if hasattr(writer, "sep") else writer.write_sep
+    sep("=", title, **({"bold": True} if markup else {}))
+    for text, kw in summary_lines(records, markup=markup):
+        writer.line(text, **kw)
+    for what, path in written:
+        writer.line(f"ftgate: {what} written to {safe(path)}")
+    for error in errors:
+        writer.line(f"ftgate: {safe(error)}", **({"red": True} if markup else {}))
+
+
