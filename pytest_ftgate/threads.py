@@ -1,4 +1,4 @@
-"""Thread pools sized to the CPUs this process may use, with waiting threads that sleep.
+"""Thread pools sized to the CPUs this process may use, with waiting threads that soon sleep.
 
 On a shared machine (a CI runner, a laptop with other jobs) the CPU libraries' defaults multiply
 run time: torch's OpenMP pool (GNU libgomp) has one thread per core and its idle threads spin
@@ -9,10 +9,13 @@ host's cores, not the quota. The policy here:
 - ``usable_cpus()``: the CPUs this process may run on (``sched_getaffinity``), capped by the
   cgroup CPU quota (``cpu.max``, cgroup v2; ``cpu.cfs_quota_us``, v1) of its cgroup and its
   parents; ``process_share()`` divides them between pytest-xdist workers.
-- ``configure_environment()``: sets ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep
-  instead of spinning) and ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` /
+- ``configure_environment()``: sets ``GOMP_SPINCOUNT=3000`` (idle OpenMP threads spin a few
+  microseconds, then sleep; libgomp's default is 300,000 spins, milliseconds) and ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` /
   ``RAYON_NUM_THREADS`` (tokenizers) to ``process_share()``, each only when not set already: a
-  user's value always wins. These libraries read the environment once, when they are loaded, so
+  user's value always wins (a user's ``OMP_WAIT_POLICY`` counts as a choice of spin count). The
+  spin count was measured (``benchmarks/load_check.py``, RESULTS.md): ``OMP_WAIT_POLICY=PASSIVE``
+  (no spinning) cut the slowdown beside two busy processes but made the idle run ~30% slower;
+  3,000 spins kept the idle time and cut the slowdown further. These libraries read the environment once, when they are loaded, so
   this must run before ``torch`` or ``numpy`` is imported; child processes inherit it.
 - ``size_torch(torch)``: ``torch.set_num_threads(process_share())`` unless the user set
   ``OMP_NUM_THREADS``: it works after import too (the wait policy does not).
@@ -30,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 POLICY_ENV = "FTGATE_THREAD_POLICY"  # "0": leave thread pools and wait policies to the libraries
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+SPIN_COUNT = "3000"  # libgomp spins of an idle thread before it sleeps (default 300,000)
 COUNT_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
@@ -115,7 +118,9 @@ def configure_environment(environ: MutableMapping[str, str] | None = None) -> di
     if not enabled(environ):
         return {}
     share = str(process_share(environ))
-    wanted = {**WAIT_POLICY, **dict.fromkeys(COUNT_VARS, share)}
+    wanted = dict.fromkeys(COUNT_VARS, share)
+    if not environ.get("OMP_WAIT_POLICY"):  # the user's wait policy sets the spin count itself
+        wanted["GOMP_SPINCOUNT"] = SPIN_COUNT
     added = {name: value for name, value in wanted.items() if not environ.get(name)}
     environ.update(added)
     if environ is os.environ:

@@ -13,7 +13,7 @@ import pytest
 
 from pytest_ftgate import threads
 
-POLICY_VARS = ("OMP_WAIT_POLICY", *threads.COUNT_VARS, threads.POLICY_ENV, "PYTEST_XDIST_WORKER_COUNT")
+POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", *threads.COUNT_VARS, threads.POLICY_ENV, "PYTEST_XDIST_WORKER_COUNT")
 
 
 def _cgroup(root: Path, own: str, limits: dict[str, str]) -> Path:
@@ -80,10 +80,11 @@ def test_environment_defaults_never_override_the_user(monkeypatch: pytest.Monkey
     env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}
     added = threads.configure_environment(env)
     assert env["OMP_NUM_THREADS"] == "1" and env["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice
+    assert "GOMP_SPINCOUNT" not in env  # it would override the user's wait policy
     assert added == {"MKL_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": "4", "RAYON_NUM_THREADS": "4"}
     fresh: dict[str, str] = {}
     threads.configure_environment(fresh)
-    assert fresh["OMP_WAIT_POLICY"] == "PASSIVE" and fresh["OMP_NUM_THREADS"] == "4"
+    assert fresh["GOMP_SPINCOUNT"] == threads.SPIN_COUNT and fresh["OMP_NUM_THREADS"] == "4"
 
 
 def test_policy_off_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,14 +135,15 @@ def _spin_count(code: str, **extra: str) -> str:
 
 def test_the_transformers_backend_makes_libgomp_threads_sleep() -> None:
     """Created before torch is imported (as the gate does), the backend's environment reaches
-    libgomp: idle threads sleep (spin count 0) instead of spinning 300,000 times."""
+    libgomp: idle threads spin 3,000 times before they sleep, not 300,000."""
     pytest.importorskip("torch")
     code = "from pytest_ftgate.backends.transformers import TransformersBackend; TransformersBackend(); import torch"
-    assert _spin_count(code) == "GOMP_SPINCOUNT = '0'"
-    assert _spin_count(code, **{threads.POLICY_ENV: "0"}) != "GOMP_SPINCOUNT = '0'"
+    ours = f"GOMP_SPINCOUNT = '{threads.SPIN_COUNT}'"
+    assert _spin_count(code) == ours
+    assert _spin_count(code, **{threads.POLICY_ENV: "0"}) != ours
     # After torch is loaded the wait policy can no longer change (libgomp read it at load)
     late = "import torch; from pytest_ftgate import threads; threads.configure_environment()"
-    assert _spin_count(late) != "GOMP_SPINCOUNT = '0'"
+    assert _spin_count(late) != ours
 
 
 def test_size_torch_on_real_torch(monkeypatch: pytest.MonkeyPatch) -> None:
