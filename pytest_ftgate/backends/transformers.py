@@ -51,12 +51,17 @@ from typing import Any
 from pytest_ftgate import threads
 from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
 from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, check_scores, non_finite, package_versions
+from pytest_ftgate.backends.hf_files import ALLOW_PICKLE_ENV, check_weights, load_failure, no_progress_bars, snapshot_path
 from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
+from pytest_ftgate.backends.torch_graphs import StaticDecoder as _StaticDecoder
+from pytest_ftgate.backends.torch_graphs import cache_arg as _cache_arg
+from pytest_ftgate.backends.torch_graphs import greedy as _greedy
+from pytest_ftgate.backends.torch_graphs import plain_cache as _plain_cache
+from pytest_ftgate.backends.torch_graphs import row_bytes as _row_bytes
 from pytest_ftgate.errors import AdapterError, BackendError, ModelError, NonFiniteError
 from pytest_ftgate.fingerprint import model_fingerprint
 from pytest_ftgate.options import looks_local
 
-ALLOW_PICKLE_ENV = "FTGATE_ALLOW_PICKLE"
 CUDA_GRAPHS_ENV = "FTGATE_CUDA_GRAPHS"  # "0": decode with a dynamic cache on CUDA too
 # Batch sizing without --ftgate-batch-size: on a GPU, the share of free memory the batch may use
 # (KV cache and prefill activations, estimated by _row_bytes) and a ceiling on rows; on a CPU, a
@@ -67,8 +72,6 @@ CPU_TOKENS_PER_BATCH = 16384
 CPU_MAX_ROWS = 16  # a CPU step is compute-bound well before; fewer rows, batches of like lengths
 MAX_PLAUSIBLE_CONTEXT = 1 << 30  # a tokenizer's model_max_length above this means unknown
 CONTINUATIONS_PER_PASS = 4  # longer answer forms scored together, each on its own repeat of the batch's cache
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_KV_PROJECTION = re.compile(r"layers\.(\d+)\.self_attn\.[kv]_proj$")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
 
 
@@ -86,20 +89,6 @@ class _Loaded:
     adapters: dict[str, str] = field(default_factory=dict)  # adapter fingerprint -> peft adapter name
     fold_system: bool = False  # the chat template rejects the system role
     static_failed: bool = False  # static-cache decoding failed once: dynamic from then on
-
-
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """transformers prints a "Loading weights" bar; keep pytest's output clean."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 class TransformersBackend:
@@ -125,7 +114,7 @@ class TransformersBackend:
                 raise ModelError(f"{local} is a file: point --ftgate-base at the model folder that holds it")
             if not (local / "config.json").is_file():
                 raise ModelError(f"{local} has no config.json: point --ftgate-base at a model folder")
-            _check_weights(local, allow_pickle)
+            check_weights(local, allow_pickle)
         elif looks_local(model):
             raise ModelError(
                 f"model folder {model} does not exist: check --ftgate-base "
@@ -140,7 +129,7 @@ class TransformersBackend:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         dtype_name = str(dtype).removeprefix("torch.")
         try:
-            with _no_progress_bars():
+            with no_progress_bars():
                 tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
                 hf_model = AutoModelForCausalLM.from_pretrained(
                     source,
@@ -149,7 +138,7 @@ class TransformersBackend:
                     **({"device_map": device} if device != "cpu" else {}),
                 )
         except Exception as exc:  # transformers raises many kinds; the user needs one sentence
-            raise ModelError(_load_failure(model, exc, allow_pickle)) from None
+            raise ModelError(load_failure(model, exc, allow_pickle)) from None
         hf_model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -161,7 +150,7 @@ class TransformersBackend:
                 f"the tokenizer of {model} has no chat template: ftgate sends chat prompts; use an instruct "
                 "model, or add a chat_template.jinja to the model folder"
             )
-        path = str(local.resolve()) if local.exists() else _snapshot_path(model)
+        path = str(local.resolve()) if local.exists() else snapshot_path(model)
         loaded = _Loaded(hf_model, tokenizer, path, str(device), dtype_name)
         self._bases[f"{path}#{len(self._bases)}"] = loaded
         fingerprint = model_fingerprint(
@@ -735,191 +724,6 @@ class TransformersBackend:
         return [[float(v) for v in row] for row in totals.cpu().tolist()]
 
 
-class _StaticDecoder:
-    """Greedy decode steps of one batch on a static cache, captured in a CUDA graph on a GPU.
-
-    A decode step of a few-billion-parameter model is bound by kernel launches (hundreds of small
-    kernels, LoRA adds more), not by the GPU's arithmetic: replaying a captured graph launches
-    them all at once. Graphs need fixed shapes and addresses, so: the dynamic cache after the
-    prefill is copied into preallocated ``StaticLayer`` buffers (full-attention layers: every slot
-    up to prompt + ``steps``; sliding-window layers: only the slots a window can still reach),
-    the attention masks are built in the step from a slot counter (for full attention: the
-    padding mask; for sliding attention: also ``slot > current - window``, as transformers'
-    masks count slots), position ids and tokens are updated in place, and finished rows stay in
-    the batch (their tokens are not read). The first step runs eagerly (it warms up the kernels
-    and shows any failure before a token is read); the second is captured and replayed from then
-    on. Since no step depends on which rows finished, ``_decode`` launches each step before the
-    host reads the previous tokens' texts for the stop rules: the two overlap. The host reads
-    ``shown``: the tokens, or -1 where the logits were not finite (``_greedy``); the steps feed
-    themselves valid ids. On a CPU (tests) every step runs eagerly."""
-
-    def __init__(
-        self, model: Any, cache: Any, mask: Any, position: Any, tokens: Any, steps: int, *, graph: bool
-    ) -> None:
-        import torch
-        from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, StaticLayer
-
-        self.model = model
-        rows, width = mask.shape
-        total = width + steps
-        values = model.config.get_text_config(decoder=True).to_dict()
-        window = int(values.get("sliding_window") or 0)
-        self.base = max(width - window + 1, 0) if window else 0  # first slot a sliding window still reaches
-        layers: list[Any] = []
-        kinds = set()
-        for layer in cache.layers:
-            if not getattr(layer, "is_initialized", False) or getattr(layer, "keys", None) is None:
-                layers.append(StaticLayer(total))  # never updated (a KV-shared layer)
-                continue
-            sliding = isinstance(layer, DynamicSlidingWindowLayer)
-            kinds.add(sliding)
-            base = self.base if sliding else 0
-            static = StaticLayer(total - base)
-            static.lazy_initialization(layer.keys, layer.values)
-            held = layer.keys.shape[-2]  # the dynamic layer holds slots [width - held, width)
-            static.keys[:, :, width - held - base : width - base].copy_(layer.keys)
-            static.values[:, :, width - held - base : width - base].copy_(layer.values)
-            static.cumulative_length.fill_(width - base)
-            layer.keys = layer.values = None  # freed as we go: one copy of the cache at a time
-            layers.append(static)
-        types = list(values.get("layer_types") or [])
-        if len(kinds) > 1 and not {"full_attention", "sliding_attention"} <= set(types):
-            raise BackendError("mixed full and sliding-window layers without layer_types")
-        self.kinds = kinds
-        self.window = window
-        self.cache = Cache(layers=layers)
-        self.eager = model.config._attn_implementation == "eager"
-        self.dtype = next(model.parameters()).dtype
-        device = mask.device
-        self.seen = torch.zeros((rows, total), dtype=torch.bool, device=device)
-        self.seen[:, :width] = mask.bool()
-        self.slots = torch.arange(total, device=device)
-        self.current_slot = torch.full((1,), width, dtype=torch.long, device=device)
-        self.first = tokens.clone()
-        self.tokens = tokens.clamp(min=0)
-        self.shown = tokens.clone()
-        self.position = position.clone()
-        self.use_graph = graph
-        self.graph: Any = None
-        self.pending = False
-
-    def _masks(self) -> Any:
-        import torch
-
-        def form(allowed: Any) -> Any:
-            allowed = allowed[:, None, None, :]
-            if not self.eager:
-                return allowed
-            zero = torch.zeros((), dtype=self.dtype, device=allowed.device)
-            return torch.where(allowed, zero, torch.finfo(self.dtype).min)
-
-        masks = {}
-        if False in self.kinds:
-            masks["full_attention"] = form(self.seen)
-        if True in self.kinds:
-            near = self.slots > self.current_slot - self.window
-            masks["sliding_attention"] = form((self.seen & near)[:, self.base :])
-        return masks if len(masks) > 1 else next(iter(masks.values()))
-
-    def _step(self) -> None:
-        self.seen.index_fill_(1, self.current_slot, True)
-        output = self.model(
-            input_ids=self.tokens[:, None],
-            attention_mask=self._masks(),
-            position_ids=self.position,
-            **_cache_arg(self.model, self.cache),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self.shown.copy_(_greedy(output.logits[:, -1]))
-        self.tokens.copy_(self.shown.clamp(min=0))
-        self.position.add_(1)
-        self.current_slot.add_(1)
-
-    def warm(self) -> None:
-        """The first step, eagerly (on a side stream on a GPU, as graph capture wants)."""
-        import torch
-
-        if self.use_graph:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._step()
-            torch.cuda.current_stream().wait_stream(stream)
-        else:
-            self._step()
-        self.pending = True
-
-    def current(self) -> Any:
-        """This step's tokens (the prefill's first, while the step computed ahead is unread)."""
-        return self.first if self.pending else self.shown
-
-    def advance(self) -> None:
-        import torch
-
-        if self.pending:
-            self.pending = False
-            return
-        if self.use_graph and self.graph is None:
-            try:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self._step()
-                self.graph = graph
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as exc:  # capture refused (a host sync in the forward): eager steps
-                self.use_graph = False
-                torch.cuda.synchronize()
-                warnings.warn(
-                    f"ftgate: CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding without graphs",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self._step()
-
-
-def _check_weights(folder: Path, allow_pickle: bool) -> None:
-    """Refuse a folder whose only weights are pickle files (they can run code when loaded)."""
-    if any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-    if pickles and not allow_pickle:
-        raise ModelError(
-            f"{folder / pickles[0]} is a pickle file, which can run code when loaded; ftgate refuses it. "
-            "Convert the model to safetensors (model.save_pretrained(..., safe_serialization=True)), "
-            f"or set {ALLOW_PICKLE_ENV}=1 if you trust the file"
-        )
-
-
-def _load_failure(model: str, exc: Exception, allow_pickle: bool) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 400:
-        text = text[:400] + " ..."
-    message = f"transformers could not load base model {model}: {type(exc).__name__}: {text}"
-    if "trust_remote_code" in text:
-        return message + ". ftgate never runs a model's own code (trust_remote_code): use a model transformers supports"
-    if not allow_pickle and ".safetensors" in text:
-        return (
-            message + f". ftgate loads safetensors weights only; pickle weights need {ALLOW_PICKLE_ENV}=1 "
-            "(only for files you trust)"
-        )
-    return message + ". Check --ftgate-base: a local model folder, or a hub id that is downloaded or reachable"
-
-
-def _snapshot_path(model: str) -> str:
-    """The local snapshot a hub id was loaded from, for fingerprinting (the id itself if unknown)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return str(snapshot_download(model, local_files_only=True))
-    except Exception:
-        return model
-
-
 def _hf_module(mlx_name: str, modules: set[str]) -> str:
     """transformers' module name for an mlx-vlm / mlx-lm module path (the first that exists)."""
     candidates = []
@@ -941,16 +745,6 @@ def _raise_misfit(info: AdapterInfo, loaded: _Loaded, unknown: list[str], mismat
     )
 
 
-def _greedy(logits: Any) -> Any:
-    """Each row's argmax, or -1 where the chosen logit is not finite. argmax takes NaN for the
-    largest value, so a row holding any NaN or +inf (or only -inf) gives -1: one gather, no sync."""
-    import torch
-
-    tokens = logits.argmax(-1)
-    chosen = logits.gather(-1, tokens[:, None])[:, 0]
-    return torch.where(torch.isfinite(chosen), tokens, -1)
-
-
 def _stable(text: str) -> str:
     """The reply so far without a trailing U+FFFD: a partly decoded multi-byte character, which a
     stop rule must not take for a finished (non-word) character."""
@@ -965,56 +759,3 @@ def _eos_ids(loaded: _Loaded) -> set[int]:
             continue
         ids.update(value if isinstance(value, (list, tuple)) else [value])
     return ids
-
-
-def _plain_cache(model: Any, cache: Any) -> bool:
-    """Whether ``_prefill`` may fill ``cache`` from a prefix pass: full and sliding-window
-    attention only, in transformers' plain dynamic layers (or KV-shared placeholders)."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    types = model.config.get_text_config(decoder=True).to_dict().get("layer_types") or []
-    if any(kind not in ("full_attention", "sliding_attention") for kind in types):
-        return False
-    allowed = (DynamicLayer, DynamicSlidingWindowLayer)
-    return all(type(layer) in allowed or type(layer).__name__ == "DummyLayer" for layer in cache.layers)
-
-
-def _row_bytes(model: Any, length: int) -> int:
-    """Estimated GPU bytes one batch row of ``length`` tokens needs: its KV cache (from the k/v
-    projections' widths; sliding-window layers capped at the window, KV-shared layers free),
-    prefill activations and one layer's attention weights."""
-    values = model.config.get_text_config(decoder=True).to_dict()  # raw values: no per-layer lookups
-    element = 2 if str(model.dtype).endswith(("float16", "bfloat16")) else 4
-    layers = int(values.get("num_hidden_layers") or 1)
-    shared = int(values.get("num_kv_shared_layers") or 0)
-    types = list(values.get("layer_types") or ["full_attention"] * layers)
-    window = int(values.get("sliding_window") or length)
-    widths: dict[int, int] = {}
-    for name, module in model.named_modules():
-        found = _KV_PROJECTION.search(name)
-        if found and hasattr(module, "out_features"):
-            widths[int(found[1])] = widths.get(int(found[1]), 0) + int(module.out_features)
-    kv = 0
-    for index in range(layers - shared):
-        kept = min(length, window) if index < len(types) and types[index] == "sliding_attention" else length
-        kv += widths.get(index, 0) * kept * element
-    hidden = int(values.get("hidden_size") or 1024)
-    heads = int(values.get("num_attention_heads") or 8)
-    intermediate = int(values.get("intermediate_size") or 4 * hidden)
-    activations = length * (8 * hidden + 3 * intermediate) * element
-    scores = heads * length * length * 4  # attention weights, in case the kernel materialises them
-    return kv + activations + scores
-
-
-def _cache_arg(model: Any, cache: Any) -> dict[str, Any]:
-    """The KV cache keyword of ``model``'s forward: ``cache`` since transformers 5.2x,
-    ``past_key_values`` before (still accepted, with a deprecation warning)."""
-    import inspect
-
-    kind = type(model)
-    if kind not in _CACHE_KEYWORD:
-        _CACHE_KEYWORD[kind] = "cache" if "cache" in inspect.signature(kind.forward).parameters else "past_key_values"
-    return {_CACHE_KEYWORD[kind]: cache}
-
-
-_CACHE_KEYWORD: dict[type, str] = {}
