@@ -8,7 +8,7 @@ points, rounded to a whole number of examples) with 5/10/20% of examples flippin
 |delta| where a drop needs more flips than that: every flip is then a loss). Each run shuffles the
 benchmark uniformly and evaluates it in chunks of 50; after each chunk it asks
 
-* ``stats.early_stop_decision`` (vectorised twin ``early_stop_decision_array``; default policy,
+* ``stats.early_stop_decision`` (vectorised twin ``stats_arrays.early_stop_decision_array``; default policy,
   ``max_drop`` = 2.0, confidence 0.95), stopping at the first verdict, and
 * naive peeking, for comparison: stop as soon as the plain (fixed-n) Tango 95% interval excludes
   the threshold (``fail`` when its upper bound is below -2.0, ``pass`` when its lower bound is
@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pytest_ftgate import stats  # noqa: E402
+from stats_arrays import early_stop_decision_array, score_interval_array  # noqa: E402
 
 NS = (500, 970, 1490)
 DELTAS = (0.0, -1.0, -2.0, -3.0, -5.0, -10.0, -30.0)  # points, tuned - base, on all n_max examples
@@ -106,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                     if n == n_max:
                         dec = np.array([full_verdict(int(a), int(b), n_max) for a, b in zip(ul, ug)], dtype=object)
                     else:
-                        low, high = stats.score_interval_array(n, ul, ug, CONFIDENCE)
+                        low, high = score_interval_array(n, ul, ug, CONFIDENCE)
                         dec = np.where(high < -MAX_DROP, "fail", np.where(low > -MAX_DROP, "pass", ""))
                 else:
-                    dec = stats.early_stop_decision_array(ul, ug, n, n_max, max_drop=MAX_DROP, confidence=CONFIDENCE)
+                    dec = early_stop_decision_array(ul, ug, n, n_max, max_drop=MAX_DROP, confidence=CONFIDENCE)
                     dec = np.where(dec == "continue", "", dec)
                     for i in check_rng.choice(len(uniq), size=min(len(uniq), CHECKS_PER_N // len(looks) + 1)):
                         scalar = stats.early_stop_decision(int(ul[i]), int(ug[i]), n, n_max, max_drop=MAX_DROP)

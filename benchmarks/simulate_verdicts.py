@@ -5,7 +5,7 @@ Usage: python benchmarks/simulate_verdicts.py [--sims 20000] [--seed 20261129]
 For every cell of the grid (n in 200/500/970/1490 examples; 5/10/20% of examples flipping; true
 drop 0 (A/A: flips but no net change), 1, 2, 3, 4, 5 points) it draws paired 2x2 tables,
 computes the paired interval (Tango's score interval with a skewness correction, "SCAS":
-``pytest_ftgate.stats``, vectorised twin ``score_interval_array``) and the verdicts of the default
+``pytest_ftgate.stats``, vectorised twin ``stats_arrays.score_interval_array``) and the verdicts of the default
 and strict policies at max_drop = 2.0, and reports, in percent of simulated runs:
 
 * false-fail: verdict ``fail`` although the true drop is <= max_drop (cells with drop 0, 1, 2);
@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pytest_ftgate import stats  # noqa: E402
+from stats_arrays import score_interval_array  # noqa: E402
 
 NS = (200, 500, 970, 1490)
 FLIPS = (0.05, 0.10, 0.20)
@@ -87,7 +88,7 @@ def exact_coverage(n: int, f: float, drop: float) -> float:
         + (n - lost - gained) * math.log(1 - f)
     )
     p = np.exp(logp)
-    low, high = stats.score_interval_array(n, lost, gained, CONFIDENCE)
+    low, high = score_interval_array(n, lost, gained, CONFIDENCE)
     return float(p[(low <= -drop) & (-drop <= high)].sum() / p.sum())
 
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         base_acc = 100 * (both + lost) / n
         tuned_acc = 100 * (both + gained) / n
         delta = tuned_acc - base_acc  # as results.Comparison computes it
-        low, high = stats.score_interval_array(n, lost, gained, CONFIDENCE)
+        low, high = score_interval_array(n, lost, gained, CONFIDENCE)
         default = verdicts(delta, low, high, strict=False)
         strict = verdicts(delta, low, high, strict=True)
         wl, wh = wald(n, lost, gained)

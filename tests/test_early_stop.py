@@ -5,13 +5,18 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
 from pytest_ftgate import stats
+from pytest_ftgate.stats import sequential
 
 np = pytest.importorskip("numpy")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from stats_arrays import early_stop_decision_array  # noqa: E402
 
 
 def shuffled_counts(big_l: int, big_g: int, size: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -59,7 +64,7 @@ def test_truth_stays_inside_at_every_look_in_at_least_95_percent_of_shuffles():
     misses = 0
     for _ in range(1000):
         for n, (lost, gained) in enumerate(shuffled_counts(big_l, big_g, size, rng), start=1):
-            cs = stats._FiniteCS(lost, gained, n, size, 0.95)
+            cs = sequential._FiniteCS(lost, gained, n, size, 0.95)
             if cs.f(big_l, big_g) <= cs.thr:
                 misses += 1
                 break
@@ -256,7 +261,7 @@ def test_array_version_matches_scalar():
         lost = rng.binomial(n, 0.08, size=40)
         gained = rng.binomial(n - lost, 0.04)
         for policy in ({"max_drop": 2.0}, {"min_gain": 0.5}, {"max_drop": 3.0, "min_gain": -1.0}):
-            arr = stats.early_stop_decision_array(lost, gained, n, size, **policy)
+            arr = early_stop_decision_array(lost, gained, n, size, **policy)
             for a, b, got in zip(lost, gained, arr):
                 assert (stats.early_stop_decision(int(a), int(b), n, size, **policy) or "continue") == got
 
@@ -305,4 +310,5 @@ def test_early_stop_decision_validates(args, kwargs):
         stats.early_stop_decision(*args, **kwargs)
     if "max_drop" in kwargs or "min_gain" in kwargs:
         with pytest.raises(ValueError):
-            stats.early_stop_decision_array([args[0]], [args[1]], args[2], args[3], **kwargs)
+            early_stop_decision_array([args[0]], [args[1]], args[2], args[3], **kwargs)
+

@@ -1,5 +1,5 @@
 """pytest_ftgate.stats: McNemar, the paired (skewness-corrected) score interval, sample sizes,
-bootstrap, verdicts."""
+verdicts; and the vectorised twin the simulation scripts use (benchmarks/stats_arrays.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from statistics import NormalDist
 import pytest
 
 from pytest_ftgate import stats
+from pytest_ftgate.stats import paired
 
 np = pytest.importorskip("numpy")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from stats_arrays import score_interval_array  # noqa: E402
 
 Z95 = NormalDist().inv_cdf(0.975)
 
@@ -47,19 +50,17 @@ def exact_coverage(n: int, flip_rate: float, drop: float, confidence: float = 0.
             + (n - lost - gained) * math.log(1 - flip_rate)
         )
     p = np.exp(logp)
-    low, high = stats.score_interval_array(n, lost, gained, confidence)
+    low, high = score_interval_array(n, lost, gained, confidence)
     return float(p[(low <= -drop) & (-drop <= high)].sum())
 
 
 # --- import hygiene --------------------------------------------------------------------------
 
 
-def test_stats_module_imports_neither_numpy_nor_pytest():
-    path = Path(stats.__file__)
+def test_stats_package_imports_neither_numpy_nor_pytest():
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('s', {str(path)!r})\n"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "import sys\n"
+        "import pytest_ftgate.stats\n"
         "print(sorted({'numpy', 'pytest', 'scipy'} & set(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -221,10 +222,10 @@ def test_array_version_matches_scalar():
     n = rng.integers(1, 400, size=300)
     lost = rng.binomial(n, 0.08)
     gained = rng.binomial(n - lost, 0.05)
-    low, high = stats.score_interval_array(n, lost, gained, 0.9)
+    low, high = score_interval_array(n, lost, gained, 0.9)
     for i in range(300):
         assert (low[i], high[i]) == pytest.approx(stats.score_interval(n[i], lost[i], gained[i], 0.9), abs=1e-9)
-    assert stats.score_interval_array(0, 0, 0)[0] == -100.0
+    assert score_interval_array(0, 0, 0)[0] == -100.0
 
 
 def test_coverage_by_simulation_n500_flip10():
@@ -269,7 +270,7 @@ def test_statistic_settles_the_bounds_without_computing_them():
         for t in [*rng.uniform(-30, 30, size=4), low - 1e-6, low + 1e-6, high - 1e-6, high + 1e-6]:
             if not -100 < t < 100:
                 continue
-            s = stats._tango_z(n, lost, gained, t / 100)
+            s = paired._tango_z(n, lost, gained, t / 100)
             assert (low >= t) == (s >= Z95), (n, lost, gained, t)
             assert (high < t) == (s < -Z95), (n, lost, gained, t)
 
@@ -344,65 +345,6 @@ def test_examples_needed_sanity():
     assert stats.examples_needed(-2.0, 0.10, 2.0) is None
     assert stats.examples_needed(2.0, 0.10, 2.0, gain=True) is None
     assert stats.examples_needed(-2.0 + 1e-12, 0.10, 2.0) is None
-
-
-# --- bootstrap and macro F1 ------------------------------------------------------------------
-
-
-def _labelled(n: int, acc: float, seed: int) -> tuple[list[str], list[list[tuple[str, str]]]]:
-    rng = np.random.default_rng(seed)
-    labels = ["negative", "neutral", "positive"]
-    gold = [labels[i] for i in rng.choice(3, size=n, p=[0.15, 0.6, 0.25])]
-    return gold, rng.random(n)
-
-
-def _predict(gold: list[str], u, acc: float) -> list[tuple[str, str]]:
-    labels = ["negative", "neutral", "positive"]
-    out = []
-    for g, r in zip(gold, u):
-        if r < acc:
-            out.append((g, g))
-        else:
-            out.append((g, labels[(labels.index(g) + 1 + int(r * 1000) % 2) % 3]))
-    return out
-
-
-def test_macro_f1_matches_sklearn():
-    metrics = pytest.importorskip("sklearn.metrics")
-    gold, u = _labelled(300, 0.8, 3)
-    items = _predict(gold, u, 0.7)
-    expected = 100 * metrics.f1_score([g for g, _ in items], [p for _, p in items], average="macro")
-    assert stats.macro_f1(items) == pytest.approx(expected, rel=1e-12)
-    # an unparsed answer counts against its gold class but is not a class of its own
-    assert stats.macro_f1([("a", "a"), ("b", None)]) == pytest.approx(100 * (1.0 + 0.0) / 2)
-    with pytest.raises(ValueError):
-        stats.macro_f1([])
-
-
-def test_bootstrap_is_paired_deterministic_and_contains_the_true_difference():
-    gold, u = _labelled(200_000, 0.8, 11)
-    true = stats.macro_f1(_predict(gold, u, 0.70)) - stats.macro_f1(_predict(gold, u, 0.80))
-    gold, u = _labelled(400, 0.8, 12)
-    base, tuned = _predict(gold, u, 0.80), _predict(gold, u, 0.70)
-    ci = stats.macro_f1_interval(base, tuned, n_boot=1000, seed=0)
-    assert ci == stats.bootstrap_interval(base, tuned, stats.macro_f1, n_boot=1000, seed=0)
-    assert ci != stats.macro_f1_interval(base, tuned, n_boot=1000, seed=1)
-    assert ci[0] <= true <= ci[1] and ci[1] < 0
-    observed = stats.macro_f1(tuned) - stats.macro_f1(base)
-    assert ci[0] < observed < ci[1]
-
-
-def test_bootstrap_of_accuracy_agrees_with_the_score_interval():
-    base, tuned = outcomes(500, 40, 25)
-    ci = stats.bootstrap_interval(base, tuned, lambda xs: 100 * sum(xs) / len(xs), n_boot=3000, seed=5)
-    assert ci == pytest.approx(stats.paired_diff_interval(base, tuned), abs=0.6)
-
-
-def test_bootstrap_validates_input():
-    with pytest.raises(ValueError, match="same examples"):
-        stats.bootstrap_interval([1, 2], [1], sum)
-    with pytest.raises(ValueError, match="zero examples"):
-        stats.bootstrap_interval([], [], sum)
 
 
 # --- decide ----------------------------------------------------------------------------------
