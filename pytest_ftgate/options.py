@@ -34,6 +34,7 @@ EARLY_STOP = "--ftgate-early-stop"
 REPORT = "--ftgate-report"
 MARKDOWN = "--ftgate-markdown"
 PLOT = "--ftgate-plot"
+FLIPS = "--ftgate-flips"
 MAX_DROP = "--ftgate-max-drop"
 AUDIT = "--ftgate-audit"
 
@@ -60,6 +61,11 @@ _OPTIONS: dict[str, tuple[str, str | None]] = {
     REPORT: ("Write a JSON report to PATH", None),
     MARKDOWN: ("Write a Markdown summary to PATH", None),
     PLOT: ("Write a PNG chart to PATH", None),
+    FLIPS: (
+        "Write every lost and gained example to PATH for review (JSON Lines: test, benchmark, example id, "
+        "lost or gained, gold, both answers and replies, the question)",
+        None,
+    ),
     MAX_DROP: (
         "Default max_drop (points) for ftgate markers that set neither max_drop nor min_gain "
         "(without it such a marker only measures)",
@@ -113,6 +119,7 @@ class Settings:
     report: str | None = None
     markdown: str | None = None
     plot: str | None = None
+    flips: str | None = None  # JSON Lines of every lost and gained example
     max_drop: float | None = None  # default threshold for markers without one
     audit: int | str = "auto"
 
@@ -261,6 +268,7 @@ def read_settings(config: pytest.Config) -> Settings:
         report=_path(config, _value(config, REPORT)),
         markdown=_path(config, _value(config, MARKDOWN)),
         plot=_path(config, _value(config, PLOT)),
+        flips=_path(config, _value(config, FLIPS)),
         max_drop=default_max_drop(_value(config, MAX_DROP)),
         audit=audit_size(_value(config, AUDIT)),
     )

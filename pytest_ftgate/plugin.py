@@ -27,7 +27,10 @@ _SPEC = pytest.StashKey["GateSpec | None"]()  # on an item: its marker, parsed o
 _STARTED = pytest.StashKey[float]()
 _WRITTEN = pytest.StashKey["list[tuple[str, str]]"]()  # (what, path) of the report files written
 _WRITE_ERRORS = pytest.StashKey["list[str]"]()  # report files that could not be written
+_FLIPS = pytest.StashKey["dict[str, list[dict[str, Any]]]"]()  # --ftgate-flips: node id -> its rows
 WORKEROUTPUT_KEY = "ftgate_records"
+WORKEROUTPUT_FLIPS = "ftgate_flips"
+SHOWN_LOST = 3  # lost examples in a failure message
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RECORDS] = []
     config.stash[_WRITTEN] = []
     config.stash[_WRITE_ERRORS] = []
+    config.stash[_FLIPS] = {}
     config.stash[_STARTED] = time.time()
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config), "ftgate-xdist")
@@ -77,6 +81,7 @@ class _XdistHooks:
         data = getattr(node, "workeroutput", None) or {}
         records = self.config.stash[_RECORDS]
         records.extend(reporting.GateRecord.from_dict(item) for item in data.get(WORKEROUTPUT_KEY, []))
+        self.config.stash[_FLIPS].update(data.get(WORKEROUTPUT_FLIPS, {}))
 
     @pytest.hookimpl(trylast=True)  # after xdist's worker hook, which appends the group to node ids
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -200,13 +205,28 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
                     strict=strict,
                 ),
             )
+            if item.config.stash[_SETTINGS].flips is not None:
+                item.config.stash[_FLIPS][item.nodeid] = reporting.flip_rows(item.nodeid, comparison)
             if verdict.outcome == "measured":
                 _no_threshold_warning(item, spec)
     result = yield
     if comparison is not None and verdict is not None and not verdict.passed:
-        detail = comparison.failure_detail()
-        pytest.fail(verdict.reason + ("\n" + detail if detail else ""), pytrace=False)
+        pytest.fail(_failure_message(item, comparison, verdict), pytrace=False)
     return result
+
+
+def _failure_message(item: pytest.Item, comparison: Comparison, verdict: Verdict) -> str:
+    """The verdict, the first lost examples, and where the others are (or how to get them)."""
+    lines = [verdict.reason]
+    detail = comparison.failure_detail(SHOWN_LOST)
+    if detail:
+        lines.append(detail)
+    more = len(comparison.lost) - SHOWN_LOST
+    if more > 0:
+        flips = item.config.stash[_SETTINGS].flips
+        where = f"all of them are in {safe(flips)}" if flips else f"{options.FLIPS}=PATH writes all of them"
+        lines.append(f"  ... and {more} more lost ({where})")
+    return "\n".join(lines)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -269,6 +289,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if hasattr(config, "workeroutput"):  # an xdist worker: plain data only
         config.workeroutput[WORKEROUTPUT_KEY] = [record.to_dict() for record in config.stash[_RECORDS]]
+        config.workeroutput[WORKEROUTPUT_FLIPS] = config.stash[_FLIPS]
         return
     settings = config.stash[_SETTINGS]
     gathered: list[reporting.GateRecord] = config.stash[_RECORDS]
@@ -288,6 +309,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         ("JSON report", settings.report, lambda path: reporting.write_json(path, records, meta=meta)),
         ("Markdown summary", settings.markdown, lambda path: reporting.write_markdown(path, records, meta=meta)),
         ("chart", settings.plot, lambda path: reporting.write_plot(path, records)),
+        ("lost and gained examples", settings.flips, lambda path: reporting.write_flips(path, _flip_rows(config))),
     ]
     for what, path, write in outputs:
         if path is None:
@@ -298,6 +320,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             config.stash[_WRITE_ERRORS].append(f"could not write the {what} to {path}: {exc}")
         else:
             config.stash[_WRITTEN].append((what, path))
+
+
+def _flip_rows(config: pytest.Config) -> list[dict[str, Any]]:
+    return [row for rows in config.stash[_FLIPS].values() for row in rows]
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -390,9 +416,13 @@ def ftgate_comparison(
     early_stop = None
     if settings.early_stop and spec is not None and spec.gated:
         early_stop = {"max_drop": spec.max_drop, "min_gain": spec.min_gain, "strict": bool(spec.strict)}
+    said = len(ftgate.notes)  # what the gate notes while computing this comparison is its notes
     if not request.config.pluginmanager.has_plugin("syrupy"):
-        return _guarded(lambda: ftgate.compare(ftgate_benchmark, mode, early_stop=early_stop))
-    from pytest_ftgate.snapshot import compare_with_baseline
+        comparison = _guarded(lambda: ftgate.compare(ftgate_benchmark, mode, early_stop=early_stop))
+    else:
+        from pytest_ftgate.snapshot import compare_with_baseline
 
-    snapshot = request.getfixturevalue("snapshot")
-    return _guarded(lambda: compare_with_baseline(ftgate, ftgate_benchmark, snapshot, mode, early_stop))
+        snapshot = request.getfixturevalue("snapshot")
+        comparison = _guarded(lambda: compare_with_baseline(ftgate, ftgate_benchmark, snapshot, mode, early_stop))
+    comparison.notes += [note for note in dict.fromkeys(ftgate.notes[said:]) if note not in comparison.notes]
+    return comparison

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pytest_ftgate import stats
@@ -73,13 +74,47 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class Flip:
-    """An example whose correctness changed between base and tuned."""
+    """An example whose correctness changed between base and tuned: its question, the gold answer,
+    each side's reply (``*_output``) and the answer parsed from it (``*_answer``, None: unparsed)."""
 
     id: str
     text: str
     gold: str
     base_output: str
     tuned_output: str
+    base_answer: str | None = None
+    tuned_answer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-safe); ``from_dict`` reads it back."""
+        return {
+            "id": self.id,
+            "text": self.text,
+            "gold": self.gold,
+            "base_output": self.base_output,
+            "tuned_output": self.tuned_output,
+            "base_answer": self.base_answer,
+            "tuned_answer": self.tuned_answer,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Flip:
+        def text(key: str) -> str:
+            return str(data.get(key) or "")
+
+        def answer(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
+        return cls(
+            str(data["id"]),
+            text("text"),
+            text("gold"),
+            text("base_output"),
+            text("tuned_output"),
+            answer("base_answer"),
+            answer("tuned_answer"),
+        )
 
 
 @dataclass(frozen=True)
@@ -112,6 +147,31 @@ class EarlyStop:
     min_gain: float | None
     strict: bool
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-safe); ``from_dict`` reads it back."""
+        return {
+            "used": int(self.used),
+            "total": int(self.total),
+            "outcome": str(self.outcome),
+            "interval": [float(self.interval[0]), float(self.interval[1])],
+            "max_drop": None if self.max_drop is None else float(self.max_drop),
+            "min_gain": None if self.min_gain is None else float(self.min_gain),
+            "strict": bool(self.strict),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EarlyStop:
+        low, high = data["interval"]
+        return cls(
+            int(data["used"]),
+            int(data["total"]),
+            data["outcome"],
+            (float(low), float(high)),
+            None if data.get("max_drop") is None else float(data["max_drop"]),
+            None if data.get("min_gain") is None else float(data["min_gain"]),
+            bool(data.get("strict", False)),
+        )
+
 
 @dataclass
 class Comparison:
@@ -129,6 +189,7 @@ class Comparison:
     drift: dict[str, float] | None = field(init=False)
     early: EarlyStop | None = field(init=False, default=None)
     baseline_note: str | None = None  # where the base side came from: a stored baseline's audit, a re-recording
+    notes: list[str] = field(default_factory=list)  # what the gate said computing it (a mode that could not apply)
 
     def __post_init__(self) -> None:
         base_ids = [p.id for p in self.base.predictions]
@@ -282,7 +343,7 @@ def _normalise(logprobs: list[float]) -> list[float]:
 
 
 def _flip(base: Prediction, tuned: Prediction) -> Flip:
-    return Flip(base.id, base.text, base.gold, base.output, tuned.output)
+    return Flip(base.id, base.text, base.gold, base.output, tuned.output, base.parsed, tuned.parsed)
 
 
 def _clip(text: str, width: int = 80) -> str:

@@ -3,11 +3,13 @@
 ``record``: ``GateRecord`` (one gated test as plain data, what xdist workers send home), the
 JSON report (schema in ``record``'s docstring) and the run's overall outcome. ``terminal``,
 ``markdown``, ``plot`` (PNG) and ``junit`` (XML properties) render records; ``summary`` holds the
-wording they share. No pytest import; matplotlib is imported only when a chart is written.
+wording they share. ``flips`` writes every lost and gained example (JSON Lines). No pytest
+import; matplotlib is imported only when a chart is written.
 """
 
 from __future__ import annotations
 
+from pytest_ftgate.reporting.flips import flip_rows, write_flips
 from pytest_ftgate.reporting.junit import junit_properties
 from pytest_ftgate.reporting.markdown import to_markdown, write_markdown
 from pytest_ftgate.reporting.plot import PLOT_INSTALL_HINT, require_matplotlib, write_plot
@@ -32,6 +34,7 @@ __all__ = [
     "GateRecord",
     "advice",
     "collate",
+    "flip_rows",
     "headline",
     "junit_properties",
     "load_json",
@@ -42,6 +45,7 @@ __all__ = [
     "summary_lines",
     "to_json",
     "to_markdown",
+    "write_flips",
     "write_json",
     "write_markdown",
     "write_plot",

@@ -14,9 +14,12 @@ from pytest_ftgate.reporting.record import GateRecord, atomic_write, overall_out
 from pytest_ftgate.reporting.summary import (
     advice,
     duration,
+    evaluation_seconds,
     first_per_benchmark,
+    gate_notes,
     headline,
     outcome_note,
+    record_notes,
     row_labels,
     signed,
 )
@@ -38,9 +41,10 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
     """A GitHub-flavoured Markdown summary for ``$GITHUB_STEP_SUMMARY`` or a pull-request comment.
 
     A headline with the overall verdict, a red CAUTION alert with the error text of each gate
-    that errored, the table, notes about stored baselines, the decision framework per benchmark,
-    and a collapsed block with the top lost examples for each gate that did not pass. Text from
-    data and models is escaped (control characters, HTML, Markdown punctuation, line breaks).
+    that errored, the table, notes (stored baselines, early stops, drift, what the gate said), the
+    decision framework per benchmark, and a collapsed block with the top lost examples for each
+    gate that did not pass. Text from data and models is escaped (control characters, HTML,
+    Markdown punctuation, line breaks).
     """
     meta = dict(meta or {})
     overall = overall_outcome(records)
@@ -80,11 +84,10 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
         )
     out.append("")
 
-    notes = [(label, r.baseline_note) for label, r in zip(labels, records) if r.baseline_note]
+    notes = [f"- {_cell(label)}: {_cell(note)}" for label, r in zip(labels, records) for note in record_notes(r)]
+    notes += [f"- {_cell(note)}" for note in gate_notes(records)]
     if notes:
-        out += ["**Stored baselines**", ""]
-        out += [f"- {_cell(label)}: {_cell(note)}" for label, note in notes]
-        out.append("")
+        out += ["**Notes**", "", *notes, ""]
 
     firsts = first_per_benchmark(records)
     if firsts:
@@ -171,7 +174,7 @@ def _md_context(records: Sequence[GateRecord], meta: Mapping[str, Any]) -> str:
     if meta.get("limit"):
         parts.append(f"limit {meta['limit']} examples per benchmark")
     if records:
-        parts.append(f"{duration(sum(r.seconds for r in records))} of evaluation")
+        parts.append(f"{duration(evaluation_seconds(records))} of evaluation")
     return " \u00b7 ".join(parts)
 
 

@@ -80,10 +80,24 @@ may be added within version 1, a removed or changed field means version 2.
         The test's own result (``"passed"``, ``"failed"``, ...) when known, else null: a test can
         fail on a custom assertion although the gate passed.
     ``seconds``
-        ``base.seconds + tuned.seconds``.
+        ``base.seconds + tuned.seconds``. Tests on one benchmark share the gate's evaluations: the
+        same time on each of them is one time (the terminal shows it once, then ``shared``).
     ``top_lost``
         Up to 5 lost examples: ``id``, ``text`` (the question, clipped), ``gold``,
-        ``base_output``, ``tuned_output`` (clipped).
+        ``base_output``, ``tuned_output`` (the replies, clipped), ``base_answer``,
+        ``tuned_answer`` (the answers parsed from them, null: unparsed). ``--ftgate-flips PATH``
+        writes every lost and gained example (``reporting.flips``).
+    ``early_stop``
+        null, or how the run stopped early (``--ftgate-early-stop``): ``used`` of ``total``
+        examples, ``outcome`` (the verdict the complete run would reach), ``interval`` (the
+        anytime-valid interval for its delta, points), ``max_drop``, ``min_gain``, ``strict``.
+    ``drift``
+        null, or (``logprob`` mode) ``gold_logprob_delta`` (mean change of the gold answer's
+        log-probability), ``kl`` (mean KL divergence base -> tuned over the answers) and ``n``
+        (examples with log-probabilities on both sides).
+    ``notes``
+        What the gate said while computing the comparison (e.g. a benchmark scored in
+        ``generate`` mode because the backend has no log-probabilities); a list of lines.
     ``advice``
         The seed study's decision framework: ``framework`` (advice for this baseline, see
         ``advice``) and ``measured`` (what fine-tuning did, see ``outcome_note``); both null for
@@ -93,6 +107,7 @@ may be added within version 1, a removed or changed field means version 2.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import math
 import os
@@ -104,6 +119,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_ftgate.errors import ConfigError
 from pytest_ftgate.reporting.summary import advice, outcome_note
+from pytest_ftgate.results import EarlyStop, Flip
 
 if TYPE_CHECKING:
     from pytest_ftgate.results import Comparison, Verdict
@@ -115,36 +131,6 @@ TEXT_WIDTH = 240  # characters of a lost example's question kept in a record
 OUTPUT_WIDTH = 160  # characters of a model reply kept in a record
 
 # --- the record ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LostExample:
-    """An example base answered correctly and tuned did not (texts clipped)."""
-
-    id: str
-    text: str
-    gold: str
-    base_output: str
-    tuned_output: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "id": self.id,
-            "text": self.text,
-            "gold": self.gold,
-            "base_output": self.base_output,
-            "tuned_output": self.tuned_output,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LostExample:
-        return cls(
-            str(data["id"]),
-            str(data.get("text", "")),
-            str(data.get("gold", "")),
-            str(data.get("base_output", "")),
-            str(data.get("tuned_output", "")),
-        )
 
 
 @dataclass
@@ -168,7 +154,7 @@ class GateRecord:
     max_drop: float | None = None
     min_gain: float | None = None
     strict: bool = False
-    top_lost: list[LostExample] = field(default_factory=list)
+    top_lost: list[Flip] = field(default_factory=list)  # texts clipped
     base_seconds: float = 0.0
     tuned_seconds: float = 0.0
     base_model: str = ""
@@ -181,6 +167,9 @@ class GateRecord:
     test_outcome: str | None = None
     error: str | None = None  # the comparison could not be computed (outcome "error")
     baseline_note: str | None = None  # one line about the stored baseline used
+    early: EarlyStop | None = None  # how the run stopped early, if it did
+    drift: dict[str, float] | None = None  # logprob mode: gold_logprob_delta, kl, n
+    notes: list[str] = field(default_factory=list)  # what the gate said while computing the comparison
 
     @property
     def seconds(self) -> float:
@@ -201,12 +190,13 @@ class GateRecord:
         """The record of one test: its comparison, the verdict of its thresholds, its node id."""
         base, tuned = comparison.base, comparison.tuned
         top = [
-            LostExample(
-                str(flip.id),
-                _clip(flip.text, TEXT_WIDTH),
-                _clip(flip.gold, OUTPUT_WIDTH),
-                _clip(flip.base_output, OUTPUT_WIDTH),
-                _clip(flip.tuned_output, OUTPUT_WIDTH),
+            dataclasses.replace(
+                flip,
+                id=str(flip.id),
+                text=_clip(flip.text, TEXT_WIDTH),
+                gold=_clip(flip.gold, OUTPUT_WIDTH),
+                base_output=_clip(flip.base_output, OUTPUT_WIDTH),
+                tuned_output=_clip(flip.tuned_output, OUTPUT_WIDTH),
             )
             for flip in comparison.lost[:TOP_LOST]
         ]
@@ -239,7 +229,10 @@ class GateRecord:
             base_metrics={str(k): float(v) for k, v in base.metrics.items()},
             tuned_metrics={str(k): float(v) for k, v in tuned.metrics.items()},
             mode=base.mode,
-            baseline_note=getattr(comparison, "baseline_note", None),
+            baseline_note=comparison.baseline_note,
+            early=comparison.early,
+            drift=None if comparison.drift is None else {str(k): float(v) for k, v in comparison.drift.items()},
+            notes=list(dict.fromkeys(comparison.notes)),
         )
 
     @classmethod
@@ -316,6 +309,9 @@ class GateRecord:
             "test_outcome": self.test_outcome,
             "seconds": self.seconds,
             "top_lost": [example.to_dict() for example in self.top_lost],
+            "early_stop": None if self.early is None else self.early.to_dict(),
+            "drift": None if self.drift is None else _json_metrics(self.drift),
+            "notes": list(self.notes),
             "advice": {
                 "framework": None if errored else advice(self.base),
                 "measured": None if errored else outcome_note(self),
@@ -347,7 +343,7 @@ class GateRecord:
             max_drop=_opt_float(thresholds.get("max_drop")),
             min_gain=_opt_float(thresholds.get("min_gain")),
             strict=bool(thresholds.get("strict", False)),
-            top_lost=[LostExample.from_dict(example) for example in data.get("top_lost", [])],
+            top_lost=[Flip.from_dict(example) for example in data.get("top_lost", [])],
             base_seconds=float(base.get("seconds", 0.0)),
             tuned_seconds=float(tuned.get("seconds", 0.0)),
             base_model=str(base.get("model", "")),
@@ -360,6 +356,9 @@ class GateRecord:
             test_outcome=data.get("test_outcome"),
             error=_opt_str(data.get("error")),
             baseline_note=_opt_str(data.get("baseline_note")),
+            early=None if data.get("early_stop") is None else EarlyStop.from_dict(data["early_stop"]),
+            drift=None if data.get("drift") is None else _read_metrics(data["drift"]),
+            notes=[str(note) for note in data.get("notes", [])],
         )
 
 

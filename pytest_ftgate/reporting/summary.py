@@ -43,10 +43,11 @@ def outcome_note(record: GateRecord) -> str:
     return f"no clear change ({signed(record.delta)}, interval {signed(low)} to {signed(high)})"
 
 
-
 def headline(records: Sequence[GateRecord]) -> str:
-    """``1 of 3 benchmarks regressed``, ``all 3 benchmarks passed``, ``2 of 4 gates failed, 1
-    inconclusive``, ``FPB errored``, ``FPB measured (no threshold)``. Titles are escaped (``safe``)."""
+    """``1 of 3 benchmarks regressed (FPB)``, ``all 3 benchmarks passed``, ``2 of 4 gates failed
+    (test_fpb[fpb], test_macro_f1), 1 inconclusive``, ``FPB errored``, ``FPB measured (no
+    threshold)``. When a benchmark has several gates, the failing ones are named by their test
+    (``node_names``), not by a title they share. Text is escaped (``safe``)."""
     total = len(records)
     if total == 0:
         return "no gates ran"
@@ -73,15 +74,70 @@ def headline(records: Sequence[GateRecord]) -> str:
         word = {"fail": "regressed" if r.delta < 0 else "failed", "error": "errored"}.get(r.outcome, r.outcome)
         return f"{safe(r.title)} {word}{own_note}"
     parts: list[str] = []
+    name = dict(zip(map(id, records), node_names(records))) if noun == "gates" else None
     verb = "regressed" if all(r.delta < 0 for r in failed) else "failed"
     for word, group in (("errored", errored), (verb, failed)):
         if group:
-            names = ", ".join(safe(r.title) for r in group[:4]) + (", ..." if len(group) > 4 else "")
+            shown = [name[id(r)] if name else safe(r.title) for r in group[:4]]
+            names = ", ".join(shown) + (", ..." if len(group) > 4 else "")
             count = f"{len(group)}" if parts else f"{len(group)} of {total} {noun}"
             parts.append(f"{count} {word} ({names})")
     if unsure:
         parts.append(f"{unsure} inconclusive" if parts else f"{unsure} of {total} {noun} inconclusive")
     return ", ".join(parts) + own_note
+
+
+def node_names(records: Sequence[GateRecord]) -> list[str]:
+    """Each record's test: ``test_fpb[fpb]`` (the node id after its file), or the whole node id
+    where that name is in several files. Escaped (``safe``)."""
+    names = [r.nodeid.rsplit("::", 1)[-1] for r in records]
+    repeated = {n for n in names if names.count(n) > 1}
+    return [safe(r.nodeid if n in repeated else n) for r, n in zip(records, names)]
+
+
+def shared_evaluations(records: Sequence[GateRecord]) -> list[bool]:
+    """For each record, whether it repeats an earlier record's evaluation: several tests on one
+    benchmark share the gate's memoised results, so their times are one time, not several."""
+    seen: set[tuple[object, ...]] = set()
+    shared = []
+    for r in records:
+        key = (r.benchmark, r.mode, r.base_fingerprint, r.tuned_fingerprint, r.n, r.base_seconds, r.tuned_seconds)
+        shared.append(r.outcome != "error" and key in seen)
+        seen.add(key)
+    return shared
+
+
+def evaluation_seconds(records: Sequence[GateRecord]) -> float:
+    """The run's evaluation time: each shared evaluation counted once."""
+    return sum(r.seconds for r, shared in zip(records, shared_evaluations(records)) if not shared)
+
+
+def record_notes(record: GateRecord) -> list[str]:
+    """What a report says about one gate beyond its numbers: where its stored baseline came from,
+    how it stopped early, its drift. Not escaped: each renderer escapes for its medium."""
+    notes = [record.baseline_note] if record.baseline_note else []
+    early = record.early
+    if early is not None and early.used < early.total:
+        low, high = early.interval
+        notes.append(
+            f"stopped early after {early.used} of {early.total} examples: the complete run's verdict "
+            f"({early.outcome}) could no longer change (anytime-valid interval {signed(low)} to {signed(high)})"
+        )
+    elif early is not None:
+        notes.append(f"early stop: all {early.total} examples evaluated (the verdict was open until the last)")
+    drift = record.drift
+    if drift is not None:
+        notes.append(
+            f"drift: gold answer log-prob {drift.get('gold_logprob_delta', math.nan):+.3f}, "
+            f"KL(base||tuned) {drift.get('kl', math.nan):.4f} over {drift.get('n', math.nan):.0f} examples"
+        )
+    return notes
+
+
+def gate_notes(records: Sequence[GateRecord]) -> list[str]:
+    """What the gate said while computing the comparisons (``GateRecord.notes``), each line once.
+    Not escaped."""
+    return list(dict.fromkeys(note for r in records for note in r.notes))
 
 
 def first_per_benchmark(records: Sequence[GateRecord]) -> list[GateRecord]:
@@ -117,7 +173,6 @@ def models_line(records: Sequence[GateRecord]) -> str:
     if len(bases) == 1 and len(tuneds) == 1:
         return safe(f"base {next(iter(bases))} vs tuned {next(iter(tuneds))}")
     return ""
-
 
 
 def signed(x: float) -> str:

@@ -11,15 +11,18 @@ from pytest_ftgate.reporting.summary import (
     advice,
     duration,
     first_per_benchmark,
+    gate_notes,
     headline,
     models_line,
     outcome_note,
+    record_notes,
     row_labels,
+    shared_evaluations,
     signed,
 )
 from pytest_ftgate.text import safe
 
-
+SHARED_TIME = "shared"  # the time column of a test that reused an earlier row's evaluation
 
 _OUTCOME_MARKUP = {
     "pass": {"green": True},
@@ -31,8 +34,10 @@ _OUTCOME_MARKUP = {
 
 
 def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[str, dict[str, bool]]]:
-    """The lines of the terminal summary (table, headline, errors, baseline notes, advice), each
-    with its markup. Text from data and models is escaped (``safe``).
+    """The lines of the terminal summary (table, headline, errors, notes, advice), each with its
+    markup. Text from data and models is escaped (``safe``). A test that reused an earlier row's
+    evaluation (several tests on one benchmark) shows ``shared`` in the time column, not the
+    same time again.
 
     ``markup=False`` gives empty markup dicts (a terminal without colour, or ``--color=no``).
     """
@@ -43,7 +48,7 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
     header = ["benchmark", "base", "tuned", "delta", ci_head, "n", "verdict", "time"]
     labels = row_labels(records)
     rows = []
-    for label, r in zip(labels, records):
+    for label, r, shared in zip(labels, records, shared_evaluations(records)):
         if r.outcome == "error":  # no numbers: the comparison could not be computed
             rows.append([label, "-", "-", "-", "-", "-", "error", "-"])
             continue
@@ -59,7 +64,7 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
                 f"[{signed(r.ci[0])}, {signed(r.ci[1])}]",
                 str(r.n),
                 verdict,
-                duration(r.seconds),
+                SHARED_TIME if shared else duration(r.seconds),
             ]
         )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -83,8 +88,8 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
         if r.error is not None:
             lines.append((f"ftgate: {safe(r.nodeid)} errored: {safe(r.error)}", mk(**_OUTCOME_MARKUP["error"])))
     for label, r in zip(labels, records):
-        if r.baseline_note:
-            lines.append((f"ftgate: {label}: {safe(r.baseline_note)}", {}))
+        lines += [(f"ftgate: {label}: {safe(note)}", {}) for note in record_notes(r)]
+    lines += [(f"ftgate: {safe(note)}", {}) for note in gate_notes(records)]
     models = models_line(records)
     if models:
         lines.append((models, {}))

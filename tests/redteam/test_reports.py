@@ -115,7 +115,10 @@ def test_error_outranks_fail_and_pass(gate_project: pytest.Pytester, fake_adapte
     assert _markdown(gate_project).startswith("### \u274c ftgate: ")
     assert "RuntimeError: no GPU today" in _markdown(gate_project)
     result.stdout.fnmatch_lines(
-        ["ftgate: 1 of 3 gates errored (Sentiment)*", "*test_errors*RuntimeError: no GPU today*"]
+        [
+            "ftgate: 1 of 3 gates errored (test_errors), 1 regressed (test_fails)",  # issue 14: tests, not titles
+            "*test_errors*RuntimeError: no GPU today*",
+        ]
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pytest_ftgate.reporting import GateRecord
-from pytest_ftgate.results import EvalResult, ModelInfo, Prediction, compare
+from pytest_ftgate.results import Comparison, EvalResult, ModelInfo, Prediction, compare
 
 try:  # loaded before any pytester run of this process: a run that imports numpy (adapter
     import numpy  # noqa: F401  inspection does) would otherwise unload it, and numpy's C
@@ -57,6 +57,20 @@ def _pair(
     return result(BASE, base_preds, 12.5), result(TUNED, tuned_preds, 30.25)
 
 
+def _comparison(
+    benchmark: str = "fpb",
+    *,
+    n: int = 200,
+    lost: int = 60,
+    gained: int = 4,
+    both: int = 100,
+    title: str = "",
+    texts: dict[int, tuple[str, str, str, str]] | None = None,
+) -> Comparison:
+    base, tuned = _pair(benchmark, n=n, lost=lost, gained=gained, both=both, title=title, texts=texts)
+    return compare(base, tuned)
+
+
 def _record(
     benchmark: str = "fpb",
     *,
@@ -70,14 +84,15 @@ def _record(
     title: str = "",
     nodeid: str | None = None,
     texts: dict[int, tuple[str, str, str, str]] | None = None,
+    comparison: Comparison | None = None,
 ) -> GateRecord:
-    base, tuned = _pair(benchmark, n=n, lost=lost, gained=gained, both=both, title=title, texts=texts)
-    comparison = compare(base, tuned)
+    if comparison is None:
+        comparison = _comparison(benchmark, n=n, lost=lost, gained=gained, both=both, title=title, texts=texts)
     verdict = comparison.verdict(max_drop=max_drop, min_gain=min_gain, strict=strict)
     return GateRecord.from_comparison(
         comparison,
         verdict,
-        nodeid=nodeid or f"tests/test_gate.py::test_gate[{benchmark}]",
+        nodeid=nodeid or f"tests/test_gate.py::test_gate[{comparison.benchmark}]",
         max_drop=max_drop,
         min_gain=min_gain,
         strict=strict,
@@ -85,9 +100,16 @@ def _record(
 
 
 @pytest.fixture
+def make_comparison() -> Callable[..., Comparison]:
+    """``make_comparison("fpb", n=200, lost=60, gained=4, both=100, title="", texts=None)``: base
+    and tuned paired, with that many lost, gained and both-right examples (the rest both wrong)."""
+    return _comparison
+
+
+@pytest.fixture
 def make_record() -> MakeRecord:
-    """``make_record("fpb", n=200, lost=60, gained=4, both=100, max_drop=2.0, ...)``: the record of a
-    comparison with that many lost, gained and both-right examples (the rest both wrong)."""
+    """``make_record("fpb", n=200, lost=60, gained=4, both=100, max_drop=2.0, ...)``: the record of
+    ``make_comparison``'s comparison (or of ``comparison=``) under those thresholds."""
     return _record
 
 

@@ -13,6 +13,7 @@ from pytest_ftgate import reporting
 from pytest_ftgate.errors import ConfigError
 from pytest_ftgate.reporting import GateRecord
 from pytest_ftgate.reporting.record import OUTPUT_WIDTH, TEXT_WIDTH, TOP_LOST
+from pytest_ftgate.results import EarlyStop, EvalResult, Flip, ModelInfo, Prediction, compare
 
 MakeRecord = Callable[..., GateRecord]
 
@@ -120,6 +121,9 @@ def test_json_schema_fields(records: list[GateRecord], tmp_path: Path) -> None:
         "test_outcome",
         "seconds",
         "top_lost",
+        "early_stop",  # null unless the run stopped early (issue 13)
+        "drift",  # null unless logprob mode measured it (issue 13)
+        "notes",  # what the gate said computing it (issue 13)
         "advice",
     }
     assert set(gate["base"]) == {"score", "model", "fingerprint", "metrics", "seconds"}
@@ -127,7 +131,16 @@ def test_json_schema_fields(records: list[GateRecord], tmp_path: Path) -> None:
     assert gate["verdict"]["outcome"] == "fail"
     assert gate["advice"]["framework"] == reporting.advice(records[1].base)
     assert gate["advice"]["measured"].startswith("regressed")
-    assert set(gate["top_lost"][0]) == {"id", "text", "gold", "base_output", "tuned_output"}
+    assert set(gate["top_lost"][0]) == {
+        "id",
+        "text",
+        "gold",
+        "base_output",
+        "tuned_output",
+        "base_answer",  # the parsed answers (issue 13: one Flip type)
+        "tuned_answer",
+    }
+    assert (gate["early_stop"], gate["drift"], gate["notes"]) == (None, None, [])
     assert not list(path.parent.glob("*.tmp"))  # atomic write leaves no temporary file
     meta_back, back = reporting.load_json(path)
     assert back == records and meta_back == meta
@@ -225,7 +238,9 @@ def test_error_record_travels_through_json_with_null_numbers(errored: Callable[.
 def test_error_outranks_every_other_outcome(records: list[GateRecord], errored: Callable[..., GateRecord]) -> None:
     assert reporting.overall_outcome([*records, errored()]) == "error"
     assert reporting.headline([errored()]) == "FPB errored"
-    assert reporting.headline([*records, errored("x.py::t")]) == "1 of 4 gates errored (FPB), 1 regressed (FPB)"
+    # two gates on FPB: the headline names the tests, not the title they share (issue 14)
+    headline = reporting.headline([*records, errored("x.py::t")])
+    assert headline == "1 of 4 gates errored (t), 1 regressed (test_gate[fpb])"
     data = reporting.to_json([records[0], errored()])
     assert data["summary"]["outcome"] == "error" and data["summary"]["errors"] == 1
 
@@ -241,3 +256,84 @@ def test_measurement_is_not_a_pass(make_record: MakeRecord) -> None:
     text = reporting.to_markdown([measured])
     assert text.startswith("### \U0001f4cf ftgate: FPB measured (no threshold)")
     assert "| \U0001f4cf measured (no threshold) |" in text
+
+
+# --- one record carries everything (issue 13) -------------------------------------------------
+
+
+def _logprob_pair(n: int = 6) -> tuple[EvalResult, EvalResult]:
+    """logprob-mode results: tuned loses the first example and moves every gold log-probability."""
+    base, tuned = [], []
+    for i in range(n):
+        gold = "positive"
+        lp = {"positive": -0.1, "negative": -2.5}
+        moved = {"positive": -1.5 if i == 0 else -0.3, "negative": -0.4 if i == 0 else -1.9}
+        base.append(Prediction(f"e{i}", "positive", "positive", gold, True, f"q{i}", lp))
+        answer = "negative" if i == 0 else "positive"
+        tuned.append(Prediction(f"e{i}", answer, answer, gold, i != 0, f"q{i}", moved))
+
+    def result(model: ModelInfo, preds: list[Prediction]) -> EvalResult:
+        acc = 100.0 * sum(p.correct for p in preds) / n
+        return EvalResult("fpb", model, n, acc, {"accuracy": acc}, preds, 1.0, title="FPB", mode="logprob")
+
+    return result(ModelInfo("b", "b" * 64), base), result(ModelInfo("t", "t" * 64), tuned)
+
+
+def test_record_carries_early_stop_drift_and_notes_through_json(make_record: MakeRecord) -> None:
+    """Before: the record had no early stop, drift or notes, so JSON and xdist workers dropped them."""
+    comparison = compare(*_logprob_pair())
+    comparison.early = EarlyStop(50, 970, "pass", (-1.5, 3.0), 2.0, None, False)
+    comparison.notes += ["FPB: generate mode (the fake backend has no log-probabilities)"] * 2
+    rec = make_record(comparison=comparison, max_drop=2.0)
+    assert rec.early == comparison.early
+    assert rec.drift is not None and rec.drift["kl"] > 0 and rec.drift["n"] == 6.0
+    assert rec.notes == ["FPB: generate mode (the fake backend has no log-probabilities)"]  # once
+    data = json.loads(json.dumps(rec.to_dict(), allow_nan=False))  # what xdist's workeroutput carries
+    assert data["early_stop"] == {
+        "used": 50,
+        "total": 970,
+        "outcome": "pass",
+        "interval": [-1.5, 3.0],
+        "max_drop": 2.0,
+        "min_gain": None,
+        "strict": False,
+    }
+    assert set(data["drift"]) == {"gold_logprob_delta", "kl", "n"}
+    assert data["notes"] == rec.notes
+    assert GateRecord.from_dict(data) == rec
+
+
+def test_lost_examples_are_flips_with_their_parsed_answers(make_record: MakeRecord) -> None:
+    """Before: report.LostExample copied results.Flip without the parsed answers."""
+    comparison = compare(*_logprob_pair())
+    rec = make_record(comparison=comparison)
+    assert rec.top_lost == [Flip("e0", "q0", "positive", "positive", "negative", "positive", "negative")]
+    assert Flip.from_dict(json.loads(json.dumps(rec.top_lost[0].to_dict()))) == rec.top_lost[0]
+    assert not hasattr(reporting, "LostExample")
+
+
+def test_a_report_of_version_1_without_the_new_fields_still_reads(records: list[GateRecord]) -> None:
+    data = records[1].to_dict()
+    for key in ("early_stop", "drift", "notes"):
+        del data[key]
+    for example in data["top_lost"]:
+        del example["base_answer"], example["tuned_answer"]
+    back = GateRecord.from_dict(data)
+    assert (back.early, back.drift, back.notes) == (None, None, [])
+    assert back.top_lost[0].base_answer is None and back.top_lost[0].text == records[1].top_lost[0].text
+
+
+def test_headline_names_the_tests_when_a_benchmark_has_several(make_record: MakeRecord) -> None:
+    """Issue 14: "4 of 6 gates failed (FPB, FPB, MedMCQA, FPB)" did not say which FPB."""
+    fpb = [make_record("fpb", title="FPB", nodeid=f"tests/test_{name}.py::test_{name}[fpb]") for name in "abc"]
+    med = make_record("medmcqa", title="MedMCQA", nodeid="tests/test_med.py::test_med")
+    ok = make_record("medmcqa", title="MedMCQA", n=100, lost=0, gained=0, both=50, nodeid="tests/test_x.py::test_x")
+    assert reporting.headline([*fpb, med, ok]) == (
+        "4 of 5 gates regressed (test_a[fpb], test_b[fpb], test_c[fpb], test_med)"
+    )
+    same = [make_record("fpb", title="FPB", nodeid=f"tests/{d}/test_g.py::test_g[fpb]") for d in "xy"]
+    assert reporting.headline(same) == (
+        "2 of 2 gates regressed (tests/x/test_g.py::test_g[fpb], tests/y/test_g.py::test_g[fpb])"
+    )
+    evil = make_record("fpb", title="FPB", nodeid="t.py::test_g[\x1b[2J]")
+    assert "\x1b" not in reporting.headline([evil, *fpb])

@@ -132,3 +132,49 @@ def test_text_from_data_is_escaped_in_every_renderer(make_record: MakeRecord) ->
     assert not any(ord(c) < 32 and c != "\n" or 0x7F <= ord(c) <= 0x9F for c in text)
     assert "q\\\\x1b\\[2J" in text
     assert reporting.to_json([evil])["gates"][0]["top_lost"][0]["text"] == "q\x1b[2J"  # raw: JSON escapes it
+
+
+# --- issues 13 and 14: notes, early stop, drift, shared times ---------------------------------
+
+
+def test_a_shared_evaluation_shows_its_time_once(make_comparison: Callable[..., Any]) -> None:
+    """Issue 14: three tests on one FPB comparison repeated its time on three rows."""
+    from pytest_ftgate.reporting import GateRecord as Record
+
+    comparison = make_comparison("fpb", title="FPB")
+    shared = [
+        Record.from_comparison(comparison, comparison.verdict(max_drop=2.0), nodeid=f"t.py::test_{name}", max_drop=2.0)
+        for name in "abc"
+    ]
+    other = make_comparison("medmcqa", title="MedMCQA")
+    med = Record.from_comparison(other, other.verdict(max_drop=2.0), nodeid="t.py::test_med", max_drop=2.0)
+    rows = [text for text, _ in reporting.summary_lines([*shared, med], markup=False)[1:5]]
+    assert [row.split()[-1] for row in rows] == ["42.8s", "shared", "shared", "42.8s"]
+    assert len({len(row) for row in rows}) == 1  # still aligned
+    assert "1m26s of evaluation" in reporting.to_markdown([*shared, med])  # 2 x 42.75 s, not 4 x
+
+
+def test_notes_early_stop_and_drift_are_shown_escaped(make_record: MakeRecord) -> None:
+    """Issue 13: Gate.notes were collected but never shown; early stop and drift were not reported."""
+    from pytest_ftgate.results import EarlyStop
+
+    rec = make_record("fpb", title="FPB")
+    rec.early = EarlyStop(50, 970, "fail", (-12.5, -3.25), 2.0, None, False)
+    rec.drift = {"gold_logprob_delta": -0.25, "kl": 0.0123, "n": 40.0}
+    rec.notes = ["FPB: generate mode (the fake\x1b[2J backend has no log-probabilities)"]
+    again = make_record("fpb", title="FPB", nodeid="t.py::test_other")
+    again.notes = list(rec.notes)
+    lines = [text for text, _ in reporting.summary_lines([rec, again], markup=False)]
+    assert (
+        "ftgate: FPB (test_gate): stopped early after 50 of 970 examples: the complete run's verdict (fail) "
+        "could no longer change (anytime-valid interval -12.5 to -3.2)" in lines
+    )
+    drift = "drift: gold answer log-prob -0.250, KL(base||tuned) 0.0123 over 40 examples"
+    assert f"ftgate: FPB (test_gate): {drift}" in lines
+    said = [line for line in lines if "generate mode" in line]
+    assert said == ["ftgate: FPB: generate mode (the fake\\x1b[2J backend has no log-probabilities)"]  # once
+    text = reporting.to_markdown([rec, again])
+    assert "**Notes**" in text
+    assert "- FPB (test\\_gate): stopped early after 50 of 970 examples" in text
+    assert "- FPB: generate mode (the fake\\\\x1b\\[2J backend has no log-probabilities)" in text
+    assert text.count("generate mode (the fake") == 1 and "\x1b" not in text
