@@ -9,7 +9,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from pytest_ftgate import benchmarks as registry
 from pytest_ftgate import stats
@@ -281,20 +280,21 @@ class Gate:
         benchmark: str | Benchmark,
         mode: str | None = None,
         *,
-        early_stop: dict[str, Any] | None = None,
+        early_stop: stats.EarlyStopPolicy | None = None,
     ) -> Comparison:
         """Base and tuned on the same examples, scored the same way. The tuned model is prepared
         first so that a broken adapter stops the run before the base is evaluated.
 
-        ``early_stop={"max_drop": ..., "min_gain": ..., "strict": ...}`` evaluates shuffled chunks
-        of ``EARLY_CHUNK`` examples and stops as soon as the verdict for those thresholds can no
-        longer change (``stats.early_stop_decision``); ``comparison.early`` says how many were used.
+        ``early_stop=stats.EarlyStopPolicy(max_drop=..., min_gain=..., strict=...)`` evaluates
+        shuffled chunks of ``EARLY_CHUNK`` examples and stops as soon as the verdict for those
+        thresholds can no longer change (``stats.early_stop_decision``); ``comparison.early`` says
+        how many were used.
         """
         bench = self.benchmark(benchmark)
         mode = self.mode_for(bench, mode)
         tuned_model = self.tuned_model
         if early_stop is not None:
-            return self._compare_early(bench, mode, tuned_model, **early_stop)
+            return self._compare_early(bench, mode, tuned_model, early_stop)
         base = self.baseline(bench, mode)
         tuned = self.evaluate(bench, tuned_model, mode)
         note = self._baseline_notes.get((bench.name, mode))
@@ -305,10 +305,7 @@ class Gate:
         bench: Benchmark,
         mode: str,
         tuned_model: Model,
-        *,
-        max_drop: float | None,
-        min_gain: float | None,
-        strict: bool,
+        policy: stats.EarlyStopPolicy,
     ) -> Comparison:
         examples = self.examples(bench)
         order = sorted(examples, key=lambda e: digest([EARLY_SEED, e.id]))  # a fixed, content-blind shuffle
@@ -321,16 +318,7 @@ class Gate:
             tuned = evaluate(bench, part, tuned_model, **run)
             comparison = Comparison(base, tuned, confidence=self.confidence, change=self.change, baseline_note=note)
             lost, gained, n = len(comparison.lost), len(comparison.gained), len(part)
-            outcome = stats.early_stop_decision(
-                lost,
-                gained,
-                n,
-                len(order),
-                max_drop=max_drop,
-                min_gain=min_gain,
-                strict=strict,
-                confidence=self.confidence,
-            )
+            outcome = policy.decision(lost, gained, n, len(order), self.confidence)
             if self.progress is not None:
                 self.progress(
                     f"{bench.title} early stop ({mode}): {n}/{len(order)} examples, {lost} lost, {gained} gained"
@@ -339,7 +327,9 @@ class Gate:
                 interval = stats.paired_confidence_sequence(
                     lost, gained, n, confidence=self.confidence, n_max=len(order)
                 )
-                comparison.early = EarlyStop(n, len(order), outcome, interval, max_drop, min_gain, strict)  # type: ignore[arg-type]
+                comparison.early = EarlyStop(
+                    n, len(order), outcome, interval, policy.max_drop, policy.min_gain, policy.strict  # type: ignore[arg-type]
+                )
                 return comparison
         raise AssertionError("early_stop_decision decides at the last example")  # pragma: no cover
 

@@ -15,6 +15,7 @@ from pytest_ftgate import options, reporting
 from pytest_ftgate.errors import ConfigError, FtgateError, FtgateWarning
 from pytest_ftgate.marker import MARKER, MARKER_HELP, GateSpec, parse_marker
 from pytest_ftgate.results import Comparison, Verdict
+from pytest_ftgate.stats import EarlyStopPolicy
 from pytest_ftgate.text import safe
 from pytest_ftgate.xdist_compat import restore_group_suffixes
 
@@ -415,7 +416,7 @@ def ftgate_comparison(
     mode = spec.mode if spec is not None else None
     early_stop = None
     if settings.early_stop and spec is not None and spec.gated:
-        early_stop = {"max_drop": spec.max_drop, "min_gain": spec.min_gain, "strict": bool(spec.strict)}
+        early_stop = EarlyStopPolicy(spec.max_drop, spec.min_gain, bool(spec.strict))
     said = len(ftgate.notes)  # what the gate notes while computing this comparison is its notes
     if not request.config.pluginmanager.has_plugin("syrupy"):
         comparison = _guarded(lambda: ftgate.compare(ftgate_benchmark, mode, early_stop=early_stop))

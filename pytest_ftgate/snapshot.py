@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from pytest_ftgate.gate import Gate
     from pytest_ftgate.results import Comparison
+    from pytest_ftgate.stats import EarlyStopPolicy
 
 __all__ = ["BaselineMismatch", "FtgateSnapshotExtension", "SnapshotStore", "compare_with_baseline"]
 
@@ -334,7 +335,7 @@ def compare_with_baseline(
     benchmark: str,
     snapshot: SnapshotAssertion,
     mode: str | None = None,
-    early_stop: dict[str, Any] | None = None,
+    early_stop: EarlyStopPolicy | None = None,
 ) -> Comparison:
     """``gate.compare(benchmark)``, with the base side read from (or recorded to) a snapshot.
 

@@ -312,3 +312,15 @@ def test_early_stop_decision_validates(args, kwargs):
         with pytest.raises(ValueError):
             early_stop_decision_array([args[0]], [args[1]], args[2], args[3], **kwargs)
 
+
+def test_policy_is_checked_when_made_and_decides_like_the_function():
+    with pytest.raises(ValueError, match="needs a threshold"):
+        stats.EarlyStopPolicy()
+    with pytest.raises(ValueError, match="finite"):
+        stats.EarlyStopPolicy(max_drop=math.nan)
+    policy = stats.EarlyStopPolicy(max_drop=2.0, strict=True)
+    with pytest.raises(AttributeError):
+        policy.max_drop = 3.0  # type: ignore[misc]  # frozen
+    for lost, gained, n in [(0, 0, 100), (30, 0, 100), (2, 1, 450), (9, 1, 500)]:
+        expected = stats.early_stop_decision(lost, gained, n, 500, max_drop=2.0, strict=True, confidence=0.9)
+        assert policy.decision(lost, gained, n, 500, 0.9) == expected

@@ -15,10 +15,11 @@ simulation scripts use live beside them, in ``benchmarks/stats_arrays.py``.
 
 from pytest_ftgate.stats.paired import mcnemar_exact, paired_counts, paired_diff_interval, score_interval
 from pytest_ftgate.stats.sample_size import examples_needed, minimal_detectable_drop
-from pytest_ftgate.stats.sequential import early_stop_decision, paired_confidence_sequence
+from pytest_ftgate.stats.sequential import EarlyStopPolicy, early_stop_decision, paired_confidence_sequence
 from pytest_ftgate.stats.verdict import decide
 
 __all__ = [
+    "EarlyStopPolicy",
     "decide",
     "early_stop_decision",
     "examples_needed",

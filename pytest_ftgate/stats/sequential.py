@@ -43,6 +43,7 @@ the reported sets contain the exact ones: still valid, at most a count wider.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_ftgate.stats.paired import _BISECT_STEPS, _EPS, _tango_z, _z, score_interval
@@ -299,6 +300,26 @@ def _thresholds_args(max_drop: float | None, min_gain: float | None) -> None:
     for name, value in (("max_drop", max_drop), ("min_gain", min_gain)):
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number of points, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EarlyStopPolicy:
+    """What an early-stopped comparison is decided for (``Gate.compare(early_stop=...)``): the
+    thresholds in points, at least one of them, and the strict or default policy."""
+
+    max_drop: float | None = None
+    min_gain: float | None = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        _thresholds_args(self.max_drop, self.min_gain)
+
+    def decision(self, lost: int, gained: int, n: int, n_max: int, confidence: float = 0.95) -> str | None:
+        """``early_stop_decision`` for these counts under this policy."""
+        return early_stop_decision(
+            lost, gained, n, n_max, max_drop=self.max_drop, min_gain=self.min_gain, strict=self.strict,
+            confidence=confidence,
+        )
 
 
 _Z_TOL = 1e-7  # score statistics this close to +-z are settled by the interval itself
