@@ -66,7 +66,7 @@ def workload(args: argparse.Namespace) -> None:
     threads.configure_environment()  # as the seed study's main() does: before torch is imported
     started = time.perf_counter()
     from pytest_ftgate.backends.transformers import TransformersBackend
-    from pytest_ftgate.probes import finsent_rows
+    from pytest_ftgate.benchmarks.synthetic import finsent_rows
     from pytest_ftgate.seed_study import SYSTEM_SENTIMENT, train_lora, training_sets
 
     conversations = training_sets(None)["sentiment"]

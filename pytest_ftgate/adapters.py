@@ -204,7 +204,7 @@ def _check_finite(path: Path, table: dict[str, _Entry]) -> None:
 
 def _check_gguf_finite(path: Path) -> None:
     """Every float or quantized tensor of a LoRA GGUF must hold finite values only. Needs the
-    ``gguf`` package (in the mlx and torch extras); without it the backends' probe, which refuses
+    ``gguf`` package (in the mlx and torch extras); without it the backends' effect check, which refuses
     an adapter whose logits are not finite, is the check."""
     try:
         import numpy as np

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ftgate import threads
-from pytest_ftgate.probes import arith_rows, finsent_rows
+from pytest_ftgate.benchmarks.synthetic import arith_rows, finsent_rows
 
 SYSTEM_SENTIMENT = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
 SYSTEM_NUMBER = "Respond with ONLY the final numerical answer. No units or explanation."

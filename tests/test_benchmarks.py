@@ -582,3 +582,29 @@ def test_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_synthetic_sets_generate_their_rows_and_do_not_pretend_to_be_the_hub(tmp_path: Path) -> None:
+    from pytest_ftgate.benchmarks.synthetic import SyntheticArith, SyntheticFinSent
+
+    for name, cls in (("finsent-probe", SyntheticFinSent), ("arith-probe", SyntheticArith)):
+        bench = get_benchmark(name)
+        assert type(bench) is cls
+        rows = bench.load()
+        assert len(rows) == 60 and bench.load(tmp_path) == rows  # the data folder is not read
+        with pytest.raises(DataError):
+            bench.load_hub()
+
+
+def test_from_jsonl_is_the_jsonl_benchmark(tmp_path: Path) -> None:
+    from pytest_ftgate.benchmarks.base import JsonlBenchmark
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"q": "2+2?", "a": "4"}\n')
+    bench = Benchmark.from_jsonl("sums", path, system=None, template="{q}", answer="a", kind="exact")
+    assert type(bench) is JsonlBenchmark and [e.gold for e in bench.load()] == ["4"]
+    assert [e.gold for e in bench.load(tmp_path / "elsewhere")] == ["4"]  # an absolute path is read as given
+    with pytest.raises(DataError):
+        bench.load_hub()
+    with pytest.raises(TypeError, match="templat"):
+        Benchmark.from_jsonl("sums", path, system=None, templat="{q}", answer="a")  # type: ignore[call-arg]

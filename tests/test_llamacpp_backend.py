@@ -311,7 +311,7 @@ def test_score_is_finite_and_agrees_with_generate(loaded: dict[str, Any]) -> Non
     import numpy as np
 
     from pytest_ftgate.benchmarks import get_benchmark
-    from pytest_ftgate.probes import finsent_rows
+    from pytest_ftgate.benchmarks.synthetic import finsent_rows
 
     backend, base = loaded["backend"], loaded["base"]
     fpb = get_benchmark("fpb")

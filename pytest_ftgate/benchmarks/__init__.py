@@ -20,8 +20,8 @@ _BUILTINS: dict[str, str] = {
     "medmcqa": "pytest_ftgate.benchmarks.builtin:MedMCQA",
     "fpb": "pytest_ftgate.benchmarks.builtin:FPB",
     "convfinqa": "pytest_ftgate.benchmarks.builtin:ConvFinQA",
-    "finsent-probe": "pytest_ftgate.probes:FinSentProbe",
-    "arith-probe": "pytest_ftgate.probes:ArithProbe",
+    "finsent-probe": "pytest_ftgate.benchmarks.synthetic:SyntheticFinSent",
+    "arith-probe": "pytest_ftgate.benchmarks.synthetic:SyntheticArith",
 }
 
 # name -> a Benchmark instance, a Benchmark subclass, or "module:Class" (instantiated on first use)

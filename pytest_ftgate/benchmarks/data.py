@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_ftgate.errors import DataError
 
 if TYPE_CHECKING:
-    from pytest_ftgate.benchmarks.base import Example
+    from pytest_ftgate.benchmarks.example import Example
 
 Row = dict[str, Any]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from pytest_ftgate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pytest_ftgate.benchmarks.base import Example
+    from pytest_ftgate.benchmarks.example import Example
 
 
 def check_limit(limit: object) -> int | None:

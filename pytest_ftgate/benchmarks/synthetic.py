@@ -1,6 +1,6 @@
-"""Seeded probe sets that ftgate generates itself, so a gate can run offline with no dataset.
+"""Synthetic benchmarks that ftgate generates itself, so a gate can run offline with no dataset.
 
-These are synthetic and clearly named as such: ``finsent-probe`` (templated financial sentences
+They are seeded and clearly named as such: ``finsent-probe`` (templated financial sentences
 whose sentiment follows from the template, scored like FPB) and ``arith-probe`` (templated
 financial questions, scored like ConvFinQA: lookups of a reported figure, as in ConvFinQA's first
 turns, and differences, sums, margins and percentage changes). They are not a substitute for the real
@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from pytest_ftgate.benchmarks.base import Example
 from pytest_ftgate.benchmarks.builtin import FPB, ConvFinQA
+from pytest_ftgate.benchmarks.example import Example
 
 _COMPANIES = ["Nordea", "Fiskars", "Kone", "Outokumpu", "Wartsila", "Stora Enso", "Elisa", "Neste", "Orion", "Valmet"]
 _METRICS = ["net sales", "operating profit", "order intake", "quarterly revenue", "earnings per share"]
@@ -60,7 +60,7 @@ def finsent_rows(n: int = 60, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-class FinSentProbe(FPB):
+class SyntheticFinSent(FPB):
     """FPB's prompt, parsing and metrics on the synthetic ``finsent_rows`` (no data files needed)."""
 
     name = "finsent-probe"
@@ -68,11 +68,9 @@ class FinSentProbe(FPB):
     version = "1"
     size = 60
 
-    def load_hub(self) -> list[Example]:
+    def load(self, data_dir: str | Path | None = None) -> list[Example]:
+        """The generated rows; ``data_dir`` is not read."""
         return [self.build(row, f"finsent-probe row {i}")[0] for i, row in enumerate(finsent_rows(self.size))]
-
-    def load_local(self, data_dir: str | Path) -> list[Example]:
-        return self.load_hub()
 
 
 _ARITH = [
@@ -117,7 +115,7 @@ def arith_rows(n: int = 60, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-class ArithProbe(ConvFinQA):
+class SyntheticArith(ConvFinQA):
     """ConvFinQA's prompt and number rule on the synthetic ``arith_rows`` (no data files needed)."""
 
     name = "arith-probe"
@@ -125,11 +123,9 @@ class ArithProbe(ConvFinQA):
     version = "2"
     size = 60
 
-    def load_hub(self) -> list[Example]:
+    def load(self, data_dir: str | Path | None = None) -> list[Example]:
+        """The generated rows; ``data_dir`` is not read."""
         return [
             Example(id=row["id"], prompt=row["question"], gold=row["answer"], text=row["question"], stratum=row["kind"])
             for row in arith_rows(self.size)
         ]
-
-    def load_local(self, data_dir: str | Path) -> list[Example]:
-        return self.load_hub()
