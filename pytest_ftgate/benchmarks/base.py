@@ -315,6 +315,8 @@ class JsonlBenchmark(Benchmark):
         raise DataError(
             f"benchmark {self.name!r}: data file not found (looked for {looked}); pass the path of "
             "an existing JSON Lines file to Benchmark.from_jsonl (absolute, or relative to "
+            "--ftgate-data DIR)"
+        )
 
     def _load(self, path: Path) -> list[Example]:
         built: list[tuple[Example, bool, str]] = []
@@ -367,5 +369,3 @@ class JsonlBenchmark(Benchmark):
                 )
             return value.lower()
         return value
-            "--ftgate-data DIR)"
-        )
