@@ -18,9 +18,10 @@ from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.errors import BaselineMismatch, ConfigError, DataError, ModelError
 from pytest_ftgate.fingerprint import digest
+from pytest_ftgate.modes import check_mode
 from pytest_ftgate.options import AUDIT, DEFAULT_BASE, DEFAULT_CACHE, audit_size, looks_local, positive_int
 from pytest_ftgate.results import Comparison, EarlyStop, EvalResult
-from pytest_ftgate.runner import MODES, Progress, check_mode, evaluate
+from pytest_ftgate.runner import Progress, evaluate
 
 BackendFactory = Callable[[str], Backend]
 EARLY_CHUNK = 50  # examples per look when stopping early
@@ -67,9 +68,7 @@ class Gate:
         self.limit = positive_int(limit, "--ftgate-limit")
         self.batch_size = positive_int(batch_size, "--ftgate-batch-size")
         self.confidence = confidence
-        if mode not in MODES:
-            raise ConfigError(f"unknown scoring mode {mode!r}: use one of {', '.join(MODES)}")
-        self.mode = mode
+        self.mode = check_mode(mode, source="Gate(mode=...)")
         self.base_url = base_url
         self.progress = progress
         self.audit = audit_size(audit)  # "auto" or a number of examples; 0: stored baselines are not audited
@@ -159,7 +158,7 @@ class Gate:
                 raise ConfigError(
                     f"the {self.backend.name} backend cannot score log-probabilities: use mode='generate'"
                 )
-            return check_mode(bench, mode)
+            return check_mode(mode, bench)
         if self.mode == "logprob" and bench.supports_logprob and not can_score:
             self.notes.append(
                 f"{bench.title}: generate mode (the {self.backend.name} backend has no log-probabilities)"

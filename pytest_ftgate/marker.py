@@ -8,8 +8,8 @@ from typing import Any
 
 from pytest_ftgate import benchmarks
 from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.modes import check_mode
 from pytest_ftgate.results import check_thresholds
-from pytest_ftgate.runner import check_mode
 
 MARKER = "ftgate"
 MARKER_HELP = (
@@ -81,7 +81,7 @@ def parse_marker(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> G
     if mode is not None:
         for name in names:
             try:
-                check_mode(benchmarks.get_benchmark(name), mode)
+                check_mode(mode, benchmarks.get_benchmark(name), source="mode")
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
     return GateSpec(names, thresholds.get("max_drop"), thresholds.get("min_gain"), strict, listed, mode)

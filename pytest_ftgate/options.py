@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.modes import check_mode
 
 if TYPE_CHECKING:
     import pytest
@@ -201,10 +202,7 @@ def confidence_level(value: Any) -> float:
 
 
 def scoring_mode(value: Any) -> str:
-    mode = str(value or "generate")
-    if mode not in ("generate", "logprob"):
-        raise ConfigError(f"{MODE} must be generate or logprob, got {mode!r}")
-    return mode
+    return check_mode(str(value or "generate"), source=MODE)
 
 
 def _path(config: pytest.Config, value: str | None) -> str | None:

@@ -1,12 +1,6 @@
 """Evaluate one model on one benchmark: cached records first, then batches through the backend.
 
-Two scoring modes, never mixed between base and tuned (the mode is part of every cache key,
-baseline fingerprint and report):
-
-- ``generate``: the seed study's protocol: greedy decoding up to the benchmark's ``max_tokens``,
-  then the benchmark's parsing rule.
-- ``logprob``: for benchmarks with a fixed answer set, one scoring pass per example: the answer
-  whose reply forms have the highest total probability wins (``Benchmark.answer_forms``).
+In either scoring mode (``generate`` or ``logprob``; what they mean: :mod:`pytest_ftgate.modes`).
 """
 
 from __future__ import annotations
@@ -21,24 +15,13 @@ from pytest_ftgate.backends import Model, check_scores
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.context import check_context
-from pytest_ftgate.errors import BackendError, ConfigError, NonFiniteError
+from pytest_ftgate.errors import BackendError, NonFiniteError
+from pytest_ftgate.modes import check_mode
 from pytest_ftgate.results import EvalResult, ModelInfo, Prediction
 
 Progress = Callable[[str], None]
-MODES = ("generate", "logprob")
 DEFAULT_BATCH = 8  # examples per chunk when neither the user nor the backend says otherwise
 PROGRESS_EVERY = 10.0  # seconds between progress lines; the last batch always reports
-
-
-def check_mode(benchmark: Benchmark, mode: str) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"unknown scoring mode {mode!r}: use one of {', '.join(MODES)}")
-    if mode == "logprob" and not benchmark.supports_logprob:
-        raise ConfigError(
-            f"{benchmark.title} has no fixed answer set, so it cannot be scored by log-probability: "
-            "use mode='generate' for it"
-        )
-    return mode
 
 
 def cache_key(benchmark: Benchmark, model: Model, mode: str) -> dict[str, Any]:
@@ -111,7 +94,7 @@ def evaluate(
     role: str = "model",
 ) -> EvalResult:
     """Run ``model`` on ``examples`` (resuming from ``cache``) and score the outputs."""
-    check_mode(benchmark, mode)
+    check_mode(mode, benchmark)
     key = cache_key(benchmark, model, mode)
     start = time.perf_counter()
     records = cache.get(key)

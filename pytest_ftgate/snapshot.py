@@ -39,8 +39,8 @@ from syrupy.extensions.json import JSONSnapshotExtension
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.errors import BaselineMismatch
 from pytest_ftgate.fingerprint import digest
+from pytest_ftgate.modes import MODES
 from pytest_ftgate.results import EvalResult, ModelInfo, Prediction
-from pytest_ftgate.runner import MODES
 
 if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
