@@ -17,7 +17,7 @@ from pytest_ftgate.marker import MARKER, MARKER_HELP, GateSpec, parse_marker
 from pytest_ftgate.results import Comparison, Verdict
 from pytest_ftgate.stats import EarlyStopPolicy
 from pytest_ftgate.text import safe
-from pytest_ftgate.xdist_compat import restore_group_suffixes
+from pytest_ftgate.xdist_compat import add_group_suffixes, restore_node_ids
 
 BENCHMARK_PARAM = "ftgate_benchmark"
 XDIST_GROUP = "ftgate"
@@ -86,8 +86,16 @@ class _XdistHooks:
 
     @pytest.hookimpl(trylast=True)  # after xdist's worker hook, which appends the group to node ids
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        """Worker under ``--dist loadgroup``: mend the group suffix pytest 9 drops (xdist_compat)."""
-        restore_group_suffixes(config, items)
+        """Worker under ``--dist loadgroup``: the group suffix pytest 9.2 drops, for the scheduler."""
+        add_group_suffixes(config, items)
+
+    @pytest.hookimpl(wrapper=True)  # around xdist's worker hook, which sends the ids to the scheduler
+    def pytest_collection_finish(self, session: pytest.Session) -> Generator[None, None, None]:
+        """Then the original node ids again, for reports, JUnit and ``--lf`` (xdist_compat)."""
+        try:
+            return (yield)
+        finally:
+            restore_node_ids(session.items)
 
 
 @pytest.hookimpl(trylast=True)

@@ -407,7 +407,7 @@ def test_loadgroup_runs_every_gate_on_one_worker(gate_project: pytest.Pytester) 
     ran = re.findall(r"\[(gw\d)\] .*PASSED (\S+)", result.stdout.str())
     gates = {worker for worker, test in ran if "test_gate_" in test}
     assert len(ran) == 6 and len(gates) == 1
-    assert all(test.endswith("@ftgate") for _, test in ran if "test_gate_" in test)
+    assert not any("@" in test for _, test in ran)  # the ids stay intact (xdist_compat)
 
 
 def test_progress_is_live_and_quiet_under_q(gate_project: pytest.Pytester) -> None:
