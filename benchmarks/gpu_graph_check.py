@@ -22,12 +22,12 @@ def main() -> None:
 
     from pytest_ftgate.backends.transformers import TransformersBackend
     from pytest_ftgate.benchmarks import get_benchmark
-    from pytest_ftgate.testing import make_tiny_gemma4
+    from pytest_ftgate.testing import build_tiny_llama, make_tiny_gemma4
 
     device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
     root = Path(tempfile.mkdtemp())
     gemma = make_tiny_gemma4(root / "gemma")
-    llama = t.build_tiny_llama(gemma, root / "llama")
+    llama = build_tiny_llama(gemma, root / "llama")
     failures = 0
     for path in (gemma, llama):
         graphs = TransformersBackend(device=device, static_decode=True)

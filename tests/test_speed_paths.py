@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 from pytest_ftgate.benchmarks import get_benchmark
 from pytest_ftgate.benchmarks.base import Benchmark, Example
-from pytest_ftgate.testing import FPB_SYSTEM
+from pytest_ftgate.testing import FPB_SYSTEM, build_tiny_llama
 
 MEDMCQA = get_benchmark("medmcqa")
 FPB = get_benchmark("fpb")
@@ -313,34 +312,6 @@ class TestTransformers:
         backend, model = loaded
         assert backend.auto_batch_size(model.handle, 100) > backend.auto_batch_size(model.handle, 2000) >= 1
         assert backend.default_batch_size >= backend.auto_batch_size(model.handle, 100)
-
-
-def build_tiny_llama(tiny: Path, dest: Path) -> Path:
-    """A tiny random llama (no sliding window, so the transformers backend shares the prompts'
-    common prefix) with the tiny Gemma 4's tokenizer and chat template (also used by
-    benchmarks/gpu_graph_check.py)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(dest)
-    for file in tiny.iterdir():
-        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(file, dest / file.name)
-    return dest
 
 
 @pytest.fixture(scope="module")
