@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Real benchmark data (fpb/, medmcqa/, convfinqa/, chatdoctor_genmedgpt5k/): $FTGATE_TEST_DATA, else
+# ../shared/data beside the repository. Tests reach it through the ``shared_data`` fixture.
+DATA_ENV = "FTGATE_TEST_DATA"
+SHARED_DATA = Path(os.environ.get(DATA_ENV) or REPO.parent / "shared" / "data").expanduser().resolve()
 
 # A conftest for pytester projects. The fake backend answers from the prompt itself: the base
 # model gives the gold word written into each question; an adapter folder's "fake_flips" says how
@@ -121,11 +125,55 @@ def gate_project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 @pytest.fixture
-def fake_adapter(gate_project: pytest.Pytester) -> Callable[..., str]:
-    """``fake_adapter(name="lora", **config)``: write a fake adapter into the gate project (see
-    ``write_fake_adapter``) and return its ``--ftgate-adapter=DIR`` argument."""
+def fake_adapter_folder(gate_project: pytest.Pytester) -> Callable[..., Path]:
+    """``fake_adapter_folder(name="lora", **config)``: write a fake adapter into the gate project
+    (see ``write_fake_adapter``; ``fake_flips=N``, ``fake_fixes=True``, ``fake_no_effect=True``) and
+    return its folder."""
 
-    def make(name: str = "lora", **config: object) -> str:
-        return f"--ftgate-adapter={write_fake_adapter(gate_project.path / name, **config)}"
+    def make(name: str = "lora", **config: object) -> Path:
+        return write_fake_adapter(gate_project.path / name, **config)
 
     return make
+
+
+@pytest.fixture
+def fake_adapter(fake_adapter_folder: Callable[..., Path]) -> Callable[..., str]:
+    """``fake_adapter(name="lora", **config)``: like ``fake_adapter_folder``, but returns the
+    ``--ftgate-adapter=DIR`` argument."""
+
+    def make(name: str = "lora", **config: object) -> str:
+        return f"--ftgate-adapter={fake_adapter_folder(name, **config)}"
+
+    return make
+
+
+@pytest.fixture
+def sentiment_file(gate_project: pytest.Pytester) -> Callable[..., Path]:
+    """``sentiment_file(n=40, base_wrong=0)``: rewrite the gate project's ``sentiment.jsonl`` with
+    ``n`` examples, the last ``base_wrong`` of which the fake base model answers wrongly."""
+
+    def make(n: int = 40, base_wrong: int = 0) -> Path:
+        path = gate_project.path / "sentiment.jsonl"
+        write_sentiment(path, n=n, base_wrong=base_wrong)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[..., Path]:
+    """``shared_data(*needed)``: the real benchmark data folder; skips the test (naming
+    $FTGATE_TEST_DATA) unless each ``needed`` path (e.g. ``"fpb"``, ``"medmcqa/validation.jsonl"``)
+    exists in it. Call it before building anything expensive."""
+
+    def find(*needed: str) -> Path:
+        missing = [name for name in needed or ("",) if not (SHARED_DATA / name).exists()]
+        if missing:
+            pytest.skip(
+                f"benchmark data not found: {SHARED_DATA / missing[0]} "
+                f"(set {DATA_ENV} to a folder with fpb/, medmcqa/, ...; default ../shared/data beside the repository)"
+            )
+        return SHARED_DATA
+
+    return find
+

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import types
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,11 @@ from pytest_ftgate.benchmarks.sampling import allocate
 from pytest_ftgate.errors import ConfigError, DataError
 from pytest_ftgate.results import Prediction
 
-DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
-    if not (DATA / "medmcqa" / "validation.jsonl").is_file():
-        pytest.skip(f"shared benchmark data not found at {DATA}")
-    return DATA
+def data_dir(shared_data: Callable[..., Path]) -> Path:
+    return shared_data("medmcqa/validation.jsonl")
 
 
 @pytest.fixture(scope="module")

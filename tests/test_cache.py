@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pytest_ftgate import options
 from pytest_ftgate.cache import PredictionCache
-from tests.conftest import write_fake_adapter
 
 KEY = {"model": "m", "benchmark": "b", "mode": "generate", "max_tokens": 8}
 
@@ -53,9 +53,11 @@ def test_calls():
 """
 
 
-def test_killed_run_resumes_with_every_complete_entry(gate_project: pytest.Pytester) -> None:
+def test_killed_run_resumes_with_every_complete_entry(
+    gate_project: pytest.Pytester, fake_adapter_folder: Callable[..., Path]
+) -> None:
     gate_project.makepyfile(GATE_TEST)
-    adapter = write_fake_adapter(gate_project.path / "lora", fake_flips=6)
+    adapter = fake_adapter_folder(fake_flips=6)
     args = [
         sys.executable,
         "-m",
@@ -99,11 +101,11 @@ def _key(meta: Path) -> dict:  # type: ignore[type-arg]
 
 
 def test_default_cache_is_under_ftgate_home_not_the_project(
-    gate_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    gate_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake_adapter_folder: Callable[..., Path]
 ) -> None:
     """A pull request can commit files in the project, never in $FTGATE_HOME: the default is there."""
     gate_project.makepyfile(GATE_TEST)
-    adapter = write_fake_adapter(gate_project.path / "lora", fake_flips=6)
+    adapter = fake_adapter_folder(fake_flips=6)
     home = gate_project.path.parent / f"{gate_project.path.name}-home"
     monkeypatch.setenv("FTGATE_HOME", str(home))
     result = gate_project.runpytest("-p", "no:syrupy", f"{options.ADAPTER}={adapter}")

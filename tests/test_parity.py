@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pytest_ftgate import Gate, parity
-from tests.conftest import SHARED_DATA
 from tests.test_results import result
 
 pytest.importorskip("mlx_vlm")
+pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
 pytest.importorskip("peft")
 
 
@@ -24,15 +25,15 @@ def test_parity_counts_differences() -> None:
         parity(result([True]), result([True, True]))
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "fpb").is_dir(), reason="../shared/data not present")
-def test_mlx_and_transformers_agree(tmp_path: Path) -> None:
+def test_mlx_and_transformers_agree(tmp_path: Path, shared_data: Callable[..., Path]) -> None:
     from pytest_ftgate.testing import make_adapter, make_tiny_gemma4
 
+    data = shared_data("fpb")
     base = make_tiny_gemma4(tmp_path / "tiny")
     adapter = make_adapter(base, tmp_path / "lora", strength=1.0, seed=3)
     results = {}
     for backend in ("mlx", "transformers"):
-        gate = Gate(base=str(base), adapter=adapter, backend=backend, data=SHARED_DATA, limit=30, cache=None)
+        gate = Gate(base=str(base), adapter=adapter, backend=backend, data=data, limit=30, cache=None)
         results[backend] = gate.evaluate("fpb", gate.tuned_model)
     check = parity(results["mlx"], results["transformers"])
     assert check.agreement == 100.0, check.summary()

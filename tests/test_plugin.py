@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from pytest_ftgate import options
-from tests.conftest import write_fake_adapter, write_sentiment
 
 GATE_TEST = """
 import re
@@ -19,10 +20,6 @@ import pytest
 def test_no_forgetting():
     pass
 """
-
-
-def adapter_args(pytester: pytest.Pytester, name: str = "lora", **config: object) -> str:
-    return f"{options.ADAPTER}={write_fake_adapter(pytester.path / name, **config)}"
 
 
 def test_options_and_ini_keys_are_registered(pytester: pytest.Pytester) -> None:
@@ -59,14 +56,14 @@ def test_skipped_without_adapter(gate_project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*no fine-tune to gate: pass --ftgate-adapter=DIR*"])
 
 
-def test_passes_when_answers_unchanged(gate_project: pytest.Pytester) -> None:
+def test_passes_when_answers_unchanged(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     gate_project.makepyfile(GATE_TEST)
-    gate_project.runpytest(adapter_args(gate_project)).assert_outcomes(passed=1)
+    gate_project.runpytest(fake_adapter()).assert_outcomes(passed=1)
 
 
-def test_fails_with_readable_message(gate_project: pytest.Pytester) -> None:
+def test_fails_with_readable_message(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     gate_project.makepyfile(GATE_TEST)
-    result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
+    result = gate_project.runpytest(fake_adapter(fake_flips=6))
     result.assert_outcomes(failed=1)
     # 40 examples, 6 lost: 100.0 -> 85.0
     result.stdout.fnmatch_lines(
@@ -79,8 +76,8 @@ def test_fails_with_readable_message(gate_project: pytest.Pytester) -> None:
     assert "Traceback" not in result.stdout.str()
 
 
-def test_ini_keys_work_like_options(gate_project: pytest.Pytester) -> None:
-    adapter = write_fake_adapter(gate_project.path / "lora", fake_flips=6)
+def test_ini_keys_work_like_options(gate_project: pytest.Pytester, fake_adapter_folder: Callable[..., Path]) -> None:
+    adapter = fake_adapter_folder(fake_flips=6)
     gate_project.makeini(
         f"[pytest]\nftgate_backend = fake\nftgate_base = base\nftgate_adapter = {adapter}\nftgate_limit = 10\n"
     )
@@ -90,8 +87,10 @@ def test_ini_keys_work_like_options(gate_project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*10 examples: 2 lost*"])  # stratified 10 of 40 keeps some of the 6 flips
 
 
-def test_min_gain(gate_project: pytest.Pytester) -> None:
-    write_sentiment(gate_project.path / "sentiment.jsonl", n=40, base_wrong=10)
+def test_min_gain(
+    gate_project: pytest.Pytester, fake_adapter: Callable[..., str], sentiment_file: Callable[..., Path]
+) -> None:
+    sentiment_file(n=40, base_wrong=10)
     gate_project.makepyfile("""
         import pytest
 
@@ -103,12 +102,14 @@ def test_min_gain(gate_project: pytest.Pytester) -> None:
         def test_improves_a_lot():
             pass
     """)
-    result = gate_project.runpytest(adapter_args(gate_project, fake_fixes=True))
+    result = gate_project.runpytest(fake_adapter(fake_fixes=True))
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*Sentiment gained 25.0 points (75.0 -> 100.0)*required gain 50*"])
 
 
-def test_list_form_gives_one_test_per_benchmark(gate_project: pytest.Pytester) -> None:
+def test_list_form_gives_one_test_per_benchmark(
+    gate_project: pytest.Pytester, fake_adapter: Callable[..., str]
+) -> None:
     gate_project.makeconftest(
         gate_project.path.joinpath("conftest.py").read_text()
         + """
@@ -128,12 +129,12 @@ pytest_ftgate.register_benchmark(
         def test_all(ftgate_comparison):
             assert ftgate_comparison.tuned.metrics["accuracy"] >= 0
     """)
-    result = gate_project.runpytest("-v", adapter_args(gate_project))
+    result = gate_project.runpytest("-v", fake_adapter())
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_all?sentiment? PASSED*", "*test_all?sentiment2? PASSED*"])
 
 
-def test_custom_assertions_in_body(gate_project: pytest.Pytester) -> None:
+def test_custom_assertions_in_body(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     gate_project.makepyfile("""
         import pytest
 
@@ -141,7 +142,7 @@ def test_custom_assertions_in_body(gate_project: pytest.Pytester) -> None:
         def test_custom(ftgate_comparison):
             assert ftgate_comparison.tuned.metrics["accuracy"] >= 99, "too low"
     """)
-    result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
+    result = gate_project.runpytest(fake_adapter(fake_flips=6))
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*too low*"])
 
@@ -194,8 +195,8 @@ def test_folder_without_weights(gate_project: pytest.Pytester) -> None:
     )
 
 
-def test_corrupt_safetensors(gate_project: pytest.Pytester) -> None:
-    folder = write_fake_adapter(gate_project.path / "lora")
+def test_corrupt_safetensors(gate_project: pytest.Pytester, fake_adapter_folder: Callable[..., Path]) -> None:
+    folder = fake_adapter_folder()
     data = (folder / "adapters.safetensors").read_bytes()
     (folder / "adapters.safetensors").write_bytes(data[:-8])
     result = gate_project.runpytest(f"{options.ADAPTER}=lora")
@@ -211,29 +212,31 @@ def test_pickle_adapter_refused(gate_project: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*adapter_model.bin is a pickle file*refuses it*"])
 
 
-def test_missing_base_folder(gate_project: pytest.Pytester) -> None:
+def test_missing_base_folder(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     gate_project.makepyfile(GATE_TEST)
-    result = gate_project.runpytest(adapter_args(gate_project), f"{options.BASE}=./no-such-model")
+    result = gate_project.runpytest(fake_adapter(), f"{options.BASE}=./no-such-model")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*model folder */no-such-model does not exist: check --ftgate-base*"])
     assert "Traceback" not in result.stdout.str()
 
 
-def test_adapter_error_at_load_is_reported_once_per_test(gate_project: pytest.Pytester) -> None:
+def test_adapter_error_at_load_is_reported_once_per_test(
+    gate_project: pytest.Pytester, fake_adapter: Callable[..., str]
+) -> None:
     gate_project.makepyfile(GATE_TEST)
-    result = gate_project.runpytest(adapter_args(gate_project, fake_no_effect=True))
+    result = gate_project.runpytest(fake_adapter(fake_no_effect=True))
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*ftgate: adapter */lora has no effect*"])
 
 
-def test_unknown_backend(gate_project: pytest.Pytester) -> None:
+def test_unknown_backend(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     gate_project.makepyfile(GATE_TEST)
-    result = gate_project.runpytest(adapter_args(gate_project), f"{options.BACKEND}=mxl")
+    result = gate_project.runpytest(fake_adapter(), f"{options.BACKEND}=mxl")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*unknown ftgate backend 'mxl'. Did you mean 'mlx'?*"])
 
 
-def test_cache_reused_on_second_run(gate_project: pytest.Pytester) -> None:
+def test_cache_reused_on_second_run(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     gate_project.makepyfile(
         GATE_TEST
         + """
@@ -243,7 +246,7 @@ def test_calls():
     print("CALLS", conftest.CALLS["examples"])
 """
     )
-    args = [adapter_args(gate_project, fake_flips=1), "-s", "-p", "no:randomly"]
+    args = [fake_adapter(fake_flips=1), "-s", "-p", "no:randomly"]
     first = gate_project.runpytest(*args)
     first.stdout.fnmatch_lines(["*CALLS 80*"])  # 40 base + 40 tuned
     second = gate_project.runpytest(*args)
@@ -252,16 +255,18 @@ def test_calls():
     no_cache.stdout.fnmatch_lines(["*CALLS 48*"])  # the base comes from the stored baseline; 8 audited
 
 
-def test_xdist_two_workers(gate_project: pytest.Pytester) -> None:
+def test_xdist_two_workers(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     pytest.importorskip("xdist")
     gate_project.makepyfile(test_a=GATE_TEST, test_b=GATE_TEST.replace("test_no_forgetting", "test_other"))
-    result = gate_project.runpytest("-n", "2", adapter_args(gate_project, fake_flips=6))
+    result = gate_project.runpytest("-n", "2", fake_adapter(fake_flips=6))
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*Sentiment dropped 15.0 points*"])
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
-def test_reports_terminal_json_markdown_plot_junit(gate_project: pytest.Pytester, workers: list[str]) -> None:
+def test_reports_terminal_json_markdown_plot_junit(
+    gate_project: pytest.Pytester, workers: list[str], fake_adapter: Callable[..., str]
+) -> None:
     import json
 
     if importlib.util.find_spec("matplotlib") is None:
@@ -274,7 +279,7 @@ def test_reports_terminal_json_markdown_plot_junit(gate_project: pytest.Pytester
     # and numpy's C extension cannot be imported twice in one process.
     result = gate_project.runpytest_subprocess(
         *workers,
-        adapter_args(gate_project, fake_flips=6),
+        fake_adapter(fake_flips=6),
         f"{options.REPORT}={out / 'r.json'}",
         f"{options.MARKDOWN}={out / 'r.md'}",
         f"{options.PLOT}={out / 'r.png'}",
@@ -304,7 +309,9 @@ def test_reports_terminal_json_markdown_plot_junit(gate_project: pytest.Pytester
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_custom_assertion_failure_still_reported(gate_project: pytest.Pytester) -> None:
+def test_custom_assertion_failure_still_reported(
+    gate_project: pytest.Pytester, fake_adapter: Callable[..., str]
+) -> None:
     gate_project.makepyfile(
         """
         import pytest
@@ -314,7 +321,7 @@ def test_custom_assertion_failure_still_reported(gate_project: pytest.Pytester) 
             assert ftgate_comparison.tuned.score > 99
         """
     )
-    result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
+    result = gate_project.runpytest(fake_adapter(fake_flips=6))
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["Sentiment*pass (test failed)*", "ftgate: Sentiment passed (1 test failed on its own assertions)"]
@@ -322,23 +329,25 @@ def test_custom_assertion_failure_still_reported(gate_project: pytest.Pytester) 
 
 
 def test_plot_without_matplotlib_is_a_usage_error(
-    gate_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    gate_project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake_adapter: Callable[..., str]
 ) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     gate_project.makepyfile(GATE_TEST)
-    result = gate_project.runpytest(adapter_args(gate_project), f"{options.PLOT}=out.png")
+    result = gate_project.runpytest(fake_adapter(), f"{options.PLOT}=out.png")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--ftgate-plot needs matplotlib*pip install 'pytest-ftgate[[]plot[]]'*"])
 
 
-def test_xdist_summary_printed_once_with_every_workers_records(gate_project: pytest.Pytester) -> None:
+def test_xdist_summary_printed_once_with_every_workers_records(
+    gate_project: pytest.Pytester, fake_adapter: Callable[..., str]
+) -> None:
     import json
 
     pytest.importorskip("xdist")
     gate_project.makepyfile(test_a=GATE_TEST, test_b=GATE_TEST.replace("test_no_forgetting", "test_other"))
-    result = gate_project.runpytest("-n", "2", adapter_args(gate_project, fake_flips=6), f"{options.REPORT}=r.json")
+    result = gate_project.runpytest("-n", "2", fake_adapter(fake_flips=6), f"{options.REPORT}=r.json")
     result.assert_outcomes(failed=2)
     text = result.stdout.str()
     assert text.count("= ftgate =") == 1
@@ -349,8 +358,10 @@ def test_xdist_summary_printed_once_with_every_workers_records(gate_project: pyt
     assert [g["nodeid"] for g in data["gates"]] == ["test_a.py::test_no_forgetting", "test_b.py::test_other"]
 
 
-def test_early_stop_uses_fewer_examples(gate_project: pytest.Pytester) -> None:
-    write_sentiment(gate_project.path / "sentiment.jsonl", n=400)
+def test_early_stop_uses_fewer_examples(
+    gate_project: pytest.Pytester, fake_adapter: Callable[..., str], sentiment_file: Callable[..., Path]
+) -> None:
+    sentiment_file(n=400)
     gate_project.makepyfile(
         GATE_TEST
         + """
@@ -360,7 +371,7 @@ def test_calls():
     print("CALLS", conftest.CALLS["examples"])
 """
     )
-    args = [adapter_args(gate_project, fake_flips=200), "-s", options.EARLY_STOP, "-p", "no:syrupy"]
+    args = [fake_adapter(fake_flips=200), "-s", options.EARLY_STOP, "-p", "no:syrupy"]
     result = gate_project.runpytest(*args)
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.re_match_lines([r".*CALLS 100$"])  # 50 base + 50 tuned instead of 800
@@ -369,11 +380,13 @@ def test_calls():
     )
 
 
-def test_early_stop_agrees_with_the_complete_run_when_close(gate_project: pytest.Pytester) -> None:
-    write_sentiment(gate_project.path / "sentiment.jsonl", n=400)
+def test_early_stop_agrees_with_the_complete_run_when_close(
+    gate_project: pytest.Pytester, fake_adapter: Callable[..., str], sentiment_file: Callable[..., Path]
+) -> None:
+    sentiment_file(n=400)
     gate_project.makepyfile(GATE_TEST)
-    full = gate_project.runpytest(adapter_args(gate_project, fake_flips=9), "-p", "no:syrupy", options.NO_CACHE)
-    early = gate_project.runpytest(adapter_args(gate_project, fake_flips=9), "-p", "no:syrupy", options.EARLY_STOP)
+    full = gate_project.runpytest(fake_adapter(fake_flips=9), "-p", "no:syrupy", options.NO_CACHE)
+    early = gate_project.runpytest(fake_adapter(fake_flips=9), "-p", "no:syrupy", options.EARLY_STOP)
     full.assert_outcomes(failed=1)  # 9 of 400 lost: -2.25 points, past the 2.0 margin
     early.assert_outcomes(failed=1)
 
@@ -391,7 +404,9 @@ def test_gated_tests_share_one_xdist_group(gate_project: pytest.Pytester) -> Non
     assert groups == {"test_a": ["ftgate"], "test_own_group": ["mine"], "test_plain": []}
 
 
-def test_loadgroup_runs_every_gate_on_one_worker(gate_project: pytest.Pytester) -> None:
+def test_loadgroup_runs_every_gate_on_one_worker(
+    gate_project: pytest.Pytester, fake_adapter: Callable[..., str]
+) -> None:
     """Under ``-n 2 --dist loadgroup`` the gates share one worker while plain tests spread out,
     also on pytest versions whose structured node ids drop xdist's group suffix (xdist_compat)."""
     pytest.importorskip("xdist")
@@ -401,7 +416,7 @@ def test_loadgroup_runs_every_gate_on_one_worker(gate_project: pytest.Pytester) 
         test_b=gate.format("b") + "\ndef test_plain_b1():\n    pass\n\ndef test_plain_b2():\n    pass\n",
     )
     result = gate_project.runpytest(
-        "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:randomly", adapter_args(gate_project)
+        "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:randomly", fake_adapter()
     )
     result.assert_outcomes(passed=6)
     ran = re.findall(r"\[(gw\d)\] .*PASSED (\S+)", result.stdout.str())
@@ -410,15 +425,15 @@ def test_loadgroup_runs_every_gate_on_one_worker(gate_project: pytest.Pytester) 
     assert not any("@" in test for _, test in ran)  # the ids stay intact (xdist_compat)
 
 
-def test_progress_is_live_and_quiet_under_q(gate_project: pytest.Pytester) -> None:
+def test_progress_is_live_and_quiet_under_q(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     gate_project.makepyfile(GATE_TEST)
-    loud = gate_project.runpytest(adapter_args(gate_project), options.NO_CACHE)
+    loud = gate_project.runpytest(fake_adapter(), options.NO_CACHE)
     loud.stdout.fnmatch_lines(["ftgate: Sentiment base (generate): 40/40 examples (*/s, ~0 s left)"])
-    quiet = gate_project.runpytest(adapter_args(gate_project), options.NO_CACHE, "-q")
+    quiet = gate_project.runpytest(fake_adapter(), options.NO_CACHE, "-q")
     assert "examples (" not in quiet.stdout.str()
 
 
-def test_list_form_with_an_empty_body_is_gated(gate_project: pytest.Pytester) -> None:
+def test_list_form_with_an_empty_body_is_gated(gate_project: pytest.Pytester, fake_adapter: Callable[..., str]) -> None:
     gate_project.makepyfile("""
         import pytest
 
@@ -426,6 +441,6 @@ def test_list_form_with_an_empty_body_is_gated(gate_project: pytest.Pytester) ->
         def test_all():
             pass
     """)
-    result = gate_project.runpytest(adapter_args(gate_project, fake_flips=6))
+    result = gate_project.runpytest(fake_adapter(fake_flips=6))
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*Sentiment dropped 15.0 points*"])

@@ -4,15 +4,17 @@ examples) so it cannot rot: training, baselines, the gate and the seed's table o
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
-
+pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
 pytest.importorskip("peft")
 pytest.importorskip("gguf")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +39,7 @@ def run_study(tmp_path: Path, *args: str) -> tuple[int, dict[str, dict[str, Any]
 def test_the_example_is_the_gate_the_study_runs() -> None:
     from pytest_ftgate import seed_study
 
-    assert (REPO / "examples" / "seed_study" / "test_seed_gate.py").read_text() == seed_study.TEST_FILE
+    assert (ROOT / "examples" / "seed_study" / "test_seed_gate.py").read_text() == seed_study.TEST_FILE
 
 
 def test_fine_tuning_lifts_one_probe_and_the_gate_catches_the_forgetting(
@@ -57,9 +59,11 @@ def test_fine_tuning_lifts_one_probe_and_the_gate_catches_the_forgetting(
         assert (tmp_path / "adapters" / name / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "chatdoctor_genmedgpt5k").is_dir(), reason="../shared/data not present")
-def test_with_data_it_trains_the_medical_adapter_and_gates_the_real_benchmarks(tmp_path: Path) -> None:
-    code, gates = run_study(tmp_path, "--steps", "2", "--limit", "3", "--data", str(SHARED_DATA))
+def test_with_data_it_trains_the_medical_adapter_and_gates_the_real_benchmarks(
+    tmp_path: Path, shared_data: Callable[..., Path]
+) -> None:
+    data = shared_data("chatdoctor_genmedgpt5k")
+    code, gates = run_study(tmp_path, "--steps", "2", "--limit", "3", "--data", str(data))
     assert code in (0, 1)  # two steps need not improve anything; the table is what is checked
     assert set(gates) == {"sentiment", "arithmetic", "medical"}
     for report in gates.values():

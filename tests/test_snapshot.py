@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from pytest_ftgate import options
-from tests.conftest import write_fake_adapter
 
 GATE_TEST = """
 import pytest
@@ -23,12 +24,14 @@ def test_calls():
 
 
 @pytest.fixture(params=["serial", "xdist"])
-def run(request: pytest.FixtureRequest, gate_project: pytest.Pytester):  # type: ignore[no-untyped-def]
+def run(  # type: ignore[no-untyped-def]
+    request: pytest.FixtureRequest, gate_project: pytest.Pytester, fake_adapter_folder: Callable[..., Path]
+):
     """Run the gate project serially or with ``-n 2`` (the base-call count is per process then)."""
     if request.param == "xdist":
         pytest.importorskip("xdist")
     gate_project.makepyfile(GATE_TEST)
-    adapter = write_fake_adapter(gate_project.path / "lora")
+    adapter = fake_adapter_folder()
     xdist = ["-n", "2"] if request.param == "xdist" else []
 
     def run(*extra: str) -> pytest.RunResult:

@@ -162,7 +162,7 @@ def mlx_loaded(tiny: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def torch_loaded(tiny: Path) -> Any:
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
     pytest.importorskip("transformers")
     from pytest_ftgate.backends.transformers import TransformersBackend
 
@@ -316,7 +316,7 @@ class TestTransformers:
 
 @pytest.fixture(scope="module")
 def tiny_llama(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
     pytest.importorskip("transformers")
     return build_tiny_llama(tiny, tmp_path_factory.mktemp("models") / "tiny-llama")
 

@@ -328,7 +328,7 @@ def test_teach_adapter_answers_taught_word(tiny: Path, loaded, tmp_path: Path):
 
 
 def test_transformers_loads_same_logits(tiny: Path, loaded):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model, processor = loaded
@@ -347,7 +347,7 @@ def test_transformers_loads_same_logits(tiny: Path, loaded):
 
 
 def test_peft_adapter_loads_in_peft(tiny: Path, loaded, tmp_path: Path):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
     pytest.importorskip("peft")
     from mlx_vlm import load
     from peft import PeftModel

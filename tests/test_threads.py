@@ -136,7 +136,7 @@ def _spin_count(code: str, **extra: str) -> str:
 def test_the_transformers_backend_makes_libgomp_threads_sleep() -> None:
     """Created before torch is imported (as the gate does), the backend's environment reaches
     libgomp: idle threads spin 3,000 times before they sleep, not 300,000."""
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
     code = "from pytest_ftgate.backends.transformers import TransformersBackend; TransformersBackend(); import torch"
     ours = f"GOMP_SPINCOUNT = '{threads.SPIN_COUNT}'"
     assert _spin_count(code) == ours
@@ -147,7 +147,7 @@ def test_the_transformers_backend_makes_libgomp_threads_sleep() -> None:
 
 
 def test_size_torch_on_real_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch: Any = pytest.importorskip("torch")
+    torch: Any = pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
     for name in POLICY_VARS:
         monkeypatch.delenv(name, raising=False)
     before = torch.get_num_threads()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("torch")
+pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 

@@ -137,7 +137,7 @@ def test_real_adapter_with_an_edited_rank_is_not_called_an_adapter_for_another_b
 ) -> None:
     """The issue's case, on the backends that load these formats: the error is the disagreement,
     raised before the backend touches the model."""
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
     pytest.importorskip("peft")
     from pytest_ftgate.backends.transformers import TransformersBackend
 

@@ -40,7 +40,8 @@ def local_backend(request: pytest.FixtureRequest) -> Any:
     records the length of every prompt it was asked to tokenize."""
     module_name, class_name, needs = LOCAL_BACKENDS[request.param]
     for module in needs:
-        pytest.importorskip(module)
+        extra = "torch==2.13.0 -e .[torch]" if module in ("torch", "transformers") else "-e .[mlx]"
+        pytest.importorskip(module, reason=f"{module} not installed: pip install {extra}")
     cls = getattr(importlib.import_module(module_name), class_name)
 
     class Spy(cls):  # type: ignore[misc, valid-type]

@@ -361,7 +361,7 @@ def load_backend(kind: str, base: Path) -> tuple[Any, Model]:
 
         backend: Any = MLXBackend()
     else:
-        pytest.importorskip("torch")
+        pytest.importorskip("torch", reason="torch not installed: pip install torch==2.13.0 -e .[torch]")
         pytest.importorskip("peft")
         from pytest_ftgate.backends.transformers import TransformersBackend
 
