@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_ftgate.backends import Message, Model
+from pytest_ftgate.backends import Message, Model, as_backend
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.errors import DataError
 
@@ -42,17 +42,16 @@ def where(example: Example) -> str:
 
 def check_context(benchmark: Benchmark, model: Model, examples: Sequence[Example], mode: str) -> None:
     """Raise a ``DataError`` when any example's prompt plus reply exceeds the model's context."""
-    length = getattr(model.backend, "context_length", None)
-    count = getattr(model.backend, "count_tokens", None)
-    context = length(model) if length is not None and examples else None
-    if context is None or count is None:
+    backend = as_backend(model.backend)
+    context = backend.context_length(model) if backend.capabilities.context and examples else None
+    if context is None:
         return
     budget = context - reply_budget(benchmark, mode)
     prompts: list[list[Message]] = [benchmark.messages(e) for e in examples]
     chars = [sum(len(m["content"]) for m in messages) for messages in prompts]
     offenders: list[tuple[Example, str]] = []
     measured = [i for i, n in enumerate(chars) if n <= MAX_CHARS_PER_TOKEN * context]
-    tokens = dict(zip(measured, count(model, [prompts[i] for i in measured]), strict=True))
+    tokens = dict(zip(measured, backend.count_tokens(model, [prompts[i] for i in measured]), strict=True))
     for i, example in enumerate(examples):
         if i not in tokens:
             offenders.append((example, f"{chars[i]:,} characters (far more than {context:,} tokens can hold)"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from pytest_ftgate import benchmarks as registry
 from pytest_ftgate import stats
 from pytest_ftgate.adapters import inspect_adapter
-from pytest_ftgate.backends import Backend, Model, create_backend
+from pytest_ftgate.backends import Backend, Model, as_backend, create_backend, serves_names
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.errors import BaselineMismatch, ConfigError, DataError, ModelError
@@ -78,8 +78,7 @@ class Gate:
             inspect_adapter(self.adapter)  # missing or corrupt files fail here, before any model loads
         if self.data is not None and not Path(self.data).exists():
             raise DataError(f"data folder {self.data} does not exist: check --ftgate-data")
-        served = backend == "openai" or getattr(backend, "remote", False)  # model names, not folders
-        if not served:
+        if not serves_names(backend):  # served model names are not folders
             _check_local_model(self.base, "--ftgate-base")
             if self.candidate is not None:
                 _check_local_model(self.candidate, "--ftgate-candidate")
@@ -102,9 +101,9 @@ class Gate:
         if self._backend is None:
             spec = self._backend_spec
             if not isinstance(spec, str):
-                self._backend = spec
+                self._backend = as_backend(spec)
             elif self._make_backend is not None:
-                self._backend = self._make_backend(spec)
+                self._backend = as_backend(self._make_backend(spec))
             else:
                 self._backend = create_backend(spec, base_url=self.base_url)
         return self._backend
@@ -152,7 +151,7 @@ class Gate:
     def mode_for(self, benchmark: str | Benchmark, mode: str | None = None) -> str:
         """The scoring mode: ``mode`` if given, else the gate's where the benchmark supports it."""
         bench = self.benchmark(benchmark)
-        can_score = hasattr(self.backend, "score")
+        can_score = self.backend.capabilities.logprob
         if mode is not None:
             if mode == "logprob" and not can_score:
                 raise ConfigError(
@@ -244,7 +243,7 @@ class Gate:
             role="base audit",
         )
         differ = [(p.id, by_id[p.id].parsed, p.parsed) for p in fresh.predictions if p.parsed != by_id[p.id].parsed]
-        deterministic = bool(getattr(self.backend, "deterministic", False))
+        deterministic = self.backend.capabilities.deterministic
         allowed = audit_allowance(len(sample), deterministic)
         done = f"audited {len(sample)} of {len(by_id)} examples with the base model (seed {seed})"
         listed = "; ".join(f"{i!r}: stored {s!r}, now {f!r}" for i, s, f in differ[:10])
@@ -264,8 +263,7 @@ class Gate:
         """Everything that determines the base model's answers on this benchmark, part by part."""
         bench = self.benchmark(benchmark)
         mode = self.mode_for(bench, mode)
-        describe = getattr(self.backend, "describe", None)
-        model = describe(self.base) if describe is not None else {"model": self.base_model.fingerprint}
+        model = self.backend.describe(self.base) or {"model": self.base_model.fingerprint}
         generation = {"mode": mode, "max_tokens": bench.max_tokens} if mode == "generate" else {"mode": mode}
         return {
             **model,

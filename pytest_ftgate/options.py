@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -216,20 +215,11 @@ def _path(config: pytest.Config, value: str | None) -> str | None:
 
 
 def served_backend(name: str) -> bool:
-    """Whether backend ``name`` takes served model NAMES (its class says ``remote = True``): they are
-    sent exactly as given, never resolved as paths (``--ftgate-base=base`` is the server's ``base``)."""
-    if name == "openai":
-        return True
-    from pytest_ftgate import backends
+    """Whether backend ``name`` takes served model NAMES (its class's ``capabilities.remote``): they
+    are sent exactly as given, never resolved as paths (``--ftgate-base=base`` is the server's ``base``)."""
+    from pytest_ftgate.backends import serves_names
 
-    target = backends._EXTERNAL.get(name)  # registered with register_backend: its class says
-    if target is None:
-        return False
-    module, _, attribute = target.partition(":")
-    try:
-        return bool(getattr(getattr(importlib.import_module(module), attribute), "remote", False))
-    except (ImportError, AttributeError):
-        return False  # create_backend reports it
+    return serves_names(name)
 
 
 def _model(config: pytest.Config, value: str | None, served: bool = False) -> str | None:

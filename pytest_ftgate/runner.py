@@ -5,13 +5,12 @@ In either scoring mode (``generate`` or ``logprob``; what they mean: :mod:`pytes
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_ftgate.backends import Model, check_scores
+from pytest_ftgate.backends import Model, as_backend, check_scores
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.context import check_context
@@ -42,9 +41,8 @@ def _run_batch(
     prompts = [benchmark.messages(e) for e in chunk]
     try:
         if mode == "generate":
-            extra = {"stop": benchmark.answer_decided} if _accepts_stop(model.backend) else {}
-            replies = model.backend.generate(
-                model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size, **extra
+            replies = as_backend(model.backend).generate(
+                model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size, stop=benchmark.answer_decided
             )
             return [{"output": reply} for reply in replies]
         return _score_batch(benchmark, model, prompts)
@@ -57,24 +55,16 @@ def _run_batch(
 def _score_batch(benchmark: Benchmark, model: Model, prompts: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
     forms = benchmark.answer_forms()
     flat = [form for variants in forms.values() for form in variants]
-    score = getattr(model.backend, "score", None)
-    if score is None:
-        raise BackendError(f"the {model.backend.name} backend cannot score log-probabilities: use mode='generate'")
+    backend = as_backend(model.backend)
+    if not backend.capabilities.logprob:
+        raise BackendError(f"the {backend.name} backend cannot score log-probabilities: use mode='generate'")
     records = []
-    for values in check_scores(model, score(model, prompts, flat)):  # never an answer picked from NaN
+    for values in check_scores(model, backend.score(model, prompts, flat)):  # never an answer picked from NaN
         by_form = dict(zip(flat, values, strict=True))
         logprobs = {answer: _logsumexp([by_form[f] for f in variants]) for answer, variants in forms.items()}
         best = max(logprobs, key=lambda answer: logprobs[answer])
         records.append({"output": best, "logprobs": logprobs})
     return records
-
-
-def _accepts_stop(backend: object) -> bool:
-    """Backends written before stop rules existed keep working: they just decode to the end."""
-    try:
-        return "stop" in inspect.signature(backend.generate).parameters  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return False
 
 
 def _logsumexp(values: Sequence[float]) -> float:
@@ -100,7 +90,7 @@ def evaluate(
     records = cache.get(key)
     todo = [e for e in examples if e.id not in records]
     check_context(benchmark, model, todo, mode)  # before the first batch: a DataError naming file:line
-    step = batch_size or getattr(model.backend, "default_batch_size", None) or DEFAULT_BATCH
+    step = batch_size or as_backend(model.backend).default_batch_size or DEFAULT_BATCH
     done_before = len(examples) - len(todo)
     last_report = start
     for offset in range(0, len(todo), step):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,3 +178,21 @@ def shared_data() -> Callable[..., Path]:
 
     return find
 
+
+@pytest.fixture
+def openai_server() -> Iterator[Any]:
+    """A scripted OpenAI-compatible chat server on 127.0.0.1 (``tests/servers.py``: ``FakeServer``):
+    ``.url`` to pass as ``base_url``, ``.script`` answers to give first (``FakeServer.ok(text)``),
+    ``.models`` it lists, ``.requests`` it received, ``.stop()`` to take it away mid-test."""
+    import importlib.util
+    import sys
+
+    servers = sys.modules.get("ftgate_test_servers")
+    if servers is None:
+        spec = importlib.util.spec_from_file_location("ftgate_test_servers", Path(__file__).with_name("servers.py"))
+        assert spec is not None and spec.loader is not None
+        servers = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = servers  # dataclasses look their module up there
+        spec.loader.exec_module(servers)
+    with servers.serve() as server:
+        yield server

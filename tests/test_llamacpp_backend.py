@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import importlib.util
 import math
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +29,8 @@ from pytest_ftgate.backends import create_backend
 from pytest_ftgate.backends.llamacpp import LlamaCppBackend, find_gguf, read_gguf_header
 from pytest_ftgate.errors import AdapterError, ModelError
 from pytest_ftgate.testing import FPB_SYSTEM
+
+from gguf_files import write_gguf, write_lora  # tests/gguf_files.py
 
 pytestmark = pytest.mark.llamacpp
 
@@ -57,79 +58,6 @@ SENTENCES = (
 )
 PROMPTS = [[{"role": "system", "content": FPB_SYSTEM}, {"role": "user", "content": s}] for s in SENTENCES]
 LABELS = ("positive", "negative", "neutral")
-
-
-# -- a minimal GGUF writer (LoRA adapters and fake files) ------------------------------------------
-
-
-def write_gguf(path: Path, metadata: dict[str, Any], tensors: dict[str, Any] | None = None) -> Path:
-    """A GGUF v3 file: string / float32 / uint32 metadata and float32 tensors (numpy arrays,
-    stored with GGUF's reversed dimension order, as gguf-py writes them)."""
-    import numpy as np
-
-    def string(text: str) -> bytes:
-        data = text.encode()
-        return struct.pack("<Q", len(data)) + data
-
-    tensors = tensors or {}
-    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata)))
-    for key, value in metadata.items():
-        out += string(key)
-        if isinstance(value, str):
-            out += struct.pack("<I", 8) + string(value)
-        elif isinstance(value, float):
-            out += struct.pack("<If", 6, value)
-        else:
-            out += struct.pack("<II", 4, int(value))
-    offset = 0
-    blobs = []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype=np.float32)
-        out += string(name) + struct.pack("<I", data.ndim)
-        out += b"".join(struct.pack("<Q", d) for d in reversed(data.shape))
-        out += struct.pack("<IQ", 0, offset)  # type 0: F32
-        blob = data.tobytes()
-        blob += b"\0" * (-len(blob) % 32)
-        blobs.append(blob)
-        offset += len(blob)
-    out += b"\0" * (-len(out) % 32)
-    path.write_bytes(bytes(out) + b"".join(blobs))
-    return path
-
-
-def write_lora(
-    path: Path,
-    base: Path,
-    *,
-    modules: tuple[str, ...] = ("attn_q", "attn_v"),
-    layers: tuple[int, ...] = (0, 1),
-    rank: int = 4,
-    strength: float = 1.0,
-    seed: int = 0,
-    architecture: str | None = None,
-    in_features: int | None = None,
-) -> Path:
-    """A LoRA GGUF for ``base`` with random A and B (``strength=0``: B is zero, no effect).
-    ``in_features`` overrides A's input size (an adapter for another base)."""
-    import numpy as np
-
-    header = read_gguf_header(base)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for layer in layers:
-        for module in modules:
-            name = f"blk.{layer}.{module}.weight"
-            (cols, rows), _ = header.tensors[name]  # GGUF order: (in, out)
-            a = rng.normal(0.0, 1.0 / math.sqrt(cols), (rank, in_features or cols))
-            b = rng.normal(0.0, 0.5, (rows, rank)) * strength
-            tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"] = a, b
-    meta = {
-        "general.architecture": architecture or header.architecture,
-        "general.type": "adapter",
-        "adapter.type": "lora",
-        "adapter.lora.alpha": float(rank),
-    }
-    return write_gguf(path, meta, tensors)
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -174,7 +102,7 @@ def loaded(ggufs: dict[str, Path]) -> dict[str, Any]:
     return {
         "backend": backend,
         "base": base,
-        "logits": backend.probe_logits(base),
+        "logits": backend.effect_logits(base),
         "replies": backend.generate(base, PROMPTS, max_tokens=8, batch_size=None),
     }
 
@@ -392,11 +320,11 @@ def test_lora_adapter_acts_and_base_is_untouched(
     assert tuned.handle is base.handle, "base and tuned must share one copy of the weights"
     assert tuned.adapter and tuned.fingerprint.startswith(base.fingerprint + "+")
     assert tuned.label.endswith("+ lora.gguf")
-    change = float(np.max(np.abs(backend.probe_logits(tuned) - loaded["logits"])))
+    change = float(np.max(np.abs(backend.effect_logits(tuned) - loaded["logits"])))
     assert change > 1e-2
     assert backend.generate(tuned, PROMPTS, max_tokens=8, batch_size=None) != loaded["replies"]
     # switched off again, the base computes exactly what it did before the adapter was loaded
-    np.testing.assert_array_equal(backend.probe_logits(base), loaded["logits"])
+    np.testing.assert_array_equal(backend.effect_logits(base), loaded["logits"])
     assert backend.generate(base, PROMPTS, max_tokens=8, batch_size=None) == loaded["replies"]
     # the same adapter again is not loaded twice
     assert backend.with_adapter(base, str(lora)).adapter == tuned.adapter and len(base.handle.adapters) == 1
@@ -416,7 +344,7 @@ def test_lora_delta_matches_peft_on_the_same_weights(
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from pytest_ftgate.backends import PROBE
+    from pytest_ftgate.backends.local import EFFECT_PROMPT
     from pytest_ftgate.embedded import prepare_default_model
 
     backend, base = loaded["backend"], loaded["base"]
@@ -425,11 +353,11 @@ def test_lora_delta_matches_peft_on_the_same_weights(
     modules = {"attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_up": "mlp.up_proj"}
     lora = write_lora(tmp_path / "lora.gguf", ggufs["f16"], modules=tuple(modules), strength=0.2, seed=5, rank=4)
     tuned = backend.with_adapter(base, str(lora))
-    ours = backend.probe_logits(tuned) - backend.probe_logits(base)
+    ours = backend.effect_logits(tuned) - backend.effect_logits(base)
 
     folder = prepare_default_model(progress=None)  # the shared cache: converted once per machine
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    ids = torch.tensor([backend._ids(base.handle, PROBE)])
+    ids = torch.tensor([backend._ids(base.handle, EFFECT_PROMPT)])
     with torch.inference_mode():
         plain = model(input_ids=ids).logits[0].numpy()
     config = LoraConfig(r=4, lora_alpha=4, target_modules=["v_proj", "o_proj", "up_proj"], layers_to_transform=[0, 1])
@@ -469,7 +397,7 @@ def test_empty_lora_is_refused_and_removed(loaded: dict[str, Any], ggufs: dict[s
     ):
         backend.with_adapter(base, str(empty))
     assert len(base.handle.adapters) == before and base.handle.active is None
-    np.testing.assert_array_equal(backend.probe_logits(base), loaded["logits"])
+    np.testing.assert_array_equal(backend.effect_logits(base), loaded["logits"])
 
 
 @needs_models

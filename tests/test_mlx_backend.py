@@ -88,14 +88,14 @@ def test_adapter_without_effect_stops_the_run(
     result.stdout.fnmatch_lines(["*adapter */empty has no effect: the model's logits on a probe prompt are unchanged*"])
 
 
-def _probe_change(tiny: Path, adapter: Path) -> float:
+def _effect_change(tiny: Path, adapter: Path) -> float:
     import mlx.core as mx
 
     gate = Gate(base=str(tiny), adapter=adapter, backend="mlx", cache=None)
     backend = gate.backend
-    base = backend.probe_logits(gate.base_model)  # type: ignore[attr-defined]
-    tuned = backend.probe_logits(gate.tuned_model)  # type: ignore[attr-defined]
-    again = backend.probe_logits(gate.base_model)  # type: ignore[attr-defined]
+    base = backend.effect_logits(gate.base_model)  # type: ignore[attr-defined]
+    tuned = backend.effect_logits(gate.tuned_model)  # type: ignore[attr-defined]
+    again = backend.effect_logits(gate.base_model)  # type: ignore[attr-defined]
     assert mx.array_equal(base, again), "switching the adapter off must restore the base exactly"
     return float(mx.max(mx.abs(tuned - base)))
 
@@ -103,7 +103,7 @@ def _probe_change(tiny: Path, adapter: Path) -> float:
 def test_all_adapter_layouts_load_with_the_same_effect(tiny: Path, adapters: dict[str, Path]) -> None:
     """mlx-tune's save_pretrained (recorded scale alpha/r, effective alpha/r**2), the mlx-vlm trainer
     layout and peft hold the same delta: the gate must see the same model through each."""
-    changes = {fmt: _probe_change(tiny, adapters[fmt]) for fmt in ("strong", "mlx-vlm", "peft")}
+    changes = {fmt: _effect_change(tiny, adapters[fmt]) for fmt in ("strong", "mlx-vlm", "peft")}
     assert changes["strong"] > 1e-3
     assert changes["mlx-vlm"] == pytest.approx(changes["strong"], rel=1e-3)
     assert changes["peft"] == pytest.approx(changes["strong"], rel=1e-3)
@@ -118,11 +118,11 @@ def test_effective_scale_matches_mlx_tune_training(tiny: Path, adapters: dict[st
     from pytest_ftgate.backends.mlx import _Loaded
 
     gate = Gate(base=str(tiny), adapter=adapters["strong"], backend="mlx", cache=None)
-    ours = gate.backend.probe_logits(gate.tuned_model)  # type: ignore[attr-defined]
+    ours = gate.backend.effect_logits(gate.tuned_model)  # type: ignore[attr-defined]
     wrapper, processor = FastVisionModel.from_pretrained(str(tiny))
     wrapper.load_adapter(str(adapters["strong"]))
     reference_model = Model("mlx-tune load_adapter", "ref", gate.backend, _Loaded(wrapper.model, processor, "ref"))
-    reference = gate.backend.probe_logits(reference_model)  # type: ignore[attr-defined]
+    reference = gate.backend.effect_logits(reference_model)  # type: ignore[attr-defined]
     assert mx.allclose(ours, reference, atol=1e-5)
 
 
@@ -144,6 +144,35 @@ def test_adapter_for_another_base_is_refused(tiny: Path, adapters: dict[str, Pat
         gate = Gate(base=str(tiny), adapter=folder, backend="mlx", cache=None)
         with pytest.raises(AdapterError, match="does not fit base model .*trained for another base model"):
             _ = gate.tuned_model
+
+
+def test_a_refused_adapter_leaves_no_lora_layer_behind(tiny: Path, adapters: dict[str, Path], tmp_path: Path) -> None:
+    """The fit is checked before any LoRA layer is added, and a refused adapter (no effect, or for
+    another base) is taken off completely: the base holds its plain linears again and takes the
+    next adapter (the contract tests check the outputs; this checks the modules)."""
+    import mlx.core as mx
+
+    from pytest_ftgate.backends import create_backend
+
+    other = tmp_path / "other-base"  # its tensors name a layer the tiny model does not have
+    other.mkdir()
+    for file in adapters["strong"].iterdir():
+        if file.suffix == ".json":
+            (other / file.name).write_text(file.read_text())
+    weights = mx.load(str(adapters["strong"] / "adapters.safetensors"))
+    mx.save_safetensors(str(other / "adapters.safetensors"), {k.replace("layers.0.", "layers.7."): v for k, v in weights.items()})
+    backend = create_backend("mlx")
+    base = backend.load(str(tiny))
+
+    def lora_layers() -> list[str]:
+        return [name for name, module in base.handle.model.named_modules() if hasattr(module, "lora_a")]
+
+    for refused in (other, adapters["empty"]):
+        with pytest.raises(AdapterError):
+            backend.with_adapter(base, str(refused))
+        assert lora_layers() == []
+    backend.with_adapter(base, str(adapters["strong"]))
+    assert lora_layers()
 
 
 def test_trainer_output_dir_is_accepted(tiny: Path, adapters: dict[str, Path], tmp_path: Path) -> None:

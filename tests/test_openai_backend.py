@@ -9,12 +9,10 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,99 +58,12 @@ def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"FTGATE_OPENAI_{name}", raising=False)
 
 
-# -- a scripted OpenAI-compatible server ---------------------------------------------------------
-
-
-@dataclass
-class FakeServer:
-    """Answers POST /v1/chat/completions from ``script`` (then with an echo of the user message)."""
-
-    models: list[str] | None = field(default_factory=lambda: ["fake-model", "fake-model-lora"])
-    script: list[tuple[int, Any, dict[str, str]]] = field(default_factory=list)
-    delay: float = 0.0
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    inflight: int = 0
-    max_inflight: int = 0
-    answers: dict[str, str] = field(default_factory=dict)  # model -> fixed reply (else an echo)
-    url: str = ""
-    stop: Callable[[], None] = lambda: None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def reply(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
-        with self.lock:
-            if self.script:
-                return self.script.pop(0)
-        if self.models is not None and body.get("model") not in self.models:
-            return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}, {}
-        text = self.answers.get(body["model"]) or "echo: " + body["messages"][-1]["content"]
-        return 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}, {}
-
-
-def _handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            if self.path == "/v1/models" and fake.models is not None:
-                data = [
-                    {"id": m, "object": "model", "owned_by": "fake", "created": int(time.time())} for m in fake.models
-                ]
-                self._send(200, {"object": "list", "data": data}, {})
-            else:
-                self._send(404, {"error": "Not Found"}, {})
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with fake.lock:
-                fake.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "body": body, "t": time.monotonic()}
-                )
-                fake.inflight += 1
-                fake.max_inflight = max(fake.max_inflight, fake.inflight)
-            try:
-                time.sleep(fake.delay)
-                reply = fake.reply(body)
-            finally:
-                # out of flight before the reply is written: once the client has it, it may send
-                # its next request, which must not find this one still counted
-                with fake.lock:
-                    fake.inflight -= 1
-            self._send(*reply)
-
-    return Handler
+# -- a scripted OpenAI-compatible server (tests/servers.py, through the openai_server fixture) ------
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeServer]:
-    server = FakeServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
-    httpd.daemon_threads = True
-    server.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        httpd.shutdown()
-        httpd.server_close()
-
-    server.stop = stop
-    yield server
-    stop()
-
-
-def ok(text: str) -> tuple[int, Any, dict[str, str]]:
-    return 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}, {}
+def fake(openai_server: Any) -> Any:
+    return openai_server
 
 
 # -- unit-level behaviour against the scripted server ---------------------------------------------
@@ -188,16 +99,16 @@ def test_unreachable_port_fails_fast() -> None:
     assert f"http://127.0.0.1:{port}/v1" in message and "--ftgate-base-url" in message
 
 
-def test_retries_500_then_succeeds(fake: FakeServer) -> None:
+def test_retries_500_then_succeeds(fake: Any) -> None:
     backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.requests.clear()
-    fake.script = [(500, {"error": "boom"}, {}), (502, b"bad gateway", {}), ok("positive")]
+    fake.script = [(500, {"error": "boom"}, {}), (502, b"bad gateway", {}), fake.ok("positive")]
     assert backend.generate(model, PROMPTS[:1], max_tokens=8, batch_size=None) == ["positive"]
     assert len(fake.requests) == 3
 
 
-def test_always_500_is_an_error_after_retries(fake: FakeServer) -> None:
+def test_always_500_is_an_error_after_retries(fake: Any) -> None:
     backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.requests.clear()
@@ -207,18 +118,18 @@ def test_always_500_is_an_error_after_retries(fake: FakeServer) -> None:
     assert len(fake.requests) == 3
 
 
-def test_429_honours_retry_after(fake: FakeServer) -> None:
+def test_429_honours_retry_after(fake: Any) -> None:
     backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.requests.clear()
-    fake.script = [(429, {"error": "slow down"}, {"Retry-After": "1"}), ok("neutral")]
+    fake.script = [(429, {"error": "slow down"}, {"Retry-After": "1"}), fake.ok("neutral")]
     assert backend.generate(model, PROMPTS[:1], max_tokens=8, batch_size=None) == ["neutral"]
     first, second = fake.requests
     assert second["t"] - first["t"] >= 0.95  # the backoff alone would have waited ~1 ms
 
 
 def test_client_errors_are_not_retried_and_the_key_never_shows(
-    fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+    fake: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     backend = fast(fake.url)
@@ -236,7 +147,7 @@ def test_client_errors_are_not_retried_and_the_key_never_shows(
     assert SECRET not in str(info.value) and SECRET not in repr(info.value)
 
 
-def test_no_authorization_header_without_a_key(fake: FakeServer) -> None:
+def test_no_authorization_header_without_a_key(fake: Any) -> None:
     OpenAIBackend(fake.url).load("fake-model")
     assert all("Authorization" not in r["headers"] for r in fake.requests)
 
@@ -250,7 +161,7 @@ def test_no_authorization_header_without_a_key(fake: FakeServer) -> None:
     ],
     ids=["not-json", "no-choices", "no-message"],
 )
-def test_malformed_replies_are_errors(fake: FakeServer, answer: tuple[int, Any, dict[str, str]]) -> None:
+def test_malformed_replies_are_errors(fake: Any, answer: tuple[int, Any, dict[str, str]]) -> None:
     backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.script = [answer]
@@ -258,18 +169,18 @@ def test_malformed_replies_are_errors(fake: FakeServer, answer: tuple[int, Any, 
         backend.generate(model, PROMPTS[:1], max_tokens=8, batch_size=None)
 
 
-def test_a_retry_goes_to_another_replica(fake: FakeServer) -> None:
+def test_a_retry_goes_to_another_replica(fake: Any) -> None:
     port = fake.url.split(":")[2].split("/")[0]
     backend = fast(f"{fake.url},http://localhost:{port}/v1")  # two names of one server: two replicas
     model = backend.load("fake-model")
     fake.requests.clear()
-    fake.script = [(503, {"error": "overloaded"}, {}), ok("positive")]
+    fake.script = [(503, {"error": "overloaded"}, {}), fake.ok("positive")]
     assert backend.generate(model, PROMPTS[:1], max_tokens=8, batch_size=None) == ["positive"]
     hosts = [r["headers"]["Host"].split(":")[0] for r in fake.requests]
     assert len(set(hosts)) == 2, hosts
 
 
-def test_a_server_that_goes_away_mid_run(fake: FakeServer) -> None:
+def test_a_server_that_goes_away_mid_run(fake: Any) -> None:
     backend = fast(fake.url)
     model = backend.load("fake-model")
     fake.stop()
@@ -277,7 +188,7 @@ def test_a_server_that_goes_away_mid_run(fake: FakeServer) -> None:
         backend.generate(model, PROMPTS[:3], max_tokens=8, batch_size=None)
 
 
-def test_unknown_model_lists_what_is_served(fake: FakeServer) -> None:
+def test_unknown_model_lists_what_is_served(fake: Any) -> None:
     with pytest.raises(ModelError) as info:
         OpenAIBackend(fake.url).load("fake-modle")
     message = str(info.value)
@@ -285,9 +196,9 @@ def test_unknown_model_lists_what_is_served(fake: FakeServer) -> None:
     assert "Did you mean 'fake-model'?" in message and "Served: fake-model, fake-model-lora" in message
 
 
-def test_server_without_a_model_list_is_probed(fake: FakeServer) -> None:
+def test_server_without_a_model_list_is_probed(fake: Any) -> None:
     fake.models = None  # GET /models answers 404; the probe decides
-    fake.script = [ok("OK")]
+    fake.script = [fake.ok("OK")]
     backend = OpenAIBackend(fake.url)
     model = backend.load("whatever-it-serves")
     assert model.label == "whatever-it-serves"
@@ -296,7 +207,7 @@ def test_server_without_a_model_list_is_probed(fake: FakeServer) -> None:
         backend.load("nope")
 
 
-def test_requests_are_bounded_and_ordered(fake: FakeServer) -> None:
+def test_requests_are_bounded_and_ordered(fake: Any) -> None:
     fake.delay = 0.1
     backend = OpenAIBackend(fake.url, concurrency=3)
     model = backend.load("fake-model")
@@ -308,7 +219,7 @@ def test_requests_are_bounded_and_ordered(fake: FakeServer) -> None:
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
 
 
-def test_fingerprint_ignores_the_url_but_not_the_name(fake: FakeServer) -> None:
+def test_fingerprint_ignores_the_url_but_not_the_name(fake: Any) -> None:
     port = fake.url.split(":")[2].split("/")[0]
     a = OpenAIBackend(fake.url).load("fake-model")
     b = OpenAIBackend(f"http://localhost:{port}").load("fake-model")
@@ -316,14 +227,14 @@ def test_fingerprint_ignores_the_url_but_not_the_name(fake: FakeServer) -> None:
     assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
-def test_local_adapter_folders_point_to_served_names(fake: FakeServer, tmp_path: Path) -> None:
+def test_local_adapter_folders_point_to_served_names(fake: Any, tmp_path: Path) -> None:
     backend = OpenAIBackend(fake.url)
     base = backend.load("fake-model")
     with pytest.raises(AdapterError, match="--lora-modules NAME=.*--ftgate-candidate=NAME"):
         backend.with_adapter(base, str(tmp_path))
 
 
-def test_pytest_options_reach_the_backend(pytester: pytest.Pytester, fake: FakeServer) -> None:
+def test_pytest_options_reach_the_backend(pytester: pytest.Pytester, fake: Any) -> None:
     """--ftgate-backend=openai --ftgate-base-url=... through the plugin; a served candidate is gated."""
     fake.models = ["org/base", "org/tuned"]  # one slash: the gate's local-folder check lets these through
     fake.answers = {"org/base": "positive", "org/tuned": "negative"}
@@ -454,16 +365,6 @@ def test_generate_is_greedy_and_matches_the_mlx_backend(mlx_servers: list[MLXSer
     # Same tokens; only the detokenizers differ on the random model's stray UTF-8 bytes: mlx_lm's
     # writes U+FFFD for each, mlx-vlm's drops them.
     assert [r.replace("\ufffd", "") for r in replies] == [r.replace("\ufffd", "") for r in first]
-
-
-@needs_mlx_lm
-def test_logprobs_from_mlx_lm_server(mlx_servers: list[MLXServer], served_name: str) -> None:
-    backend = OpenAIBackend(mlx_servers[0].url)
-    model = backend.load(served_name)
-    assert backend.supports_logprobs(model)
-    scores = backend.choice_logprobs(model, PROMPTS[:2], ["positive", "negative", "neutral"])
-    assert len(scores) == 2 and all(set(s) == {"positive", "negative", "neutral"} for s in scores)
-    assert all(v <= 0 for s in scores for v in s.values())
 
 
 @needs_mlx_lm

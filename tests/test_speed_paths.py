@@ -178,13 +178,14 @@ class TestMLX:
     def _seed_loop(self, backend: Any, model: Any, prompts: list[Any], max_tokens: int) -> list[str]:
         """The seed study's loop: one ``mlx_vlm.generate`` call per prompt."""
         import mlx_vlm
+        from mlx_vlm.prompt_utils import apply_chat_template
 
         handle = model.handle
         return [
             mlx_vlm.generate(
                 handle.model,
                 handle.processor,
-                backend._prompt(handle, messages),
+                apply_chat_template(handle.processor, handle.model.config, messages, num_images=0),
                 max_tokens=max_tokens,
                 temperature=0.0,
                 verbose=False,
@@ -212,8 +213,6 @@ class TestMLX:
         assert any(len(s) < len(r) for s, r in zip(stopped, reference, strict=True))
 
     def test_batched_scores_equal_one_pass_per_prompt(self, loaded: Any) -> None:
-        import mlx.core as mx
-
         backend, model = loaded
         forms = [f for variants in FPB.answer_forms().values() for f in variants]
         handle = model.handle
@@ -221,10 +220,9 @@ class TestMLX:
         assert any(len(p) > 1 for p in pieces), "the multi-token path must be exercised"
         scores = backend.score(model, PROMPTS, forms)
         for messages, row in zip(PROMPTS, scores, strict=True):
-            ids = backend._ids(handle, messages)
+            ids = backend.prompt_ids(model, messages)
             for piece, value in zip(pieces, row, strict=True):
-                logits = backend._logits(handle, ids + piece[:-1])[len(ids) - 1 :]
-                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                logprobs = _logprobs(backend, handle, ids + piece[:-1])[len(ids) - 1 :]
                 expected = sum(float(logprobs[i, t]) for i, t in enumerate(piece))
                 assert value == pytest.approx(expected, abs=1e-4)
 
@@ -257,7 +255,8 @@ class TestTransformers:
         handle = model.handle
         replies = []
         for messages in prompts:
-            batch = backend._encode(handle, [backend._prompt(handle, messages)])
+            ids = torch.tensor([backend.prompt_ids(model, messages)], device=handle.model.device)
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
             with torch.inference_mode():
                 output = handle.model.generate(
                     **batch, max_new_tokens=max_tokens, do_sample=False, pad_token_id=handle.tokenizer.pad_token_id
@@ -285,26 +284,22 @@ class TestTransformers:
         assert any(len(s) < len(r) for s, r in zip(stopped, reference, strict=True))
 
     def test_batched_scores_equal_a_full_forward_pass(self, loaded: Any) -> None:
-        import torch
-
         backend, model = loaded
         from pytest_ftgate.backends.transformers import CONTINUATIONS_PER_PASS
 
         forms = [f for variants in FPB.answer_forms().values() for f in variants]
         forms += ["A", " B", "POSITIVE!", "neutral sentiment", "NEGATIVE, clearly"]
         handle = model.handle
-        pieces = [backend._ids(handle, f) for f in forms]
+        pieces = [list(handle.tokenizer(f, add_special_tokens=False)["input_ids"]) for f in forms]
         assert any(len(p) == 1 for p in pieces)
         # longer forms of several lengths, in more than one shared pass
         assert len({len(p) for p in pieces if len(p) > 1}) > 1
         assert sum(len(p) > 1 for p in pieces) > CONTINUATIONS_PER_PASS
         scores = backend.score(model, PROMPTS, forms)
         for messages, row in zip(PROMPTS, scores, strict=True):
-            ids = backend._ids(handle, backend._prompt(handle, messages))
+            ids = backend.prompt_ids(model, messages)
             for piece, value in zip(pieces, row, strict=True):
-                with torch.inference_mode():
-                    logits = handle.model(input_ids=torch.tensor([ids + piece[:-1]])).logits[0, len(ids) - 1 :]
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                logprobs = _logprobs(backend, handle, ids + piece[:-1])[len(ids) - 1 :]
                 expected = sum(float(logprobs[i, t]) for i, t in enumerate(piece))
                 assert value == pytest.approx(expected, abs=1e-4)
 
@@ -340,7 +335,7 @@ class TestSharedPrefix:
         from pytest_ftgate.backends.prefix import prefix_groups, prefix_plan
 
         backend, model = llama
-        ids = [backend._ids(model.handle, backend._prompt(model.handle, m)) for m in PROMPTS]
+        ids = [backend.prompt_ids(model, m) for m in PROMPTS]
         assert prefix_groups(ids) == [[i] for i in sorted(range(len(ids)), key=lambda i: ids[i])]
         plan = prefix_plan(ids)  # one group: the system prompt and template
         assert plan is not None and len(plan.heads) == 1 and plan.owner == [0] * len(ids) and plan.start > 20
@@ -352,7 +347,7 @@ class TestSharedPrefix:
 
         backend, model = llama
         examples = _conversations(4, seed=1)
-        ids = [backend._ids(model.handle, backend._prompt(model.handle, CONVFINQA.messages(e))) for e in examples]
+        ids = [backend.prompt_ids(model, CONVFINQA.messages(e)) for e in examples]
         by_conversation: dict[str, set[int]] = {}
         for i, example in enumerate(examples):
             by_conversation.setdefault(example.id.split("/")[0], set()).add(i)
@@ -373,7 +368,7 @@ class TestSharedPrefix:
         rows = backend._batches(model.handle, ids, 8, None)
         assert sorted(i for batch in rows for i in batch) == list(range(len(ids)))
         # FPB-like prompts (only the system prompt in common) stay length-sorted
-        fpb = [backend._ids(model.handle, backend._prompt(model.handle, FPB.messages(e))) for e in _examples(FPB, 9)]
+        fpb = [backend.prompt_ids(model, FPB.messages(e)) for e in _examples(FPB, 9)]
         flat = [i for batch in backend._batches(model.handle, fpb, 8, 4) for i in batch]
         assert [len(fpb[i]) for i in flat] == sorted((len(r) for r in fpb), reverse=True)
 
@@ -395,13 +390,15 @@ class TestSharedPrefix:
         """The CPU's unpadded pass per prefix and the GPU's single left-padded pass agree."""
         import torch
 
+        from pytest_ftgate.backends.torch_graphs import prefix_states
+
         backend, model = llama
         prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=3)]
-        prefixes = [backend._ids(model.handle, backend._prompt(model.handle, m))[:-5] for m in prompts[:3]]
+        prefixes = [backend.prompt_ids(model, m)[:-5] for m in prompts[:3]]
         span = max(map(len, prefixes))
         with torch.inference_mode():
-            alone = backend._prefix_states(model.handle, prefixes, together=False)
-            padded = backend._prefix_states(model.handle, prefixes, together=True)
+            alone = prefix_states(model.handle, prefixes, together=False)
+            padded = prefix_states(model.handle, prefixes, together=True)
         assert len({len(p) for p in prefixes}) > 1 and any(state is not None for state in alone)
         for one, other in zip(alone, padded, strict=True):
             for row, prefix in enumerate(prefixes):
@@ -461,18 +458,12 @@ def _conversations(count: int, seed: int = 0) -> list[Example]:
     return out
 
 
-def _prompt_ids(backend: Any, handle: Any, messages: Any) -> list[int]:
-    if backend.name == "mlx":
-        return list(backend._ids(handle, messages))
-    return list(backend._ids(handle, backend._prompt(handle, messages)))
-
-
 def _check_conversations(loaded: Any, size: int | None, seed_loop: Any) -> None:
     from pytest_ftgate.backends.prefix import prefix_plan
 
     backend, model = loaded
     prompts = [CONVFINQA.messages(e) for e in _conversations(5, seed=1)]
-    ids = [_prompt_ids(backend, model.handle, m) for m in prompts]
+    ids = [backend.prompt_ids(model, m) for m in prompts]
     plans = [prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
     # a batch of several groups, whose shared prefixes cross the tiny Gemma 4's 64-token window
     assert any(plan is not None and len(plan.heads) > 1 and plan.start > 64 for plan in plans)
@@ -490,7 +481,7 @@ def _check_grouped_scores(loaded: Any) -> None:
     forms = ["1", " 2", "positive", " neutral"]
     scores = backend.score(model, prompts, forms)
     for messages, row in zip(prompts, scores, strict=True):
-        ids = _prompt_ids(backend, handle, messages)
+        ids = backend.prompt_ids(model, messages)
         for form, value in zip(forms, row, strict=True):
             piece = list(handle.tokenizer.encode(form, add_special_tokens=False))
             logprobs = _logprobs(backend, handle, ids + piece[:-1])[len(ids) - 1 :]
@@ -502,7 +493,8 @@ def _logprobs(backend: Any, handle: Any, ids: list[int]) -> Any:
     if backend.name == "mlx":
         import mlx.core as mx
 
-        logits = backend._logits(handle, ids)
+        output = handle.model(mx.array([ids]))
+        logits = getattr(output, "logits", output)[0].astype(mx.float32)
         return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     import torch
 

@@ -62,13 +62,13 @@ def loaded(tiny: Path) -> dict[str, Any]:
     return {
         "backend": backend,
         "base": base,
-        "logits": backend.probe_logits(base),
+        "logits": backend.effect_logits(base),
         "replies": backend.generate(base, PROMPTS, max_tokens=MAX_TOKENS, batch_size=None),
     }
 
 
 def _change(backend: TransformersBackend, base: Model, tuned: Model) -> float:
-    return float((backend.probe_logits(tuned) - backend.probe_logits(base)).abs().max())
+    return float((backend.effect_logits(tuned) - backend.effect_logits(base)).abs().max())
 
 
 def test_importing_the_module_does_not_import_torch() -> None:
@@ -109,7 +109,7 @@ def test_peft_adapter_acts_and_base_is_untouched(loaded: dict[str, Any], adapter
     assert _change(backend, base, tuned) > 1e-3
     assert backend.generate(tuned, PROMPTS, max_tokens=MAX_TOKENS, batch_size=None) != loaded["replies"]
     # after the tuned model ran, the base (adapter disabled) is exactly what it was before injection
-    assert torch.equal(backend.probe_logits(base), loaded["logits"])
+    assert torch.equal(backend.effect_logits(base), loaded["logits"])
     assert backend.generate(base, PROMPTS, max_tokens=MAX_TOKENS, batch_size=None) == loaded["replies"]
 
 
@@ -121,14 +121,14 @@ def test_peft_adapter_matches_peft_from_pretrained(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pytest_ftgate.backends import PROBE
+    from pytest_ftgate.backends.local import EFFECT_PROMPT
 
     backend, base = loaded["backend"], loaded["base"]
     tuned = backend.with_adapter(base, str(adapters["peft"]))
-    ours = backend.probe_logits(tuned)
+    ours = backend.effect_logits(tuned)
     fresh = AutoModelForCausalLM.from_pretrained(tiny, dtype=base.handle.model.dtype).to(base.handle.model.device)
     reference = PeftModel.from_pretrained(fresh, adapters["peft"])
-    batch = backend._encode(base.handle, [backend._prompt(base.handle, PROBE)]).to(reference.device)
+    batch = backend._encode(base.handle, [backend._prompt(base.handle, EFFECT_PROMPT)]).to(reference.device)
     with torch.inference_mode():
         theirs = reference(**batch).logits.float().cpu()
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
@@ -139,16 +139,16 @@ def test_mlx_formats_have_the_same_effect_as_peft(loaded: dict[str, Any], adapte
     with alpha/r**2: the tuned model must be the same through each."""
     backend, base = loaded["backend"], loaded["base"]
     tuned = {fmt: backend.with_adapter(base, str(adapters[fmt])) for fmt in ("peft", "mlx-tune", "mlx-vlm")}
-    logits = {fmt: backend.probe_logits(model) for fmt, model in tuned.items()}
+    logits = {fmt: backend.effect_logits(model) for fmt, model in tuned.items()}
     changes = {fmt: float((value - loaded["logits"]).abs().max()) for fmt, value in logits.items()}
     assert changes["peft"] > 1e-3
     assert changes["mlx-tune"] == pytest.approx(changes["peft"], rel=1e-3)
     assert changes["mlx-vlm"] == pytest.approx(changes["peft"], rel=1e-3)
     torch.testing.assert_close(logits["mlx-tune"], logits["peft"], rtol=1e-4, atol=1e-4)
-    assert torch.equal(backend.probe_logits(base), loaded["logits"])
+    assert torch.equal(backend.effect_logits(base), loaded["logits"])
 
 
-def test_probe_logits_agree_with_the_mlx_backend(loaded: dict[str, Any], adapters: dict[str, Path], tiny: Path) -> None:
+def test_effect_logits_agree_with_the_mlx_backend(loaded: dict[str, Any], adapters: dict[str, Path], tiny: Path) -> None:
     """Same folder, same adapter, two frameworks: logits agree to float32 noise (measured ~1e-5)."""
     pytest.importorskip("mlx_vlm")
     import numpy as np
@@ -163,8 +163,8 @@ def test_probe_logits_agree_with_the_mlx_backend(loaded: dict[str, Any], adapter
     mlx_tuned = mlx.with_adapter(mlx_base, str(adapters["mlx-tune"]))
     tuned = backend.with_adapter(base, str(adapters["mlx-tune"]))
     for ours, theirs in ((base, mlx_base), (tuned, mlx_tuned)):
-        mine = backend.probe_logits(ours).numpy().reshape(-1, 917)  # (positions, vocabulary)
-        other = np.array(mlx.probe_logits(theirs)).reshape(-1, 917)
+        mine = backend.effect_logits(ours).numpy().reshape(-1, 917)  # (positions, vocabulary)
+        other = np.array(mlx.effect_logits(theirs)).reshape(-1, 917)
         assert mine.shape == other.shape
         assert float(np.abs(mine - other).max()) < 1e-3
         assert (mine.argmax(-1) == other.argmax(-1)).all()
@@ -174,13 +174,13 @@ def test_adapter_without_effect_is_refused(loaded: dict[str, Any], adapters: dic
     no_effect = "has no effect: the model's logits on a probe prompt are unchanged"
     with pytest.raises(AdapterError, match=no_effect):  # beside other adapters: deleted again
         loaded["backend"].with_adapter(loaded["base"], str(adapters["empty"]))
-    assert torch.equal(loaded["backend"].probe_logits(loaded["base"]), loaded["logits"])
+    assert torch.equal(loaded["backend"].effect_logits(loaded["base"]), loaded["logits"])
     backend = TransformersBackend()  # as the first adapter: peft is unloaded, the base is plain again
     base = backend.load(str(tiny))
     with pytest.raises(AdapterError, match=no_effect):
         backend.with_adapter(base, str(adapters["empty"]))
     assert base.handle.peft is None and not base.handle.adapters
-    assert torch.equal(backend.probe_logits(base), loaded["logits"])
+    assert torch.equal(backend.effect_logits(base), loaded["logits"])
     assert _change(backend, base, backend.with_adapter(base, str(adapters["peft"]))) > 1e-3
 
 
@@ -204,7 +204,7 @@ def test_adapter_for_another_base_is_refused(
     expected = "0 unknown keys, 14 shape mismatches" if case == "shape" else "14 unknown keys, 0 shape mismatches"
     with pytest.raises(AdapterError, match=f"does not fit base model .*{expected}.*trained for another base model"):
         backend.with_adapter(base, str(folder))
-    assert torch.equal(backend.probe_logits(base), loaded["logits"])
+    assert torch.equal(backend.effect_logits(base), loaded["logits"])
 
 
 def test_missing_or_unusable_base_folder(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def check_weights(folder: Path, allow_pickle: bool) -> None:
 
 
 def load_failure(model: str, exc: Exception, allow_pickle: bool) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()).rstrip(".")  # the sentences below add their own full stop
     if len(text) > 400:
         text = text[:400] + " ..."
     message = f"transformers could not load base model {model}: {type(exc).__name__}: {text}"
@@ -55,7 +55,7 @@ def load_failure(model: str, exc: Exception, allow_pickle: bool) -> str:
             message + f". ftgate loads safetensors weights only; pickle weights need {ALLOW_PICKLE_ENV}=1 "
             "(only for files you trust)"
         )
-    return message + ". Check --ftgate-base: a local model folder, or a hub id that is downloaded or reachable"
+    return message + ". The base must be a local model folder, or a hub id that is downloaded or reachable"
 
 
 def snapshot_path(model: str) -> str:

@@ -44,17 +44,17 @@ import contextlib
 import ctypes
 import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_ftgate.adapters import inspect_adapter
-from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, check_scores, non_finite
+from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
+from pytest_ftgate.backends import Message, Model, Prompts, StopRule, check_scores, non_finite, package_versions
 from pytest_ftgate.backends.gguf import GGUFHeader, captured_log, find_gguf, log_reason, read_gguf_header
 from pytest_ftgate.backends.gguf import quantize_gguf  # noqa: F401  (re-exported: its home before)
-from pytest_ftgate.errors import AdapterError, BackendError, ModelError
+from pytest_ftgate.backends.local import EFFECT_PROMPT, LocalBackend, chat_prompt, decode_step
+from pytest_ftgate.errors import AdapterError, BackendError, ModelError, NonFiniteError
 from pytest_ftgate.fingerprint import _memo_hash, digest
 from pytest_ftgate.threads import process_share
 
@@ -112,22 +112,17 @@ class _Loaded:
     formatter: Any = field(default=None, repr=False)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(LocalBackend):
     """Backend over llama-cpp-python. One instance keeps each GGUF loaded once per ``load`` call.
 
     Options: ``n_ctx`` (context size; default the trained one, at most 8192) and ``n_threads``
     (default ``FTGATE_LLAMACPP_THREADS``, else ``default_threads()``)."""
 
     name = "llamacpp"
-
-    def __init__(self, **options: Any) -> None:
-        self.options = options
+    fix_hint = "the right adapter was converted"
 
     def version(self) -> str:
-        try:
-            return f"{DISTRIBUTION}=={metadata.version(DISTRIBUTION)}"
-        except metadata.PackageNotFoundError:
-            return f"{DISTRIBUTION} missing"
+        return package_versions(DISTRIBUTION)
 
     @property
     def default_batch_size(self) -> int:
@@ -193,11 +188,10 @@ class LlamaCppBackend:
         loaded.formatter = _formatter(llm, header.chat_template)
         return Model(label=model, fingerprint=digest(self.describe(model)), backend=self, handle=loaded)
 
-    def with_adapter(self, base: Model, adapter: str) -> Model:
-        """Load a LoRA GGUF onto ``base``'s model (one copy of the weights) and check that it acts."""
-        import llama_cpp
+    # -- adapters (the steps of LocalBackend.with_adapter) -------------------------------------
 
-        loaded: _Loaded = base.handle
+    def read_adapter(self, adapter: str) -> AdapterInfo:
+        """A LoRA GGUF, checked before llama.cpp sees it (NaN or infinite tensors are refused too)."""
         path = find_gguf(adapter, role="adapter", option="--ftgate-adapter")
         header = read_gguf_header(path, role="adapter", option="--ftgate-adapter")
         if header.kind != "adapter" or header.metadata.get("adapter.type", "lora") != "lora":
@@ -206,26 +200,41 @@ class LlamaCppBackend:
                 f"adapter.type={header.metadata.get('adapter.type')!r}): convert the peft adapter with llama.cpp's "
                 "convert_lora_to_gguf.py, or pass a whole model with --ftgate-candidate"
             )
-        if header.architecture != loaded.header.architecture:
+        return inspect_adapter(path)
+
+    def adapter_place(self, info: AdapterInfo) -> Path:
+        return info.weights
+
+    def has_adapter(self, handle: _Loaded, fingerprint: str) -> bool:
+        return fingerprint in handle.adapters
+
+    def prepare_adapter(self, handle: _Loaded, info: AdapterInfo) -> _Adapter:
+        """The adapter loaded by llama.cpp (``llama_adapter_lora_init``), not yet set on the context."""
+        import llama_cpp
+
+        path = info.weights
+        header = read_gguf_header(path, role="adapter", option="--ftgate-adapter")
+        if header.architecture != handle.header.architecture:
             raise AdapterError(
-                f"{path} is a LoRA adapter for a {header.architecture!r} model, but the base {loaded.path} is "
-                f"{loaded.header.architecture!r}: the adapter was trained for another base model; pass that base "
+                f"{path} is a LoRA adapter for a {header.architecture!r} model, but the base {handle.path} is "
+                f"{handle.header.architecture!r}: the adapter was trained for another base model; pass that base "
                 "with --ftgate-base"
             )
-        inspect_adapter(path)  # NaN or infinite tensors are refused before llama.cpp loads them
-        fp = _memo_hash(path)
-        if fp not in loaded.adapters:
-            with captured_log() as log:
-                pointer = llama_cpp.llama_adapter_lora_init(loaded.llm.model, str(path).encode("utf-8"))
-            if not pointer:
-                reason = log_reason(log, "llama.cpp gave no reason")
-                raise AdapterError(
-                    f"{path} does not fit base model {loaded.path}: {reason}. The adapter was trained for another "
-                    "base model: pass that base with --ftgate-base"
-                )
-            loaded.adapters[fp] = _Adapter(pointer, path)
-        remove = lambda: self._remove(loaded, fp)  # noqa: E731
-        return attach_adapter(self, base, path.name, fp, path, remove, "the right adapter was converted")
+        with captured_log() as log:
+            pointer = llama_cpp.llama_adapter_lora_init(handle.llm.model, str(path).encode("utf-8"))
+        if not pointer:
+            reason = log_reason(log, "llama.cpp gave no reason")
+            raise AdapterError(
+                f"{path} does not fit base model {handle.path}: {reason}. The adapter was trained for another "
+                "base model: pass that base with --ftgate-base"
+            )
+        return _Adapter(pointer, path)
+
+    def attach_adapter(self, handle: _Loaded, fingerprint: str, prepared: _Adapter) -> None:
+        handle.adapters[fingerprint] = prepared
+
+    def detach_adapter(self, handle: _Loaded, fingerprint: str) -> None:
+        self._remove(handle, fingerprint)
 
     def _remove(self, loaded: _Loaded, fp: str) -> None:
         import llama_cpp
@@ -264,25 +273,11 @@ class LlamaCppBackend:
     # -- prompts and evaluation ----------------------------------------------------------------
 
     def _prompt(self, loaded: _Loaded, messages: Sequence[Message]) -> str:
-        messages = [dict(m) for m in messages]
-        if not loaded.fold_system:
-            try:
-                return _render(loaded, messages)
-            except Exception as exc:
-                first_error = exc
-                if not any(m.get("role") == "system" for m in messages):
-                    raise BackendError(
-                        f"the chat template of {loaded.path} failed: {type(exc).__name__}: {exc}"
-                    ) from None
-            try:
-                text = _render(loaded, _folded(messages))
-            except Exception:
-                raise BackendError(
-                    f"the chat template of {loaded.path} failed: {type(first_error).__name__}: {first_error}"
-                ) from None
-            loaded.fold_system = True
-            return text
-        return _render(loaded, _folded(messages))
+        def render(chat: list[Message]) -> str:
+            return str(loaded.formatter(messages=chat).prompt)
+
+        text, loaded.fold_system = chat_prompt(render, messages, loaded.fold_system, loaded.path)
+        return text
 
     def _ids(self, loaded: _Loaded, messages: Sequence[Message]) -> list[int]:
         import llama_cpp
@@ -301,9 +296,9 @@ class LlamaCppBackend:
         """The context this model was created with (``n_ctx``)."""
         return model.handle.n_ctx  # type: ignore[no-any-return]
 
-    def count_tokens(self, model: Model, prompts: Sequence[Sequence[Message]]) -> list[int]:
-        """Each prompt's length in tokens, chat template and BOS included (what ``generate`` feeds)."""
-        return [len(self._ids(model.handle, messages)) for messages in prompts]
+    def prompt_ids(self, model: Model, messages: Sequence[Message]) -> list[int]:
+        """The prompt's tokens, chat template and BOS included (what ``generate`` feeds)."""
+        return self._ids(model.handle, messages)
 
     def _check_room(self, loaded: _Loaded, length: int, extra: int) -> None:
         if length + extra > loaded.n_ctx:
@@ -387,22 +382,16 @@ class LlamaCppBackend:
 
     # -- inference -------------------------------------------------------------------------------
 
-    def probe_logits(self, model: Model) -> Any:
-        """Logits (float32, positions x vocabulary) of a fixed probe prompt (proves an adapter acts)."""
+    def effect_logits(self, model: Model) -> Any:
+        """Logits (float32, positions x vocabulary) of ``EFFECT_PROMPT`` (the effect check)."""
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
-        ids = self._ids(loaded, PROBE)
+        ids = self._ids(loaded, EFFECT_PROMPT)
         self._forget(loaded)
         return self._eval_all(loaded, ids)
 
     def generate(
-        self,
-        model: Model,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int,
-        batch_size: int | None,
-        stop: Callable[[str], bool] | None = None,
+        self, model: Model, prompts: Prompts, *, max_tokens: int, batch_size: int | None, stop: StopRule | None = None
     ) -> list[str]:
         """Greedy replies, one prompt at a time (``batch_size`` only sizes the runner's chunks:
         llama-cpp-python runs one sequence per context). Prompts are taken in sorted token order so
@@ -416,25 +405,26 @@ class LlamaCppBackend:
         for index in sorted(range(len(ids)), key=lambda i: ids[i]):
             self._check_room(loaded, len(ids[index]), max_tokens)
             logits = self._feed(loaded, ids[index])
-            out: list[int] = []
+            out: list[list[int]] = [[]]
             while True:
                 token = int(np.argmax(logits))  # NaN counts as the largest: a broken row picks it
-                if not np.isfinite(logits[token]):
-                    raise non_finite(model, "logits", index)
-                if self._is_eog(loaded, token):
-                    break
-                out.append(token)
-                if len(out) >= max_tokens:
-                    break
-                if stop is not None and stop(self._text(loaded, out)):
+                try:
+                    running = decode_step(
+                        [token if np.isfinite(logits[token]) else -1], [0], out,
+                        eos=lambda t: self._is_eog(loaded, t), max_tokens=max_tokens, stop=stop,
+                        texts=lambda rows: [self._text(loaded, row) for row in rows],
+                    )  # fmt: skip
+                except NonFiniteError:
+                    raise non_finite(model, "logits", index) from None
+                if not running:
                     break
                 self._eval(loaded, [token])
                 logits = self._last_logits(loaded)
-            replies[index] = self._text(loaded, out)
+            replies[index] = self._text(loaded, out[0])
         return replies
 
     def score(
-        self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]
+        self, model: Model, prompts: Prompts, continuations: Sequence[str]
     ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt: one
         evaluation per prompt for every single-token continuation, one extra decode per longer one."""
@@ -477,20 +467,6 @@ def _formatter(llm: Any, template: str) -> Any:
         add_generation_prompt=True,
         stop_token_ids=[llm.token_eos()],
     )
-
-
-def _render(loaded: _Loaded, messages: list[dict[str, str]]) -> str:
-    return str(loaded.formatter(messages=messages).prompt)
-
-
-def _folded(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system")
-    rest = [dict(m) for m in messages if m.get("role") != "system"]
-    for message in rest:
-        if message.get("role") == "user" and system:
-            message["content"] = f"{system}\n\n{message['content']}"
-            break
-    return rest
 
 
 def _log_softmax(logits: Any) -> Any:

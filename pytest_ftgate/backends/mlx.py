@@ -19,15 +19,17 @@ import contextlib
 import io
 import json
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
-from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, check_scores, non_finite, package_versions
+from pytest_ftgate.adapters import AdapterInfo
+from pytest_ftgate.backends import Message, Model, Prompts, StopRule, check_scores, package_versions
+from pytest_ftgate.backends import mlx_adapters
+from pytest_ftgate.backends.local import EFFECT_PROMPT, LocalBackend, decode_step, renamed_non_finite
 from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
-from pytest_ftgate.errors import AdapterError, BackendError, ModelError, NonFiniteError
+from pytest_ftgate.errors import BackendError, ModelError, NonFiniteError
 from pytest_ftgate.fingerprint import digest, model_parts
 
 # Batch sizing without --ftgate-batch-size: tokens per forward pass, and a ceiling on rows.
@@ -56,6 +58,7 @@ class _Loaded:
     vision: bool = True  # mlx-vlm model (else mlx-lm)
     lora: dict[str, Any] = field(default_factory=dict)  # module path -> LoRA module
     plain: dict[str, Any] = field(default_factory=dict)  # module path -> original linear
+    adapter: str | None = None  # fingerprint of the adapter injected (swapped in or out)
     active: str | None = None  # fingerprint of the adapter now swapped in
     context: int | None = None  # max_position_embeddings of config.json (its text_config for a VLM)
 
@@ -64,13 +67,10 @@ class _Loaded:
         return getattr(self.processor, "tokenizer", self.processor)
 
 
-class MLXBackend:
+class MLXBackend(LocalBackend):
     """Backend over mlx-vlm / mlx-lm, with adapters injected the mlx-tune way."""
 
     name = "mlx"
-
-    def __init__(self, **options: Any) -> None:
-        self.options = options
 
     def version(self) -> str:
         return package_versions("mlx", "mlx-vlm", "mlx-lm", "mlx-tune")
@@ -113,57 +113,53 @@ class MLXBackend:
         loaded = _Loaded(mx_model, processor, str(path), vision=vision, context=context)
         return Model(label=model, fingerprint=digest(self.describe(model)), backend=self, handle=loaded)
 
-    def with_adapter(self, base: Model, adapter: str) -> Model:
-        info = inspect_adapter(adapter)
-        loaded: _Loaded = base.handle
-        self._inject(loaded, info, self._read_weights(info))
-        off = lambda: self._activate(loaded, None)  # noqa: E731
-        return attach_adapter(
-            self, base, info.path.name, info.fingerprint(), info.path, off, "the right folder was saved"
-        )
+    # -- adapters (the steps of LocalBackend.with_adapter) -------------------------------------
 
-    def _read_weights(self, info: AdapterInfo) -> dict[str, Any]:
-        import mlx.core as mx
+    def has_adapter(self, handle: _Loaded, fingerprint: str) -> bool:
+        return handle.adapter == fingerprint
 
-        try:
-            raw = mx.load(str(info.weights))
-        except Exception as exc:
-            raise AdapterError(f"{info.weights} could not be read ({exc}): re-save the adapter") from None
-        assert isinstance(raw, dict)
-        return _peft_to_mlx(raw) if info.format == "peft" else raw
-
-    def _inject(self, loaded: _Loaded, info: AdapterInfo, weights: dict[str, Any]) -> None:
-        """Add LoRA layers, then check every adapter tensor lands on a parameter of the right shape."""
-        from mlx.utils import tree_flatten
-
-        if loaded.lora:
+    def prepare_adapter(self, handle: _Loaded, info: AdapterInfo) -> tuple[AdapterInfo, dict[str, Any]]:
+        """The adapter's weights in mlx naming, after checking that each lands on a module of the
+        base with the right shape (before any LoRA layer is added)."""
+        if handle.adapter is not None:
             raise BackendError("the mlx backend injects one adapter per loaded base; load the base again for another")
+        weights = mlx_adapters.read_weights(info)
+        mlx_adapters.check_fit(handle, info, weights)
+        return info, weights
+
+    def attach_adapter(self, handle: _Loaded, fingerprint: str, prepared: tuple[AdapterInfo, dict[str, Any]]) -> None:
+        """Add LoRA layers (mlx-tune's way for a VLM, mlx-lm's otherwise) and load the weights."""
+        info, weights = prepared
+        handle.adapter = fingerprint
         with _quiet():
-            if loaded.vision:
-                _add_vlm_lora(loaded, info)
+            if handle.vision:
+                mlx_adapters.add_vlm_lora(handle, info)
             else:
-                _add_lm_lora(loaded, info, weights)
-        params = dict(tree_flatten(loaded.model.parameters()))
-        unknown = [k for k in weights if k not in params]
-        mismatched = [
-            f"{k}: adapter {tuple(weights[k].shape)} vs model {tuple(params[k].shape)}"
-            for k in weights
-            if k in params and tuple(weights[k].shape) != tuple(params[k].shape)
-        ]
-        if unknown or mismatched:
-            detail = "; ".join([*(f"no parameter {k}" for k in unknown[:3]), *mismatched[:3]])
-            raise AdapterError(
-                f"{info.weights} does not fit base model {loaded.path}: "
-                f"{len(unknown)} unknown keys, {len(mismatched)} shape mismatches ({detail}). "
-                "The adapter was trained for another base model: pass that base with --ftgate-base"
-            )
-        loaded.model.load_weights(list(weights.items()), strict=False)
-        loaded.model.eval()
-        for name, module in loaded.model.named_modules():
+                mlx_adapters.add_lm_lora(handle, info, weights)
+        handle.model.load_weights(list(weights.items()), strict=False)
+        handle.model.eval()
+        for name, module in handle.model.named_modules():
             if hasattr(module, "lora_a") and hasattr(module, "linear"):
-                loaded.lora[name] = module
-                loaded.plain[name] = module.linear
-        loaded.active = info.fingerprint()
+                handle.lora[name] = module
+                handle.plain[name] = module.linear
+        handle.active = fingerprint
+
+    def detach_adapter(self, handle: _Loaded, fingerprint: str) -> None:
+        """Put every original linear back in place of its LoRA layer: the base as it was loaded."""
+        if handle.adapter not in (None, fingerprint):
+            return
+        from mlx.utils import tree_unflatten
+
+        wrapped = [
+            (name, module.linear)
+            for name, module in handle.model.named_modules()
+            if hasattr(module, "lora_a") and hasattr(module, "linear")
+        ]
+        if wrapped:
+            handle.model.update_modules(tree_unflatten(wrapped))
+        handle.lora.clear()
+        handle.plain.clear()
+        handle.adapter = handle.active = None
 
     def _activate(self, loaded: _Loaded, adapter: str | None) -> None:
         """Swap LoRA layers in (adapter) or out (None). Cheap: only module references move."""
@@ -184,22 +180,21 @@ class MLXBackend:
             return str(apply_chat_template(loaded.processor, loaded.model.config, list(messages), num_images=0))
         return str(loaded.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
 
-    def probe_logits(self, model: Model) -> Any:
-        """Logits of every position of a fixed probe prompt (used to prove an adapter acts)."""
+    def effect_logits(self, model: Model) -> Any:
+        """Logits of every position of ``EFFECT_PROMPT`` (the effect check: an adapter acts)."""
 
         loaded: _Loaded = model.handle
         self._activate(loaded, model.adapter)
         return self._logits(
-            loaded, list(loaded.tokenizer.encode(self._prompt(loaded, PROBE), add_special_tokens=False))
+            loaded, list(loaded.tokenizer.encode(self._prompt(loaded, EFFECT_PROMPT), add_special_tokens=False))
         )
 
     def context_length(self, model: Model) -> int | None:
         """``max_position_embeddings`` of the model's config.json (None when it has none)."""
         return model.handle.context  # type: ignore[no-any-return]
 
-    def count_tokens(self, model: Model, prompts: Sequence[Sequence[Message]]) -> list[int]:
-        """Each prompt's length in tokens, chat template included (what ``generate`` feeds)."""
-        return [len(self._ids(model.handle, messages)) for messages in prompts]
+    def prompt_ids(self, model: Model, messages: Sequence[Message]) -> list[int]:
+        return self._ids(model.handle, messages)
 
     @property
     def default_batch_size(self) -> int:
@@ -315,7 +310,7 @@ class MLXBackend:
         return {int(t) for t in tokenizer.eos_token_ids}
 
     def score(
-        self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]
+        self, model: Model, prompts: Prompts, continuations: Sequence[str]
     ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt.
 
@@ -391,13 +386,7 @@ class MLXBackend:
         return getattr(output, "logits", output)[0].astype(mx.float32)
 
     def generate(
-        self,
-        model: Model,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int,
-        batch_size: int | None,
-        stop: Callable[[str], bool] | None = None,
+        self, model: Model, prompts: Prompts, *, max_tokens: int, batch_size: int | None, stop: StopRule | None = None
     ) -> list[str]:
         """Greedy replies, batched with left padding (``_batches``), the same tokens as
         ``mlx_vlm.generate`` / ``mlx_lm.generate`` one prompt at a time. A sequence leaves its
@@ -415,19 +404,14 @@ class MLXBackend:
             try:
                 outputs = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
             except NonFiniteError as exc:
-                raise non_finite(model, "logits", None if exc.index is None else chunk[exc.index]) from None
+                raise renamed_non_finite(model, exc, chunk) from None
             for index, tokens in zip(chunk, outputs, strict=True):
                 replies[index] = _detokenize(loaded, tokens)
             mx.clear_cache()
         return replies
 
     def _decode(
-        self,
-        loaded: _Loaded,
-        ids: list[list[int]],
-        max_tokens: int,
-        eos: set[int],
-        stop: Callable[[str], bool] | None,
+        self, loaded: _Loaded, ids: list[list[int]], max_tokens: int, eos: set[int], stop: StopRule | None
     ) -> list[list[int]]:
         """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded).
         A row whose logits are not finite raises NonFiniteError (its ``index`` is the row)."""
@@ -438,20 +422,11 @@ class MLXBackend:
         out: list[list[int]] = [[] for _ in ids]
         active = list(range(len(ids)))
         for _ in range(max_tokens):
-            keep = []
             values: list[int] = next_tokens.tolist()  # type: ignore[assignment]
-            for slot, token in enumerate(values):
-                row = active[slot]
-                if token < 0:  # checked before the token is fed: the batch stops here
-                    raise NonFiniteError("non-finite logits", row)
-                if token in eos:
-                    continue
-                out[row].append(token)
-                if len(out[row]) < max_tokens:
-                    keep.append(slot)
-            if stop is not None and keep:
-                texts = loaded.tokenizer.batch_decode([out[active[slot]] for slot in keep])
-                keep = [slot for slot, text in zip(keep, texts, strict=True) if not stop(_stable(text))]
+            keep = decode_step(
+                values, active, out, eos=eos.__contains__, max_tokens=max_tokens, stop=stop,
+                texts=loaded.tokenizer.batch_decode,
+            )  # fmt: skip
             if not keep:
                 break
             if len(keep) < len(active):
@@ -462,33 +437,6 @@ class MLXBackend:
                 active = [active[slot] for slot in keep]
             next_tokens = _greedy(self._forward(loaded, next_tokens[:, None], cache)[:, -1, :])
         return out
-
-
-def _add_vlm_lora(loaded: _Loaded, info: AdapterInfo) -> None:
-    """mlx-tune's injection: ``FastVisionModel.get_peft_model`` on the loaded model."""
-    from mlx_tune import FastVisionModel
-    from mlx_tune.vlm import VLMModelWrapper
-
-    wrapper = VLMModelWrapper(model=loaded.model, processor=loaded.processor, model_name=loaded.path)
-    # mlx-tune turns lora_alpha into the effective scale alpha / r**2: ask for our effective scale.
-    FastVisionModel.get_peft_model(
-        wrapper,
-        r=info.rank,
-        lora_alpha=info.scale * info.rank * info.rank,
-        target_modules=list(info.short_targets),
-        finetune_vision_layers=False,
-    )
-    loaded.model = wrapper.model
-
-
-def _add_lm_lora(loaded: _Loaded, info: AdapterInfo, weights: dict[str, Any]) -> None:
-    """mlx-lm's injection: LoRA layers on the modules the adapter has weights for."""
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    layers = loaded.model.layers
-    relative = sorted({k.split(".", 3)[3].rsplit(".", 1)[0] for k in weights if k.startswith("model.layers.")})
-    params = {"rank": info.rank, "scale": info.scale, "dropout": 0.0, "keys": relative}
-    linear_to_lora_layers(loaded.model, len(layers), params)
 
 
 def _detokenize(loaded: _Loaded, tokens: list[int]) -> str:
@@ -513,12 +461,6 @@ def _greedy(logits: Any) -> Any:
     return mx.where(mx.isfinite(chosen), tokens, -1)
 
 
-def _stable(text: str) -> str:
-    """The reply so far without a trailing U+FFFD: a partly decoded multi-byte character, which a
-    stop rule must not take for a finished (non-word) character."""
-    return text.rstrip("\ufffd")
-
-
 def _log_softmax(logits: Any) -> Any:
     import mlx.core as mx
 
@@ -530,14 +472,3 @@ def _snapshot_path(model: str) -> Path:
     from mlx_vlm.utils import get_model_path
 
     return Path(get_model_path(model))
-
-
-def _peft_to_mlx(raw: dict[str, Any]) -> dict[str, Any]:
-    """peft names and layout (``...q_proj.lora_A.weight``, out x in) to mlx's (``...q_proj.lora_a``, in x out)."""
-    converted = {}
-    for name, value in raw.items():
-        key = name.removeprefix("base_model.model.")
-        key = key.replace("model.language_model.", "language_model.model.", 1)
-        key = key.replace(".lora_A.weight", ".lora_a").replace(".lora_B.weight", ".lora_b")
-        converted[key] = value.T
-    return converted

@@ -1,6 +1,7 @@
 """Torch decode machinery of the ``transformers`` backend: the static-cache decoder replayed from a
-CUDA graph (``StaticDecoder``), greedy token choice that flags non-finite logits (``greedy``), and
-facts about a model's KV cache (``plain_cache``, ``row_bytes``, ``cache_arg``).
+CUDA graph (``StaticDecoder``), greedy token choice that flags non-finite logits (``greedy``), the
+keys and values of shared prompt prefixes (``prefix_states``), and facts about a model's KV cache
+(``plain_cache``, ``row_bytes``, ``cache_arg``).
 
 Imported only by ``backends/transformers.py``; torch and transformers are imported inside the
 functions, so importing this module stays light.
@@ -225,3 +226,51 @@ def cache_arg(model: Any, cache: Any) -> dict[str, Any]:
 
 
 _CACHE_KEYWORD: dict[type, str] = {}
+
+
+def prefix_states(
+    loaded: Any, prefixes: list[list[int]], together: bool | None = None
+) -> list[tuple[Any, Any] | None]:
+    """Each layer's keys and values for ``prefixes``, left padded to the longest: (groups,
+    heads, span, dim), every position kept (sliding-window layers too: rows take different
+    spans); None for layers that hold none (KV-shared ones). On a GPU one left-padded pass;
+    on a CPU one pass per prefix, unpadded (a CPU pass gains nothing from more rows, and
+    long masked prompts take the slower attention path)."""
+    import torch
+    from transformers import DynamicCache
+
+    device = loaded.model.device
+    pad = loaded.tokenizer.pad_token_id
+    span = max(len(p) for p in prefixes)
+    together = loaded.device.startswith("cuda") if together is None else together
+    passes = [prefixes] if together else [[p] for p in prefixes]
+    per_pass = []
+    for rows in passes:
+        width = max(len(p) for p in rows)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=device)
+        states = DynamicCache()
+        loaded.model(
+            input_ids=torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=device),
+            attention_mask=mask if together else None,  # one unpadded row: plain causal attention
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            **cache_arg(loaded.model, states),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        per_pass.append((states, span - width))
+    out: list[tuple[Any, Any] | None] = []
+    for number in range(len(per_pass[0][0].layers)):
+        layers = [(states.layers[number], missing) for states, missing in per_pass]
+        first = layers[0][0]
+        if not getattr(first, "is_initialized", False) or first.keys is None or first.keys.numel() == 0:
+            out.append(None)
+            continue
+        out.append(
+            tuple(
+                torch.cat(
+                    [torch.nn.functional.pad(getattr(layer, part), (0, 0, missing, 0)) for layer, missing in layers]
+                )
+                for part in ("keys", "values")
+            )
+        )
+    return out

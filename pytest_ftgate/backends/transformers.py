@@ -6,16 +6,9 @@ safetensors only (pickle weights are refused unless ``FTGATE_ALLOW_PICKLE=1``),
 ``trust_remote_code`` never set. Gemma 4 multimodal checkpoints come back as
 ``Gemma4ForConditionalGeneration``; only their text path is used.
 
-Adapters are injected with peft on the already loaded base, so base and tuned share one copy of
-the weights: the tuned ``Model`` runs with its adapter active, the base ``Model`` runs inside
-``PeftModel.disable_adapter()``. peft adapters load as ``PeftModel.from_pretrained`` would
-(its config, ``set_peft_model_state_dict``), except that the injected modules are exactly the
-ones the weights file names (plain ``target_modules`` such as ``q_proj`` also hit the vision
-tower's ``Gemma4ClippableLinear``, which peft cannot wrap). mlx-tune / mlx-vlm adapters are
-converted to peft: ``lora_a`` (in x r) -> ``lora_A.weight`` (r x in), ``lora_b`` -> ``lora_B.weight``,
-``language_model.model.layers.N...`` -> ``model.language_model.layers.N...``, and
-``lora_alpha = scale * r`` with the adapter's effective scale (``AdapterInfo.scale``), so the
-tuned model is the one that was trained.
+Adapters are injected with peft on the already loaded base (``peft_adapters.py``), so base and
+tuned share one copy of the weights: the tuned ``Model`` runs with its adapter active, the base
+``Model`` runs inside ``PeftModel.disable_adapter()``.
 
 Chat prompts: the tokenizer's chat template with ``add_generation_prompt=True``. A template that
 rejects the system role (Gemma 2, some Mistral templates) gets the system text folded into the
@@ -39,26 +32,28 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
-import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pytest_ftgate import threads
-from pytest_ftgate.adapters import AdapterInfo, inspect_adapter
-from pytest_ftgate.backends import PROBE, Message, Model, attach_adapter, check_scores, non_finite, package_versions
+from pytest_ftgate.adapters import AdapterInfo
+from pytest_ftgate.backends import Capabilities, Message, Model, Prompts, StopRule, check_scores, package_versions
+from pytest_ftgate.backends import peft_adapters
 from pytest_ftgate.backends.hf_files import ALLOW_PICKLE_ENV, check_weights, load_failure, no_progress_bars, snapshot_path
+from pytest_ftgate.backends.local import EFFECT_PROMPT, LocalBackend, chat_prompt, decode_step, renamed_non_finite
 from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
 from pytest_ftgate.backends.torch_graphs import StaticDecoder as _StaticDecoder
 from pytest_ftgate.backends.torch_graphs import cache_arg as _cache_arg
 from pytest_ftgate.backends.torch_graphs import greedy as _greedy
 from pytest_ftgate.backends.torch_graphs import plain_cache as _plain_cache
+from pytest_ftgate.backends.torch_graphs import prefix_states
 from pytest_ftgate.backends.torch_graphs import row_bytes as _row_bytes
-from pytest_ftgate.errors import AdapterError, BackendError, ModelError, NonFiniteError
+from pytest_ftgate.errors import BackendError, ModelError, NonFiniteError
 from pytest_ftgate.fingerprint import model_fingerprint
 from pytest_ftgate.options import looks_local
 
@@ -72,7 +67,6 @@ CPU_TOKENS_PER_BATCH = 16384
 CPU_MAX_ROWS = 16  # a CPU step is compute-bound well before; fewer rows, batches of like lengths
 MAX_PLAUSIBLE_CONTEXT = 1 << 30  # a tokenizer's model_max_length above this means unknown
 CONTINUATIONS_PER_PASS = 4  # longer answer forms scored together, each on its own repeat of the batch's cache
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)\.weight$")
 
 
 @dataclass
@@ -91,13 +85,16 @@ class _Loaded:
     static_failed: bool = False  # static-cache decoding failed once: dynamic from then on
 
 
-class TransformersBackend:
+class TransformersBackend(LocalBackend):
     """Backend over transformers + peft. One instance keeps each base loaded once."""
 
     name = "transformers"
+    capabilities = Capabilities(
+        logprob=True, stop_rules=True, effect_check=True, context=True, describe=False, prefix_reuse=True
+    )
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
+        super().__init__(**options)
         self._bases: dict[str, _Loaded] = {}
         threads.configure_environment()  # before torch loads libgomp (it reads the wait policy once)
 
@@ -158,193 +155,34 @@ class TransformersBackend:
         )
         return Model(label=model, fingerprint=fingerprint, backend=self, handle=loaded)
 
-    def with_adapter(self, base: Model, adapter: str) -> Model:
-        info = inspect_adapter(adapter)
-        loaded: _Loaded = base.handle
-        fp = info.fingerprint()
-        if fp not in loaded.adapters:
-            config, state = self._read_adapter(info, loaded)
-            self._inject(loaded, info, fp, config, state)
-        remove = lambda: self._remove(loaded, fp)  # noqa: E731
-        return attach_adapter(self, base, info.path.name, fp, info.path, remove, "the right folder was saved")
+    # -- adapters (the steps of LocalBackend.with_adapter; the peft surgery is peft_adapters.py) --
 
-    def _read_adapter(self, info: AdapterInfo, loaded: _Loaded) -> tuple[Any, dict[str, Any]]:
-        """The adapter as (LoraConfig, state dict in peft's saved naming and layout)."""
-        from peft import LoraConfig
-        from safetensors.torch import load_file
+    def has_adapter(self, handle: _Loaded, fingerprint: str) -> bool:
+        return fingerprint in handle.adapters
 
-        try:
-            raw = load_file(str(info.weights))
-        except Exception as exc:
-            raise AdapterError(f"{info.weights} could not be read ({exc}): re-save the adapter") from None
-        if info.format == "peft":
-            try:
-                config = LoraConfig.from_pretrained(str(info.path))
-            except Exception as exc:
-                raise AdapterError(
-                    f"{info.path / 'adapter_config.json'} is not a peft LoRA config peft {metadata.version('peft')} "
-                    f"can read ({type(exc).__name__}: {exc}): re-save the adapter"
-                ) from None
-            return config, raw
-        modules = {name for name, _ in loaded.model.named_modules()}
-        state = {}
-        for key, value in raw.items():
-            stem, _, part = key.rpartition(".")
-            if part not in ("lora_a", "lora_b"):
-                state[key] = value  # reported as an unknown key by _check_fit
-                continue
-            hf = _hf_module(stem, modules)
-            suffix = "lora_A.weight" if part == "lora_a" else "lora_B.weight"
-            state[f"base_model.model.{hf}.{suffix}"] = value.T.contiguous()
-        # mlx LoRA: y = W x + scale * (x @ lora_a) @ lora_b; peft: y = W x + (alpha / r) * B(A(x))
-        config = LoraConfig(
-            r=info.rank,
-            lora_alpha=info.scale * info.rank,  # type: ignore[arg-type]  # peft divides it by r: floats work
-            lora_dropout=0.0,
-            bias="none",
-            target_modules=[],
-            inference_mode=True,
-        )
-        return config, state
+    def prepare_adapter(self, handle: _Loaded, info: AdapterInfo) -> peft_adapters.Prepared:
+        return peft_adapters.prepare(handle, info)
 
-    def _check_fit(self, loaded: _Loaded, info: AdapterInfo, config: Any, state: dict[str, Any]) -> list[str]:
-        """Every LoRA tensor must land on a linear module of the base with the right shape.
+    def attach_adapter(self, handle: _Loaded, fingerprint: str, prepared: peft_adapters.Prepared) -> None:
+        peft_adapters.inject(handle, fingerprint, prepared)
 
-        Returns the module names to inject; raises the "does not fit" AdapterError otherwise.
-        Runs before the model is touched, so a refused adapter leaves the base as it was.
-        """
-        modules = dict(loaded.model.named_modules())
-        unknown: list[str] = []
-        mismatched: list[str] = []
-        targets: set[str] = set()
-        ranks = not getattr(config, "rank_pattern", None)
-        for key, value in state.items():
-            match = _LORA_KEY.match(key)
-            if match is None:
-                continue  # DoRA magnitudes, modules_to_save ...: peft's own load checks them
-            name, part = match["module"], match["part"]
-            module = modules.get(name)
-            in_features = getattr(module, "in_features", None)
-            out_features = getattr(module, "out_features", None)
-            if module is None or in_features is None or out_features is None:
-                unknown.append(key)
-                continue
-            shape = tuple(value.shape)
-            rank = config.r if ranks else shape[0 if part == "lora_A" else 1]
-            expected = (rank, in_features) if part == "lora_A" else (out_features, rank)
-            if shape != expected:
-                mismatched.append(f"{key}: adapter {shape} vs model {expected}")
-            targets.add(name)
-        if unknown or mismatched:
-            _raise_misfit(info, loaded, unknown, mismatched)
-        if not targets:
-            raise AdapterError(f"{info.weights} holds no LoRA A/B tensors: re-save the adapter")
-        return sorted(targets)
+    def detach_adapter(self, handle: _Loaded, fingerprint: str) -> None:
+        peft_adapters.remove(handle, fingerprint)
 
-    def _inject(self, loaded: _Loaded, info: AdapterInfo, fp: str, config: Any, state: dict[str, Any]) -> None:
-        """Add the adapter's LoRA layers to the loaded base (in place) and load its weights."""
-        from peft import PeftModel, set_peft_model_state_dict
-
-        targets = self._check_fit(loaded, info, config, state)
-        config = copy.deepcopy(config)
-        # Exactly the modules the weights name: no vision-tower wrappers, nothing left at init.
-        config.target_modules = targets
-        config.layers_to_transform = None
-        config.layers_pattern = None
-        config.exclude_modules = None
-        config.inference_mode = True
-        name = f"ftgate_{fp[:16]}"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # deprecation notes from inside peft / transformers
-                if loaded.peft is None:
-                    loaded.peft = PeftModel(loaded.model, config, adapter_name=name)
-                else:
-                    loaded.peft.add_adapter(name, config)
-            loaded.adapters[fp] = name
-            result: Any = set_peft_model_state_dict(loaded.peft, state, adapter_name=name)
-        except Exception as exc:
-            if fp in loaded.adapters:
-                self._remove(loaded, fp)
-            detail = "; ".join(line.strip() for line in str(exc).splitlines() if "size mismatch" in line)
-            raise AdapterError(
-                f"{info.weights} does not fit base model {loaded.path}: peft could not load it "
-                f"({detail or f'{type(exc).__name__}: {exc}'}). "
-                "The adapter was trained for another base model: pass that base with --ftgate-base"
-            ) from None
-        unexpected = list(result.unexpected_keys)
-        if unexpected:
-            self._remove(loaded, fp)
-            _raise_misfit(info, loaded, unexpected, [])
-        loaded.peft.eval()
-        loaded.model.requires_grad_(False)
-
-    def _remove(self, loaded: _Loaded, fp: str) -> None:
-        """Take an adapter out again (refused adapters must not linger in the shared base)."""
-        name = loaded.adapters.pop(fp, None)
-        if loaded.peft is None or name is None:
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "adapter X was active which is now deleted"
-            if not loaded.adapters:
-                loaded.peft.base_model.unload()  # back to the plain modules, in place
-                loaded.peft = None
-            else:
-                loaded.peft.delete_adapter(name)
-
-    @contextlib.contextmanager
-    def _active(self, model: Model) -> Iterator[_Loaded]:
-        """Run with ``model``'s adapter switched on, or with every adapter off for a base model."""
-        loaded: _Loaded = model.handle
-        if loaded.peft is None:
-            if model.adapter is not None:
-                raise BackendError(f"adapter of {model.label} is no longer loaded: load the base again")
-            yield loaded
-        elif model.adapter is None:
-            with loaded.peft.disable_adapter():
-                yield loaded
-        else:
-            name = loaded.adapters.get(model.adapter)
-            if name is None:
-                raise BackendError(f"adapter of {model.label} is no longer loaded: load the base again")
-            if loaded.peft.active_adapter != name:
-                loaded.peft.set_adapter(name, inference_mode=True)
-            yield loaded
+    def _active(self, model: Model) -> contextlib.AbstractContextManager[_Loaded]:
+        return peft_adapters.active(model)
 
     # -- inference ---------------------------------------------------------------------------
 
     def _prompt(self, loaded: _Loaded, messages: Sequence[Message]) -> str:
-        """The chat template's text for ``messages`` (system folded into the first user turn if
-        the template rejects the system role)."""
-        messages = [dict(m) for m in messages]
-        if not loaded.fold_system:
-            try:
-                return str(loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-            except Exception as exc:
-                first_error = exc
-                if not any(m.get("role") == "system" for m in messages):
-                    raise BackendError(
-                        f"the chat template of {loaded.path} failed: {type(exc).__name__}: {exc}"
-                    ) from None
-            try:
-                text = self._folded(loaded, messages)
-            except Exception:
-                raise BackendError(
-                    f"the chat template of {loaded.path} failed: {type(first_error).__name__}: {first_error}"
-                ) from None
-            loaded.fold_system = True
-            return text
-        return self._folded(loaded, messages)
+        """The chat template's text for ``messages`` (``local.chat_prompt``: the system text folded
+        into the first user turn if the template rejects the system role)."""
 
-    @staticmethod
-    def _folded(loaded: _Loaded, messages: list[dict[str, str]]) -> str:
-        system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system")
-        rest = [m for m in messages if m.get("role") != "system"]
-        for message in rest:
-            if message.get("role") == "user" and system:
-                message["content"] = f"{system}\n\n{message['content']}"
-                break
-        return str(loaded.tokenizer.apply_chat_template(rest, add_generation_prompt=True, tokenize=False))
+        def render(chat: list[Message]) -> str:
+            return str(loaded.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
+
+        text, loaded.fold_system = chat_prompt(render, messages, loaded.fold_system, loaded.path)
+        return text
 
     def _encode(self, loaded: _Loaded, texts: Sequence[str]) -> Any:
         # The chat template already writes every special token (bos included): add none.
@@ -352,12 +190,12 @@ class TransformersBackend:
             loaded.model.device
         )
 
-    def probe_logits(self, model: Model) -> Any:
-        """Logits (float32, CPU) of every position of a fixed probe prompt (proves an adapter acts)."""
+    def effect_logits(self, model: Model) -> Any:
+        """Logits (float32, CPU) of every position of ``EFFECT_PROMPT`` (the effect check)."""
         import torch
 
         with self._active(model) as loaded, torch.inference_mode():
-            batch = self._encode(loaded, [self._prompt(loaded, PROBE)])
+            batch = self._encode(loaded, [self._prompt(loaded, EFFECT_PROMPT)])
             output = loaded.model(**batch)
             return output.logits.float().cpu()
 
@@ -373,10 +211,8 @@ class TransformersBackend:
                 return value
         return None
 
-    def count_tokens(self, model: Model, prompts: Sequence[Sequence[Message]]) -> list[int]:
-        """Each prompt's length in tokens, chat template included (what ``generate`` feeds)."""
-        loaded: _Loaded = model.handle
-        return [len(self._ids(loaded, self._prompt(loaded, messages))) for messages in prompts]
+    def prompt_ids(self, model: Model, messages: Sequence[Message]) -> list[int]:
+        return self._ids(model.handle, self._prompt(model.handle, messages))
 
     @property
     def default_batch_size(self) -> int:
@@ -387,13 +223,7 @@ class TransformersBackend:
         return 1024 if torch.cuda.is_available() else 64
 
     def generate(
-        self,
-        model: Model,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int,
-        batch_size: int | None,
-        stop: Callable[[str], bool] | None = None,
+        self, model: Model, prompts: Prompts, *, max_tokens: int, batch_size: int | None, stop: StopRule | None = None
     ) -> list[str]:
         """Greedy replies, batched with left padding (prompts sorted by length, so batches carry
         little padding), one KV cache per batch. A sequence leaves the batch at its end-of-sequence
@@ -418,7 +248,7 @@ class TransformersBackend:
                 try:
                     tokens = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop, memo)
                 except NonFiniteError as exc:
-                    raise non_finite(model, "logits", None if exc.index is None else chunk[exc.index]) from None
+                    raise renamed_non_finite(model, exc, chunk) from None
                 except torch.cuda.OutOfMemoryError:
                     if len(chunk) == 1:
                         raise BackendError(
@@ -503,7 +333,7 @@ class TransformersBackend:
 
         device = loaded.model.device
         if memo.get("prefixes") != plan.prefixes:
-            memo.update(prefixes=plan.prefixes, states=self._prefix_states(loaded, plan.prefixes))
+            memo.update(prefixes=plan.prefixes, states=prefix_states(loaded, plan.prefixes))
         slots = torch.tensor(plan.slots, device=device)
         groups = torch.tensor(plan.owner, device=device)[:, None]
         for number, state in enumerate(memo["states"]):
@@ -511,60 +341,13 @@ class TransformersBackend:
                 keys, values = (part.transpose(1, 2)[groups, slots].transpose(1, 2).contiguous() for part in state)
                 cache.layers[number].update(keys, values)
 
-    def _prefix_states(
-        self, loaded: _Loaded, prefixes: list[list[int]], together: bool | None = None
-    ) -> list[tuple[Any, Any] | None]:
-        """Each layer's keys and values for ``prefixes``, left padded to the longest: (groups,
-        heads, span, dim), every position kept (sliding-window layers too: rows take different
-        spans); None for layers that hold none (KV-shared ones). On a GPU one left-padded pass;
-        on a CPU one pass per prefix, unpadded (a CPU pass gains nothing from more rows, and
-        long masked prompts take the slower attention path)."""
-        import torch
-        from transformers import DynamicCache
-
-        device = loaded.model.device
-        pad = loaded.tokenizer.pad_token_id
-        span = max(len(p) for p in prefixes)
-        together = loaded.device.startswith("cuda") if together is None else together
-        passes = [prefixes] if together else [[p] for p in prefixes]
-        per_pass = []
-        for rows in passes:
-            width = max(len(p) for p in rows)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=device)
-            states = DynamicCache()
-            loaded.model(
-                input_ids=torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=device),
-                attention_mask=mask if together else None,  # one unpadded row: plain causal attention
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                **_cache_arg(loaded.model, states),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            per_pass.append((states, span - width))
-        out: list[tuple[Any, Any] | None] = []
-        for number in range(len(per_pass[0][0].layers)):
-            layers = [(states.layers[number], missing) for states, missing in per_pass]
-            first = layers[0][0]
-            if not getattr(first, "is_initialized", False) or first.keys is None or first.keys.numel() == 0:
-                out.append(None)
-                continue
-            out.append(
-                tuple(
-                    torch.cat(
-                        [torch.nn.functional.pad(getattr(layer, part), (0, 0, missing, 0)) for layer, missing in layers]
-                    )
-                    for part in ("keys", "values")
-                )
-            )
-        return out
-
     def _decode(
         self,
         loaded: _Loaded,
         ids: list[list[int]],
         max_tokens: int,
         eos: set[int],
-        stop: Callable[[str], bool] | None,
+        stop: StopRule | None,
         memo: dict[str, Any] | None = None,
     ) -> list[list[int]]:
         """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded).
@@ -578,27 +361,16 @@ class TransformersBackend:
             return self._decode(loaded, ids, max_tokens, eos, stop, memo)
         out: list[list[int]] = [[] for _ in ids]
         active: list[int | None] = list(range(len(ids)))  # batch row -> output row (None: finished)
+        texts = functools.partial(loaded.tokenizer.batch_decode, skip_special_tokens=True)
         for step in range(max_tokens):
-            keep = []
             tokens = (static.current() if static else next_tokens).tolist()
             if static and step < max_tokens - 1:
                 # the next step does not depend on which rows finish here: the GPU runs it while
                 # the host checks the stop rules (at worst one step is computed in vain)
                 static.advance()
-            for slot, token in enumerate(tokens):
-                row = active[slot]
-                if row is None:
-                    continue
-                if token < 0:  # checked before the token is fed: the batch stops here
-                    raise NonFiniteError("non-finite logits", row)
-                if token in eos:
-                    continue
-                out[row].append(token)
-                if len(out[row]) < max_tokens:
-                    keep.append(slot)
-            if stop is not None and keep:
-                texts = loaded.tokenizer.batch_decode([out[active[slot]] for slot in keep], skip_special_tokens=True)  # type: ignore[index]
-                keep = [slot for slot, text in zip(keep, texts, strict=True) if not stop(_stable(text))]
+            keep = decode_step(
+                tokens, active, out, eos=eos.__contains__, max_tokens=max_tokens, stop=stop, texts=texts
+            )
             if not keep:
                 break
             if static:  # fixed shapes: finished rows stay in the batch, their tokens unread
@@ -658,7 +430,7 @@ class TransformersBackend:
         return decoder
 
     def score(
-        self, model: Model, prompts: Sequence[Sequence[Message]], continuations: Sequence[str]
+        self, model: Model, prompts: Prompts, continuations: Sequence[str]
     ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt.
 
@@ -723,32 +495,6 @@ class TransformersBackend:
                 totals[:, j] += picked.sum(-1)
         return [[float(v) for v in row] for row in totals.cpu().tolist()]
 
-
-def _hf_module(mlx_name: str, modules: set[str]) -> str:
-    """transformers' module name for an mlx-vlm / mlx-lm module path (the first that exists)."""
-    candidates = []
-    if mlx_name.startswith("language_model.model."):
-        rest = mlx_name[len("language_model.model.") :]
-        candidates += [f"model.language_model.{rest}", f"model.{rest}"]
-    elif mlx_name.startswith("language_model."):
-        candidates.append(f"model.{mlx_name}")
-    candidates.append(mlx_name)
-    return next((c for c in candidates if c in modules), candidates[0])
-
-
-def _raise_misfit(info: AdapterInfo, loaded: _Loaded, unknown: list[str], mismatched: list[str]) -> None:
-    detail = "; ".join([*(f"no parameter {k}" for k in unknown[:3]), *mismatched[:3]])
-    raise AdapterError(
-        f"{info.weights} does not fit base model {loaded.path}: "
-        f"{len(unknown)} unknown keys, {len(mismatched)} shape mismatches ({detail}). "
-        "The adapter was trained for another base model: pass that base with --ftgate-base"
-    )
-
-
-def _stable(text: str) -> str:
-    """The reply so far without a trailing U+FFFD: a partly decoded multi-byte character, which a
-    stop rule must not take for a finished (non-word) character."""
-    return text.rstrip("\ufffd")
 
 
 def _eos_ids(loaded: _Loaded) -> set[int]:
