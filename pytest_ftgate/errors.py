@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+import string
+from collections.abc import Callable
+from typing import Any
+
+
+def keyword(setting: str) -> str:
+    """How the Python API names a setting: the ``Gate`` keyword itself (``data``)."""
+    return setting
+
 
 class FtgateError(Exception):
-    """Base class: something the user can fix (input, configuration, environment)."""
+    """Base class: something the user can fix (input, configuration, environment).
+
+    ``fix`` says how, naming the settings that would fix it as fields: ``"pass {data}=DIR"``.
+    ``str()`` names them as ``Gate`` keywords (``pass data=DIR``); :meth:`render` names them for
+    another interface (the plugin: ``pass --ftgate-data=DIR``)."""
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The settings ``fix`` names (``("data",)``), in order."""
+        fields = string.Formatter().parse(self.fix or "")
+        return tuple(dict.fromkeys(name for _, name, _, _ in fields if name))
+
+    def render(self, name: Callable[[str], str] = keyword) -> str:
+        """The message and its fix, each setting named by ``name`` (a keyword by default)."""
+        if not self.fix:
+            return self.message
+        return f"{self.message}: {self.fix.format(**{setting: name(setting) for setting in self.settings})}"
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep ``fix`` (and subclasses' fields) through pickling
+        return (type(self), (self.message,), self.__dict__)
 
 
 class ConfigError(FtgateError):

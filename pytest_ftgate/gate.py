@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pytest_ftgate import benchmarks as registry
-from pytest_ftgate import stats
+from pytest_ftgate import hub, stats
 from pytest_ftgate.adapters import inspect_adapter
 from pytest_ftgate.backends import Backend, Model, as_backend, create_backend, serves_names
 from pytest_ftgate.benchmarks.base import Benchmark, Example
@@ -21,7 +21,8 @@ from pytest_ftgate.fingerprint import digest
 from pytest_ftgate.modes import check_mode
 from pytest_ftgate.options import AUDIT, DEFAULT_BASE, DEFAULT_CACHE, audit_size, looks_local, positive_int
 from pytest_ftgate.results import Comparison, EarlyStop, EvalResult
-from pytest_ftgate.runner import Progress, evaluate
+from pytest_ftgate.progress import Emit, Reporter, reporter
+from pytest_ftgate.runner import evaluate
 
 BackendFactory = Callable[[str], Backend]
 EARLY_CHUNK = 50  # examples per look when stopping early
@@ -38,7 +39,9 @@ class Gate:
     """Evaluate a base model and its fine-tune on benchmarks, and compare them example by example.
 
     Inputs are validated when the gate is created (adapter files, data folder, base folder, limit);
-    models load on first use, each at most once.
+    models load on first use, each at most once. ``progress``: a tqdm bar (where one shows) or lines
+    on standard error by default, ``False`` for none, or a callable that takes each line
+    (:func:`pytest_ftgate.progress.reporter`).
     """
 
     def __init__(
@@ -54,7 +57,7 @@ class Gate:
         confidence: float = 0.95,
         mode: str = "generate",
         base_url: str | None = None,
-        progress: Progress | None = None,
+        progress: bool | Emit | Reporter | None = True,
         make_backend: BackendFactory | None = None,
         audit: int | str = "auto",
         audit_seed: int | None = None,
@@ -65,23 +68,23 @@ class Gate:
         self.adapter = str(adapter) if adapter is not None else None
         self.candidate = candidate
         self.data = str(data) if data is not None else None
-        self.limit = positive_int(limit, "--ftgate-limit")
-        self.batch_size = positive_int(batch_size, "--ftgate-batch-size")
+        self.limit = positive_int(limit, "limit")
+        self.batch_size = positive_int(batch_size, "batch_size")
         self.confidence = confidence
         self.mode = check_mode(mode, source="Gate(mode=...)")
         self.base_url = base_url
-        self.progress = progress
+        self.progress = reporter(progress)
         self.audit = audit_size(audit)  # "auto" or a number of examples; 0: stored baselines are not audited
         self.audit_seed = audit_seed  # None: a fresh random seed per audit, named in its note
         self.cache = PredictionCache(cache)
         if self.adapter is not None:
             inspect_adapter(self.adapter)  # missing or corrupt files fail here, before any model loads
         if self.data is not None and not Path(self.data).exists():
-            raise DataError(f"data folder {self.data} does not exist: check --ftgate-data")
+            raise DataError(f"data folder {self.data} does not exist", fix="check {data}")
         if not serves_names(backend):  # served model names are not folders
-            _check_local_model(self.base, "--ftgate-base")
+            _check_local_model(self.base, "base")
             if self.candidate is not None:
-                _check_local_model(self.candidate, "--ftgate-candidate")
+                _check_local_model(self.candidate, "candidate")
         self._backend_spec = backend
         self._make_backend = make_backend
         self._backend: Backend | None = None
@@ -120,8 +123,25 @@ class Gate:
     @property
     def base_model(self) -> Model:
         if self._base_model is None:
-            self._base_model = self.backend.load(self.base)
+            self._base_model = self._load(self.base, "base")
         return self._base_model
+
+    def _load(self, model: str, setting: str) -> Model:
+        """Load ``model`` (the value of ``setting``). A hub id is looked up once the hub has been
+        probed: offline, the hub clients read their cache without retrying (``hub.prepare``), and
+        a model not in it is one ModelError saying what to pass instead."""
+        from_hub = not self.backend.capabilities.remote and not looks_local(model) and not Path(model).exists()
+        if not from_hub or hub.prepare():
+            return self.backend.load(model)
+        try:
+            return self.backend.load(model)
+        except ModelError as exc:
+            raise ModelError(
+                f"{model} is a Hugging Face hub id, the hub cannot be reached ({hub.why_unreachable()}) and "
+                "the model is not in the local hub cache",  # what the backend said: the exception's cause
+                fix=f"pass a local model folder as {{{setting}}}=DIR, or download the model once while online "
+                f"(huggingface-cli download {model})",
+            ) from exc
 
     @property
     def tuned_model(self) -> Model:
@@ -130,11 +150,9 @@ class Gate:
             if self.adapter is not None:
                 self._tuned_model = self.backend.with_adapter(self.base_model, self.adapter)
             elif self.candidate is not None:
-                self._tuned_model = self.backend.load(self.candidate)
+                self._tuned_model = self._load(self.candidate, "candidate")
             else:
-                raise ConfigError(
-                    "no adapter or candidate to gate: pass --ftgate-adapter=DIR or --ftgate-candidate=MODEL"
-                )
+                raise ConfigError("no adapter or candidate to gate", fix="pass {adapter}=DIR or {candidate}=MODEL")
         return self._tuned_model
 
     # -- benchmarks --------------------------------------------------------------------------
@@ -317,7 +335,7 @@ class Gate:
             lost, gained, n = len(comparison.lost), len(comparison.gained), len(part)
             outcome = policy.decision(lost, gained, n, len(order), self.confidence)
             if self.progress is not None:
-                self.progress(
+                self.progress.note(
                     f"{bench.title} early stop ({mode}): {n}/{len(order)} examples, {lost} lost, {gained} gained"
                 )
             if outcome is not None:
@@ -363,9 +381,9 @@ def _subset(bench: Benchmark, result: EvalResult, examples: list[Example]) -> Ev
     )
 
 
-def _check_local_model(model: str, option: str) -> None:
+def _check_local_model(model: str, setting: str) -> None:
     if looks_local(model) and not Path(model).expanduser().exists():
         raise ModelError(
-            f"model folder {model} does not exist: check {option} "
-            "(a local folder, or a hub id such as mlx-community/gemma-4-e4b-it-4bit)"
+            f"model folder {model} does not exist",
+            fix=f"check {{{setting}}} (a local folder, or a hub id such as mlx-community/gemma-4-e4b-it-4bit)",
         )

@@ -37,16 +37,17 @@ PLOT = "--ftgate-plot"
 FLIPS = "--ftgate-flips"
 MAX_DROP = "--ftgate-max-drop"
 AUDIT = "--ftgate-audit"
+LIST = "--ftgate-list"
 
 # option -> (help, default). Each has an ini key of the same name without dashes.
 _OPTIONS: dict[str, tuple[str, str | None]] = {
     ADAPTER: ("LoRA adapter folder to gate (mlx-tune, mlx-vlm trainer or peft format)", None),
     BASE: (f"Base model: hub id or local folder (default {DEFAULT_BASE})", DEFAULT_BASE),
     CANDIDATE: ("A whole candidate model instead of an adapter", None),
-    BACKEND: ("Backend: auto, mlx, or a registered name (default auto)", "auto"),
+    BACKEND: ("Backend: auto (the first installed) or one of {backends}; a conftest can add its own (default auto)", "auto"),
     BASE_URL: ("Server URL for the openai backend (default: $OPENAI_BASE_URL)", None),
     LIMIT: ("Evaluate N examples per benchmark: a seeded, stratified, stable subset", None),
-    DATA: ("Read benchmark data from this local folder instead of the hub", None),
+    DATA: ("Read benchmark data from this local folder instead of the Hugging Face hub ({list} shows what is found)", None),
     CACHE: (
         f"Prediction cache folder (default {DEFAULT_CACHE}; FTGATE_HOME defaults to ~/.cache/ftgate). "
         "Records are authenticated with $FTGATE_HOME/secret wherever the folder is",
@@ -89,14 +90,38 @@ def ini_name(option: str) -> str:
     return option.lstrip("-").replace("-", "_")
 
 
+def option_name(setting: str) -> str:
+    """The command-line option for a ``Gate`` keyword (``batch_size`` -> ``--ftgate-batch-size``):
+    how the plugin names the settings in an error's fix (``FtgateError.render``)."""
+    return "--ftgate-" + setting.replace("_", "-")
+
+
+def _help(text: str) -> str:
+    """Help text with the registries' names filled in: built-in backends and benchmarks."""
+    from pytest_ftgate.backends import backend_names
+    from pytest_ftgate.benchmarks import benchmark_names
+
+    return text.format(backends=", ".join(backend_names()), benchmarks=", ".join(benchmark_names()), list=LIST)
+
+
 def addoptions(parser: pytest.Parser) -> None:
     group = parser.getgroup("ftgate", "fine-tune regression gate (pytest-ftgate)")
     for option, (help_text, default) in _OPTIONS.items():
-        group.addoption(option, action="store", dest=ini_name(option), default=None, help=help_text)
-        parser.addini(ini_name(option), help_text, default=default)
+        group.addoption(option, action="store", dest=ini_name(option), default=None, help=_help(help_text))
+        parser.addini(ini_name(option), _help(help_text), default=default)
     for option, help_text in _FLAGS.items():
         group.addoption(option, action="store_true", dest=ini_name(option), default=None, help=help_text)
         parser.addini(ini_name(option), help_text, type="bool", default=False)
+    group.addoption(
+        LIST,
+        action="store_true",
+        dest=ini_name(LIST),
+        default=False,
+        help=_help(
+            "List the benchmarks ({benchmarks}, and those a conftest registers) with their sizes and "
+            "scoring modes, then exit"
+        ),
+    )
 
 
 @dataclass(frozen=True)

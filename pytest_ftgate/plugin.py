@@ -39,6 +39,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.addoptions(parser)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--ftgate-list``: list the benchmarks, then exit; like ``--fixtures``, after collection, so
+    those a conftest or test module registers are listed too."""
+    if not config.getoption(options.ini_name(options.LIST)):
+        return None
+    from _pytest.main import wrap_session  # what --fixtures uses: configure, collect, unconfigure
+
+    return int(wrap_session(config, _list_benchmarks))
+
+
+def _list_benchmarks(config: pytest.Config, session: pytest.Session) -> int:
+    from pytest_ftgate.listing import benchmark_table
+
+    session.perform_collect()
+    writer = config.pluginmanager.get_plugin("terminalreporter")
+    writer.section("ftgate benchmarks")
+    for line in benchmark_table(config.stash[_SETTINGS].data, options.option_name):
+        writer.write_line(safe(line))
+    return 0
+
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     """Add ``pytest_ftgate_make_backend``."""
     from pytest_ftgate import newhooks
@@ -60,7 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if settings.plot is not None and not hasattr(config, "workerinput"):
             reporting.require_matplotlib()  # say so now, not after an hour of evaluation
     except FtgateError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(exc.render(options.option_name)) from None
     config.stash[_SETTINGS] = settings
     config.stash[_RECORDS] = []
     config.stash[_WRITTEN] = []
@@ -353,7 +375,7 @@ def _guarded(produce: Callable[[], Any]) -> Any:
         return produce()
     except FtgateError as exc:
         error = exc
-    pytest.fail(f"ftgate: {safe(str(error), newlines=True)}", pytrace=False)
+    pytest.fail(f"ftgate: {safe(error.render(options.option_name), newlines=True)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -365,7 +387,7 @@ def ftgate(request: pytest.FixtureRequest) -> Any:
     settings = config.stash[_SETTINGS]
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
-    progress = None
+    progress: Any = False  # quiet under -q and on xdist workers
     if reporter is not None and config.get_verbosity() >= 0 and not hasattr(config, "workerinput"):
 
         def progress(line: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from pytest_ftgate.backends import Model, as_backend, check_scores
@@ -16,11 +17,10 @@ from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.context import check_context
 from pytest_ftgate.errors import BackendError, NonFiniteError
 from pytest_ftgate.modes import check_mode
+from pytest_ftgate.progress import Reporter
 from pytest_ftgate.results import EvalResult, ModelInfo, Prediction
 
-Progress = Callable[[str], None]
 DEFAULT_BATCH = 8  # examples per chunk when neither the user nor the backend says otherwise
-PROGRESS_EVERY = 10.0  # seconds between progress lines; the last batch always reports
 
 
 def cache_key(benchmark: Benchmark, model: Model, mode: str) -> dict[str, Any]:
@@ -33,33 +33,48 @@ def cache_key(benchmark: Benchmark, model: Model, mode: str) -> dict[str, Any]:
 
 
 def _run_batch(
-    benchmark: Benchmark, model: Model, chunk: Sequence[Example], mode: str, batch_size: int | None
+    benchmark: Benchmark,
+    model: Model,
+    chunk: Sequence[Example],
+    mode: str,
+    batch_size: int | None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One chunk of examples through the backend: a cache record per example. NaN or infinite
     logits or log-probabilities stop the run with a NonFiniteError naming the benchmark, the model
-    and the example: they never become an answer."""
+    and the example: they never become an answer. ``progress(done)`` goes to a backend whose
+    method takes a ``progress`` keyword (see :mod:`pytest_ftgate.progress`)."""
     prompts = [benchmark.messages(e) for e in chunk]
+    backend = as_backend(model.backend)
     try:
         if mode == "generate":
-            replies = as_backend(model.backend).generate(
-                model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size, stop=benchmark.answer_decided
-            )
+            extra: dict[str, Any] = {"progress": progress} if progress and backend.capabilities.progress else {}
+            replies = backend.generate(
+                model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size,
+                stop=benchmark.answer_decided, **extra,
+            )  # fmt: skip
             return [{"output": reply} for reply in replies]
-        return _score_batch(benchmark, model, prompts)
+        return _score_batch(benchmark, model, prompts, progress)
     except NonFiniteError as exc:
         index = exc.index
         where = f", example {chunk[index].id}" if index is not None and 0 <= index < len(chunk) else ""
         raise NonFiniteError(f"{benchmark.title}{where}: {exc}", exc.index) from None
 
 
-def _score_batch(benchmark: Benchmark, model: Model, prompts: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
+def _score_batch(
+    benchmark: Benchmark,
+    model: Model,
+    prompts: list[list[dict[str, str]]],
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
     forms = benchmark.answer_forms()
     flat = [form for variants in forms.values() for form in variants]
     backend = as_backend(model.backend)
     if not backend.capabilities.logprob:
         raise BackendError(f"the {backend.name} backend cannot score log-probabilities: use mode='generate'")
     records = []
-    for values in check_scores(model, backend.score(model, prompts, flat)):  # never an answer picked from NaN
+    extra = {"progress": progress} if progress and backend.capabilities.progress else {}
+    for values in check_scores(model, backend.score(model, prompts, flat, **extra)):  # never an answer picked from NaN
         by_form = dict(zip(flat, values, strict=True))
         logprobs = {answer: _logsumexp([by_form[f] for f in variants]) for answer, variants in forms.items()}
         best = max(logprobs, key=lambda answer: logprobs[answer])
@@ -80,10 +95,12 @@ def evaluate(
     cache: PredictionCache,
     mode: str = "generate",
     batch_size: int | None = None,
-    progress: Progress | None = None,
+    progress: Reporter | None = None,
     role: str = "model",
 ) -> EvalResult:
-    """Run ``model`` on ``examples`` (resuming from ``cache``) and score the outputs."""
+    """Run ``model`` on ``examples`` (resuming from ``cache``) and score the outputs. ``progress``
+    hears of every batch, and of the backend's progress inside one where it reports it; ``role``
+    names the side in its lines (``base``, ``tuned``)."""
     check_mode(mode, benchmark)
     key = cache_key(benchmark, model, mode)
     start = time.perf_counter()
@@ -92,23 +109,19 @@ def evaluate(
     check_context(benchmark, model, todo, mode)  # before the first batch: a DataError naming file:line
     step = batch_size or as_backend(model.backend).default_batch_size or DEFAULT_BATCH
     done_before = len(examples) - len(todo)
-    last_report = start
-    for offset in range(0, len(todo), step):
-        chunk = todo[offset : offset + step]
-        new = _run_batch(benchmark, model, chunk, mode, batch_size)
-        for example, record in zip(chunk, new, strict=True):
-            records[example.id] = record
-            cache.add(key, example.id, record)
-        now = time.perf_counter()
-        done = offset + len(chunk)
-        if progress is not None and (now - last_report >= PROGRESS_EVERY or done == len(todo)):
-            last_report = now
-            rate = done / max(now - start, 1e-9)
-            left = (len(todo) - done) / rate if rate else 0.0
-            progress(
-                f"{benchmark.title} {role} ({mode}): {done_before + done}/{len(examples)} examples "
-                f"({rate:.1f}/s, ~{left:.0f} s left)"
-            )
+    label = f"{benchmark.title} {role} ({mode})"
+    tracking = progress.task(label, len(examples), done_before) if progress is not None and todo else nullcontext()
+    with tracking as task:
+        for offset in range(0, len(todo), step):
+            chunk = todo[offset : offset + step]
+            at = done_before + offset
+            inside = None if task is None else lambda done, at=at, n=len(chunk): task.update(at + min(done, n))
+            new = _run_batch(benchmark, model, chunk, mode, batch_size, inside)
+            for example, record in zip(chunk, new, strict=True):
+                records[example.id] = record
+                cache.add(key, example.id, record)
+            if task is not None:
+                task.update(at + len(chunk))
     predictions = []
     for example in examples:
         record = records[example.id]

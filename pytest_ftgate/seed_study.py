@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -39,12 +38,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pytest_ftgate import threads
+from pytest_ftgate import hub, threads
 from pytest_ftgate.benchmarks.synthetic import arith_rows, finsent_rows
 
 SYSTEM_SENTIMENT = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
 SYSTEM_NUMBER = "Respond with ONLY the final numerical answer. No units or explanation."
-HUB_HOST = "huggingface.co"
 RECIPE = {"r": 16, "lora_alpha": 16, "lr": 5e-4, "steps": 30, "batch": 4, "seed": 0}
 
 
@@ -251,24 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, conversations in training_sets(data).items():
             say(f"fine-tuning '{name}' ({len(conversations)} conversations, {args.steps} steps, r={RECIPE['r']})")
             adapters[name] = train_lora(base, conversations, root / "adapters" / name, args.steps)
-    hub = data is None and _hub_reachable()
-    reports = {name: gate(root, base, adapter, args, hub) for name, adapter in adapters.items()}
+    online = data is None and hub.reachable()
+    reports = {name: gate(root, base, adapter, args, online) for name, adapter in adapters.items()}
     print()
     print(table(reports))
     say(f"done in {time.perf_counter() - started:.0f} s; reports in {root}")
     improved = any(g["ci"][0] > 0 for data in reports.values() for g in data["gates"])
     return 0 if improved else 1
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers (never when ``HF_HUB_OFFLINE`` is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        return False
-    try:
-        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 def _named(value: str, parser: argparse.ArgumentParser) -> tuple[str, Path]:

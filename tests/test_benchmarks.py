@@ -21,7 +21,7 @@ try:
 except ImportError:  # running plain `pytest` from a checkout that is not installed
     sys.path.insert(0, str(ROOT))
 
-from pytest_ftgate import benchmarks
+from pytest_ftgate import benchmarks, hub
 from pytest_ftgate.benchmarks import Benchmark, Example, benchmark_names, get_benchmark, register_benchmark
 from pytest_ftgate.benchmarks.builtin import FPB, ConvFinQA, MedMCQA, convfinqa_prompt, fpb_sentence
 from pytest_ftgate.benchmarks.sampling import allocate
@@ -371,7 +371,8 @@ def test_missing_file(tmp_path: Path) -> None:
         MedMCQA().load(tmp_path)
     message = str(info.value)
     assert str(tmp_path / "medmcqa" / "validation.jsonl") in message
-    assert "--ftgate-data DIR containing medmcqa/validation.jsonl" in message
+    assert "pass data=DIR containing medmcqa/validation.jsonl" in message  # Gate's keyword; pytest renders the option
+    assert "or leave data unset to download it from the Hugging Face hub" in message
     with pytest.raises(DataError, match="fpb/test.jsonl.*fpb/sentences_50agree.jsonl"):
         FPB().load(tmp_path)
     with pytest.raises(DataError, match="no such file or directory"):
@@ -385,6 +386,7 @@ def fake_datasets(monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, Any]], c
         return rows
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(hub, "reachable", lambda timeout=hub.TIMEOUT: True)  # no probe (tests/test_offline.py)
 
 
 def test_hub_calls_match_the_seed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -408,7 +410,8 @@ def test_hub_failure_says_how_to_run_offline(monkeypatch: pytest.MonkeyPatch) ->
         raise ConnectionError("offline")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.raises(DataError, match="ConnectionError: offline.*--ftgate-data DIR containing fpb/"):
+    monkeypatch.setattr(hub, "reachable", lambda timeout=hub.TIMEOUT: True)  # the hub answers, the load fails
+    with pytest.raises(DataError, match="ConnectionError: offline.*HF_TOKEN, or pass data=DIR containing fpb/"):
         FPB().load()
 
 

@@ -66,14 +66,12 @@ class Benchmark:
 
     def load_hub(self) -> list[Example]:
         raise DataError(
-            f"benchmark {self.name!r} has no Hugging Face Hub source; pass --ftgate-data DIR "
-            "with its local files"
+            f"benchmark {self.name!r} has no Hugging Face hub source", fix="pass {data}=DIR with its local files"
         )
 
     def load_local(self, data_dir: str | Path) -> list[Example]:
         raise DataError(
-            f"benchmark {self.name!r} cannot read local files; run without --ftgate-data to "
-            "load it from the Hub"
+            f"benchmark {self.name!r} cannot read local files", fix="leave {data} unset to load it from the hub"
         )
 
     def select(self, examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:

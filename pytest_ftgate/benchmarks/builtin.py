@@ -68,9 +68,8 @@ class MedMCQA(Benchmark):
     HUB = ("openlifescienceai/medmcqa", None, "validation")
     FILES = ("validation.jsonl",)
     HINT = (
-        "pass --ftgate-data DIR containing medmcqa/validation.jsonl (Hugging Face "
-        "openlifescienceai/medmcqa validation rows as JSON Lines, cop 0-3), or leave "
-        "--ftgate-data unset to download it from the Hub"
+        "pass {data}=DIR containing medmcqa/validation.jsonl (Hugging Face "
+        "openlifescienceai/medmcqa validation rows as JSON Lines, cop 0-3)"
     )
 
     def load_hub(self) -> list[Example]:
@@ -177,9 +176,9 @@ class FPB(Benchmark):
     HUB = ("AdaptLLM/finance-tasks", "FPB", "test")
     FILES = ("test.jsonl", "sentences_50agree.jsonl")
     HINT = (
-        "pass --ftgate-data DIR containing fpb/test.jsonl (AdaptLLM finance-tasks FPB rows: "
+        "pass {data}=DIR containing fpb/test.jsonl (AdaptLLM finance-tasks FPB rows: "
         "input, options, gold_index) or fpb/sentences_50agree.jsonl (Financial PhraseBank rows: "
-        "sentence, label), or leave --ftgate-data unset to download it from the Hub"
+        "sentence, label)"
     )
 
     def load_hub(self) -> list[Example]:
@@ -346,9 +345,8 @@ class ConvFinQA(Benchmark):
     HUB = ("AdaptLLM/finance-tasks", "ConvFinQA", "test")
     FILES = ("test.jsonl", "dev_turn.jsonl")
     HINT = (
-        "pass --ftgate-data DIR containing convfinqa/test.jsonl (AdaptLLM finance-tasks ConvFinQA "
-        "rows: input, label) or convfinqa/dev_turn.jsonl (ConvFinQA dev turns), or leave "
-        "--ftgate-data unset to download it from the Hub"
+        "pass {data}=DIR containing convfinqa/test.jsonl (AdaptLLM finance-tasks ConvFinQA "
+        "rows: input, label) or convfinqa/dev_turn.jsonl (ConvFinQA dev turns)"
     )
 
     def load_hub(self) -> list[Example]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_ftgate import hub
 from pytest_ftgate.errors import DataError
 
 if TYPE_CHECKING:
@@ -130,13 +131,15 @@ def resolve_local(data: str | Path, folder: str, filenames: Sequence[str], *, hi
 
     ``data`` is either a file (used as is) or a directory. For a directory the candidates are
     ``DIR/<folder>/<name>`` for each of ``filenames`` in order, then ``DIR/<name>`` when the
-    directory itself is named ``<folder>`` (``--ftgate-data data/fpb``).
+    directory itself is named ``<folder>`` (``--ftgate-data data/fpb``). ``hint`` says which files
+    to pass, as an error's fix (``"pass {data}=DIR containing fpb/test.jsonl"``).
     """
+    fix = hint + ", or leave {data} unset to download it from the Hugging Face hub"
     path = Path(data).expanduser()
     if path.is_file():
         return path
     if not path.exists():
-        raise DataError(f"--ftgate-data {path}: no such file or directory; {hint}")
+        raise DataError(f"{path}: no such file or directory", fix=fix)
     candidates = [path / folder / name for name in filenames]
     if path.name.lower() == folder.lower():
         candidates += [path / name for name in filenames]
@@ -144,27 +147,38 @@ def resolve_local(data: str | Path, folder: str, filenames: Sequence[str], *, hi
         if candidate.is_file():
             return candidate
     looked = ", ".join(str(c) for c in candidates)
-    raise DataError(f"{folder} data not found: looked for {looked}; {hint}")
+    raise DataError(f"{folder} data not found: looked for {looked}", fix=fix)
 
 
 def hub_rows(repo: str, config: str | None, split: str, *, offline_hint: str) -> list[Row]:
-    """Rows of a Hub dataset through ``datasets.load_dataset`` (imported here, not at import)."""
+    """Rows of a Hub dataset through ``datasets.load_dataset`` (imported here, not at import).
+
+    ``offline_hint`` is the fix that needs no network, as an error's fix (``"pass {data}=DIR
+    containing fpb/test.jsonl"``). The hub is probed first (``hub.prepare``): without a network,
+    ``datasets`` reads its cache or fails at once instead of retrying, and the error says so."""
     label = f"{repo}" + (f" ({config})" if config else "") + f" split {split!r}"
     try:
         from datasets import load_dataset
     except ImportError:
         raise DataError(
-            f"loading {label} from the Hugging Face Hub needs the 'datasets' package: "
-            f"pip install datasets, or {offline_hint}"
+            f"loading {label} from the Hugging Face hub needs the 'datasets' package",
+            fix=f"pip install datasets, or {offline_hint}",
         ) from None
+    online = hub.prepare()
     try:
         if config is None:
             dataset = load_dataset(repo, split=split)
         else:
             dataset = load_dataset(repo, config, split=split)
     except Exception as exc:  # network, auth, missing config: all end the same way for the user
+        if not online:
+            raise DataError(
+                f"{label} is read from the Hugging Face hub, which cannot be reached "
+                f"({hub.why_unreachable()}), and it is not in the local datasets cache",
+                fix=offline_hint,
+            ) from exc
         raise DataError(
-            f"could not load {label} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
-            f"check the network or HF_TOKEN, or {offline_hint}"
+            f"could not load {label} from the Hugging Face hub ({type(exc).__name__}: {exc})",
+            fix=f"check the network or HF_TOKEN, or {offline_hint}",
         ) from exc
     return [dict(row) for row in dataset]
