@@ -55,10 +55,17 @@ class Subject:
     refused: str
 
 
+# Skip reasons that name the cure (the rest: "<module> not installed").
+WHY_MISSING = {
+    "torch": "torch not installed: pip install torch==2.13.0 -e .[torch]",
+    "llama_cpp": "llama-cpp-python not installed (no wheel on PyPI: see README)",
+}
+
+
 def _needs(*modules: str) -> None:
     for module in modules:
         if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} not installed")
+            pytest.skip(WHY_MISSING.get(module, f"{module} not installed"))
 
 
 @pytest.fixture(scope="module")
