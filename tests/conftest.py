@@ -11,6 +11,11 @@ from typing import Any
 
 import pytest
 
+try:  # loaded once for the whole session: in-process pytester runs that import numpy first (an
+    import numpy  # noqa: F401  adapter's tensors are scanned with it) would otherwise unload it, and a
+except ImportError:  # later import fails with "cannot load module more than once per process"
+    pass
+
 REPO = Path(__file__).resolve().parent.parent
 # Real benchmark data (fpb/, medmcqa/, convfinqa/, chatdoctor_genmedgpt5k/): $FTGATE_TEST_DATA, else
 # ../shared/data beside the repository. Tests reach it through the ``shared_data`` fixture.
