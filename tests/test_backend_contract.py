@@ -35,8 +35,8 @@ LOCAL = Capabilities(
     logprob=True, stop_rules=True, effect_check=True, context=True, describe=True, prefix_reuse=True
 )
 EXPECTED = {
-    "mlx": LOCAL,
-    "transformers": Capabilities(**{**LOCAL.__dict__, "describe": False}),
+    "mlx": Capabilities(**{**LOCAL.__dict__, "progress": True}),
+    "transformers": Capabilities(**{**LOCAL.__dict__, "describe": False, "progress": True}),
     "llamacpp": LOCAL,
     "openai": Capabilities(remote=True),
 }
@@ -191,6 +191,22 @@ def test_generate_is_greedy_and_batch_independent(subject: Subject) -> None:
     assert backend.generate(base, PROMPTS, max_tokens=MAX_TOKENS, batch_size=None) == replies
     alone = [backend.generate(base, [p], max_tokens=MAX_TOKENS, batch_size=1)[0] for p in PROMPTS]
     assert alone == replies
+
+
+def test_progress_is_heard_after_each_batch_where_capable(subject: Subject) -> None:
+    """A long generate or score call is not silent (issue 14): ``progress(done)`` after each
+    batch, rising to every prompt; the answers are the same with and without it."""
+    backend = subject.make()
+    if not backend.capabilities.progress:
+        pytest.skip(f"the {subject.name} backend does not report progress inside a call")
+    base = backend.load(subject.base)
+    heard: list[int] = []
+    replies = backend.generate(base, PROMPTS, max_tokens=MAX_TOKENS, batch_size=1, progress=heard.append)
+    assert heard == [1, 2, 3]
+    assert replies == backend.generate(base, PROMPTS, max_tokens=MAX_TOKENS, batch_size=None)
+    scored: list[int] = []
+    backend.score(base, PROMPTS, ["positive", "negative"], progress=scored.append)
+    assert scored and scored[-1] == len(PROMPTS) and scored == sorted(scored)
 
 
 def test_stop_rules_end_a_reply_early_where_capable(subject: Subject) -> None:

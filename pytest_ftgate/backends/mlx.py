@@ -19,8 +19,8 @@ import contextlib
 import io
 import json
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class MLXBackend(LocalBackend):
     """Backend over mlx-vlm / mlx-lm, with adapters injected the mlx-tune way."""
 
     name = "mlx"
+    capabilities = replace(LocalBackend.capabilities, progress=True)
 
     def version(self) -> str:
         return package_versions("mlx", "mlx-vlm", "mlx-lm", "mlx-tune")
@@ -310,7 +311,11 @@ class MLXBackend(LocalBackend):
         return {int(t) for t in tokenizer.eos_token_ids}
 
     def score(
-        self, model: Model, prompts: Prompts, continuations: Sequence[str]
+        self,
+        model: Model,
+        prompts: Prompts,
+        continuations: Sequence[str],
+        progress: Callable[[int], None] | None = None,
     ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt.
 
@@ -337,6 +342,8 @@ class MLXBackend(LocalBackend):
             for index, values in zip(chunk, scores, strict=True):
                 rows[index] = values
             mx.clear_cache()
+            if progress is not None:
+                progress(sum(1 for row in rows if row))
         return check_scores(model, rows)
 
     def _batches(self, loaded: _Loaded, ids: list[list[int]], extra: int, batch_size: int | None) -> list[list[int]]:
@@ -386,7 +393,14 @@ class MLXBackend(LocalBackend):
         return getattr(output, "logits", output)[0].astype(mx.float32)
 
     def generate(
-        self, model: Model, prompts: Prompts, *, max_tokens: int, batch_size: int | None, stop: StopRule | None = None
+        self,
+        model: Model,
+        prompts: Prompts,
+        *,
+        max_tokens: int,
+        batch_size: int | None,
+        stop: StopRule | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Greedy replies, batched with left padding (``_batches``), the same tokens as
         ``mlx_vlm.generate`` / ``mlx_lm.generate`` one prompt at a time. A sequence leaves its
@@ -400,6 +414,7 @@ class MLXBackend(LocalBackend):
         ids = [self._ids(loaded, messages) for messages in prompts]
         eos = self._eos(loaded)
         replies = [""] * len(ids)
+        done = 0
         for chunk in self._batches(loaded, ids, max_tokens, batch_size):
             try:
                 outputs = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop)
@@ -408,6 +423,9 @@ class MLXBackend(LocalBackend):
             for index, tokens in zip(chunk, outputs, strict=True):
                 replies[index] = _detokenize(loaded, tokens)
             mx.clear_cache()
+            done += len(chunk)
+            if progress is not None:
+                progress(done)
         return replies
 
     def _decode(

@@ -35,7 +35,7 @@ import copy
 import functools
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,7 @@ class TransformersBackend(LocalBackend):
 
     name = "transformers"
     capabilities = Capabilities(
-        logprob=True, stop_rules=True, effect_check=True, context=True, describe=False, prefix_reuse=True
+        logprob=True, stop_rules=True, effect_check=True, context=True, describe=False, prefix_reuse=True, progress=True
     )
 
     def __init__(self, **options: Any) -> None:
@@ -223,13 +223,21 @@ class TransformersBackend(LocalBackend):
         return 1024 if torch.cuda.is_available() else 64
 
     def generate(
-        self, model: Model, prompts: Prompts, *, max_tokens: int, batch_size: int | None, stop: StopRule | None = None
+        self,
+        model: Model,
+        prompts: Prompts,
+        *,
+        max_tokens: int,
+        batch_size: int | None,
+        stop: StopRule | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Greedy replies, batched with left padding (prompts sorted by length, so batches carry
         little padding), one KV cache per batch. A sequence leaves the batch at its end-of-sequence
         token, at ``max_tokens``, or as soon as ``stop(reply so far)`` says its answer is decided;
         the cache rows of finished sequences are dropped, so the rest run on a smaller batch.
-        Without ``batch_size`` the batch is sized to the memory free for it (``auto_batch_size``)."""
+        Without ``batch_size`` the batch is sized to the memory free for it (``auto_batch_size``);
+        ``progress(done)`` hears after each batch."""
         import torch
 
         loaded: _Loaded = model.handle
@@ -240,6 +248,7 @@ class TransformersBackend(LocalBackend):
         with self._active(model), torch.inference_mode():
             queue = self._batches(loaded, ids, max_tokens, batch_size)
             cap = batch_size or len(ids)  # halved at each out-of-memory error, for the batches that follow
+            done = 0
             while queue:
                 chunk = queue.pop(0)
                 if len(chunk) > cap:
@@ -260,6 +269,9 @@ class TransformersBackend(LocalBackend):
                     continue
                 for index, row in zip(chunk, tokens, strict=True):
                     replies[index] = loaded.tokenizer.decode(row, skip_special_tokens=True)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done)
         return replies
 
     def _batches(
@@ -430,7 +442,11 @@ class TransformersBackend(LocalBackend):
         return decoder
 
     def score(
-        self, model: Model, prompts: Prompts, continuations: Sequence[str]
+        self,
+        model: Model,
+        prompts: Prompts,
+        continuations: Sequence[str],
+        progress: Callable[[int], None] | None = None,
     ) -> list[list[float]]:
         """Log-probability of each continuation as the start of the reply to each prompt.
 
@@ -457,6 +473,8 @@ class TransformersBackend(LocalBackend):
                 scores = self._score_batch(loaded, [ids[i] for i in chunk], pieces, longer, memo)
                 for index, values in zip(chunk, scores, strict=True):
                     rows[index] = values
+                if progress is not None:
+                    progress(sum(1 for row in rows if row))
         return check_scores(model, rows)
 
     def _score_batch(
