@@ -252,7 +252,10 @@ except ModelError as exc:
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs the torch extra")
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft")),
+    reason="torch not installed: pip install torch==2.13.0 -e .[torch]",
+)
 def test_base_offline_with_the_real_transformers_backend(offline: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=False)
     assert done.stdout.strip(), done.stderr[-3000:]
