@@ -61,6 +61,18 @@ def _list_benchmarks(config: pytest.Config, session: pytest.Session) -> int:
     return 0
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """In a run that gates (an ``--ftgate-*`` option, or an adapter or candidate in the ini file),
+    size the CPU libraries' thread pools before any conftest can import torch (``threads``): the
+    OpenMP runtime reads its settings once, when it loads. Other runs are left alone."""
+    from pytest_ftgate import threads
+
+    keys = (options.ini_name(options.ADAPTER), options.ini_name(options.CANDIDATE))
+    if any(arg.startswith("--ftgate-") for arg in args) or any(early_config.getini(k) for k in keys):
+        threads.configure_environment()
+
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     """Add ``pytest_ftgate_make_backend``."""
     from pytest_ftgate import newhooks

@@ -156,3 +156,25 @@ def test_size_torch_on_real_torch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert threads.size_torch(torch) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_gating_pytest_run_sets_the_policy_before_a_conftest_imports_torch(pytester: pytest.Pytester) -> None:
+    """The plugin applies the policy before conftests load, so a conftest that imports torch first
+    still gets short spins; a run without ftgate options is left alone."""
+    pytest.importorskip("torch")
+    pytester.makeconftest("import torch\ntorch.ones(4).sum()\n")
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    for name in POLICY_VARS:
+        pytester._monkeypatch.delenv(name, raising=False)
+    pytester._monkeypatch.setenv("OMP_DISPLAY_ENV", "VERBOSE")
+
+    def spin(*args: str) -> list[str]:
+        run = pytester.runpytest_subprocess("-s", "-p", "no:randomly", *args)  # -s: libgomp speaks on stderr
+        return [line.strip() for line in run.errlines if "GOMP_SPINCOUNT" in line]
+
+    ours = f"GOMP_SPINCOUNT = '{threads.SPIN_COUNT}'"
+    gated = spin("--ftgate-limit=5")
+    if not gated:
+        pytest.skip("this torch build does not use GNU libgomp")
+    assert gated[0] == ours
+    assert spin()[0] != ours
