@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
-from pytest_ftgate.backends import Model, as_backend, check_scores
+from pytest_ftgate.backends import Backend, Model, as_backend, check_scores
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
 from pytest_ftgate.context import check_context
@@ -46,15 +46,15 @@ def _run_batch(
     method takes a ``progress`` keyword (see :mod:`pytest_ftgate.progress`)."""
     prompts = [benchmark.messages(e) for e in chunk]
     backend = as_backend(model.backend)
+    extra: dict[str, Any] = {"progress": progress} if progress and backend.capabilities.progress else {}
     try:
         if mode == "generate":
-            extra: dict[str, Any] = {"progress": progress} if progress and backend.capabilities.progress else {}
             replies = backend.generate(
                 model, prompts, max_tokens=benchmark.max_tokens, batch_size=batch_size,
                 stop=benchmark.answer_decided, **extra,
             )  # fmt: skip
             return [{"output": reply} for reply in replies]
-        return _score_batch(benchmark, model, prompts, progress)
+        return _score_batch(benchmark, backend, model, prompts, extra)
     except NonFiniteError as exc:
         index = exc.index
         where = f", example {chunk[index].id}" if index is not None and 0 <= index < len(chunk) else ""
@@ -62,18 +62,13 @@ def _run_batch(
 
 
 def _score_batch(
-    benchmark: Benchmark,
-    model: Model,
-    prompts: list[list[dict[str, str]]],
-    progress: Callable[[int], None] | None = None,
+    benchmark: Benchmark, backend: Backend, model: Model, prompts: list[list[dict[str, str]]], extra: dict[str, Any]
 ) -> list[dict[str, Any]]:
     forms = benchmark.answer_forms()
     flat = [form for variants in forms.values() for form in variants]
-    backend = as_backend(model.backend)
     if not backend.capabilities.logprob:
         raise BackendError(f"the {backend.name} backend cannot score log-probabilities: use mode='generate'")
     records = []
-    extra = {"progress": progress} if progress and backend.capabilities.progress else {}
     for values in check_scores(model, backend.score(model, prompts, flat, **extra)):  # never an answer picked from NaN
         by_form = dict(zip(flat, values, strict=True))
         logprobs = {answer: _logsumexp([by_form[f] for f in variants]) for answer, variants in forms.items()}
