@@ -164,7 +164,9 @@ class CurvePoint:
             "n": numbers.n,
             "lost": numbers.lost,
             "gained": numbers.gained,
-            "verdict": None if self.verdict is None else {"outcome": self.verdict.outcome, "reason": self.verdict.reason},
+            "verdict": None
+            if self.verdict is None
+            else {"outcome": self.verdict.outcome, "reason": self.verdict.reason},
         }
 
     @classmethod

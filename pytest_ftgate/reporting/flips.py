@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_ftgate.reporting.record import atomic_write
+from pytest_ftgate.reporting.files import atomic_write
 
 if TYPE_CHECKING:
     from pytest_ftgate.results import Comparison

@@ -10,7 +10,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_ftgate.reporting.record import GateRecord, atomic_write, overall_outcome
+from pytest_ftgate.reporting.curve import (
+    PROVEN_MARK,
+    curve_heading,
+    curve_rows,
+    drop_sentence,
+    overview,
+    shared_base,
+    with_curves,
+)
+from pytest_ftgate.reporting.files import atomic_write
+from pytest_ftgate.reporting.record import GateRecord, overall_outcome
 from pytest_ftgate.reporting.summary import (
     advice,
     duration,
@@ -99,6 +109,8 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
             out.append(f"| {_cell(r.title)} | {r.base:.1f} | {_cell(advice(r.base))} | {_cell(outcome_note(r))} |")
         out.append("")
 
+    out += _curve_sections(records)
+
     for label, r in zip(labels, records):
         if r.outcome in ("pass", "error"):  # an error is in its CAUTION alert above
             continue
@@ -124,6 +136,43 @@ def to_markdown(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None
         out.append("</details>")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _curve_sections(records: Sequence[GateRecord]) -> list[str]:
+    """Per gated test with a forgetting curve: its table (step, checkpoint, score, delta,
+    interval, verdict) and the sentence naming the first proven drop; then the benchmark x step
+    overview when several benchmarks have curves. Empty without curves."""
+    out: list[str] = []
+    for label, _, curve in with_curves(records):
+        rows = curve_rows(curve)
+        conf = {point.numbers.confidence for point in curve.points}
+        ci_head = f"{conf.pop():.0%} CI" if len(conf) == 1 else "CI"
+        with_base = shared_base(curve) is None
+        out.append(f"**Forgetting curve: {_cell(label)}** ({_md_escape(curve_heading(curve))})")
+        out.append("")
+        base_head = " Base |" if with_base else ""
+        out.append(f"| Step | Checkpoint |{base_head} Score | \u0394 | {ci_head} | Verdict |")
+        out.append(f"|--:|:--|{'--:|' if with_base else ''}--:|--:|:-:|:--|")
+        for row in rows:
+            delta = f"**{row.delta}**" if row.proven else row.delta
+            base = f" {row.base} |" if with_base else ""
+            interval = row.interval[1:-1].replace(", ", " to ")
+            verdict = f"{_OUTCOME_ICON.get(row.outcome, '')} {_cell(row.verdict)}"
+            out.append(
+                f"| {_cell(row.label)} | `{_code(row.adapter)}` |{base} {row.score} | {delta} | {interval} | {verdict} |"
+            )
+        out += ["", _md_escape(drop_sentence(curve, str)), ""]
+    table = overview(records)
+    if table is not None:
+        mark = _md_escape(PROVEN_MARK)
+        out.append(f"**Forgetting curves**: \u0394 by step (points; {mark} drop proven beyond the max drop)")
+        out.append("")
+        out.append("| Benchmark | " + " | ".join(_cell(column) for column in table.columns) + " |")
+        out.append("|:--|" + "--:|" * len(table.columns))
+        for title, cells in table.rows:
+            out.append(f"| {_cell(title)} | " + " | ".join(_md_escape(cell) or "\u2014" for cell in cells) + " |")
+        out.append("")
+    return out
 
 
 def write_markdown(

@@ -1,17 +1,25 @@
-"""The PNG chart: grouped bars, base vs tuned per benchmark. matplotlib is imported only inside
-``write_plot`` (and checked by ``require_matplotlib``)."""
+"""The PNG chart: grouped bars, base vs tuned per benchmark, and, when the run gated a training
+run's checkpoints, the forgetting curves below them in the same image (one panel per benchmark:
+delta vs step with the interval band, the threshold line and the first proven drop).
+``write_curve_plot`` writes the curves alone. matplotlib is imported only inside the writers (and
+checked by ``require_matplotlib``)."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_ftgate.curve import Curve
 from pytest_ftgate.errors import ConfigError
-from pytest_ftgate.reporting.record import GateRecord, atomic_write
+from pytest_ftgate.reporting.curve import with_curves
+from pytest_ftgate.reporting.files import atomic_write
+from pytest_ftgate.reporting.record import GateRecord
 from pytest_ftgate.reporting.summary import models_line, signed
+from pytest_ftgate.text import safe
 
 PLOT_INSTALL_HINT = "pip install 'pytest-ftgate[plot]'"
 
@@ -48,10 +56,33 @@ def write_plot(
     The tuned bar carries the paired interval as a whisker (``base + ci``); a dashed red line marks
     the allowed floor (``base - max_drop``) and a dashed green one the required score
     (``base + min_gain``) where the marker sets them. Values are printed on the bars; each
-    benchmark's verdict and delta sit under its name. Renders with the Agg canvas (no pyplot, no
-    global backend change). Raises ``ConfigError`` naming the install command without matplotlib.
+    benchmark's verdict and delta sit under its name. Records with a forgetting curve add its
+    panels below the bars, in the same PNG (``--ftgate-plot`` writes one file; without curves the
+    image is the bars alone). Renders with the Agg canvas (no pyplot, no global backend change).
+    Raises ``ConfigError`` naming the install command without matplotlib.
     """
     require_matplotlib()
+    bars = _bars_figure(records, title=title, dpi=dpi)
+    curves = _first_curves(records)
+    if not curves:
+        return _save(path, bars, dpi)
+    return _save_stacked(path, [bars, _curves_figure(curves, dpi=dpi)])
+
+
+def write_curve_plot(path: str | os.PathLike[str], records: Sequence[GateRecord], *, dpi: int = 150) -> Path:
+    """PNG of the forgetting curves alone: one panel per benchmark with a curve (the first gated
+    test's curve of each benchmark), delta vs step, the paired interval as a band, the threshold
+    line at ``-max_drop`` (and ``+min_gain``), and the first step whose drop is proven beyond the
+    margin marked. ``ConfigError`` when no record has a curve, or without matplotlib."""
+    require_matplotlib()
+    curves = _first_curves(records)
+    if not curves:
+        raise ConfigError("no forgetting curve to plot: gate a training run's checkpoints (--ftgate-adapter=DIR)")
+    return _save(path, _curves_figure(curves, dpi=dpi), dpi)
+
+
+def _bars_figure(records: Sequence[GateRecord], *, title: str, dpi: int) -> Any:
+    """The grouped-bar figure of ``write_plot``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -157,12 +188,115 @@ def write_plot(
     if subtitle:
         fig.text(0.01, 0.04 / fig_height, subtitle, fontsize=7.5, color="#57606a", ha="left", va="bottom")
     fig.tight_layout(rect=(0, reserve, 1, 1))
+    return fig
 
-    import io
 
+def _save(path: str | os.PathLike[str], fig: Any, dpi: int) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     return atomic_write(Path(path), buffer.getvalue())
+
+
+def _save_stacked(path: str | os.PathLike[str], figures: Sequence[Any]) -> Path:
+    """One PNG of ``figures`` drawn one under the other (each left-aligned on white)."""
+    import numpy
+    from matplotlib.image import imsave
+
+    images = []
+    for fig in figures:
+        fig.set_facecolor("white")
+        fig.canvas.draw()
+        images.append(numpy.asarray(fig.canvas.buffer_rgba()))
+    width = max(image.shape[1] for image in images)
+    padded = [
+        numpy.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255) for image in images
+    ]
+    buffer = io.BytesIO()
+    imsave(buffer, numpy.concatenate(padded, axis=0), format="png")
+    return atomic_write(Path(path), buffer.getvalue())
+
+
+def _first_curves(records: Sequence[GateRecord]) -> list[Curve]:
+    """One curve per benchmark: the first gated test's (tests on one benchmark share its points)."""
+    first: dict[str, Curve] = {}
+    for _, _, curve in with_curves(records):
+        first.setdefault(curve.benchmark, curve)
+    return list(first.values())
+
+
+_CURVE_COLOR = "#2f6db5"
+_PANEL_COLUMNS = 3
+
+
+def _curves_figure(curves: Sequence[Curve], *, dpi: int) -> Any:
+    """One panel per curve: delta vs step with its interval band, the thresholds, the first proven drop."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = min(len(curves), _PANEL_COLUMNS)
+    rows = -(-len(curves) // columns)
+    fig = Figure(figsize=(4.6 * columns + 0.4, 3.6 * rows + 0.5), dpi=dpi)
+    FigureCanvasAgg(fig)
+    for index, curve in enumerate(curves):
+        _draw_curve(fig.add_subplot(rows, columns, index + 1), curve)
+    fig.suptitle("Forgetting curve: change vs base at each checkpoint", fontsize=12, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_curve(ax: Any, curve: Curve) -> None:
+    points = curve.points
+    by_step = all(point.step is not None for point in points)
+    xs = [float(point.step) if by_step else float(i) for i, point in enumerate(points)]  # type: ignore[arg-type]
+    deltas = [point.delta for point in points]
+    ax.fill_between(xs, [p.ci[0] for p in points], [p.ci[1] for p in points], color=_CURVE_COLOR, alpha=0.18,
+                    linewidth=0, label=f"{points[0].numbers.confidence:.0%} paired interval", zorder=2)
+    ax.plot(xs, deltas, color=_CURVE_COLOR, linewidth=1.8, zorder=3, label="delta (tuned − base)")
+    for x, point in zip(xs, points):
+        colour = _OUTCOME_COLOR.get(point.outcome or "", _CURVE_COLOR)
+        ax.plot([x], [point.delta], marker="o", markersize=5, color=colour, zorder=4)  # the verdict there
+    ax.axhline(0.0, color="#57606a", linewidth=0.8, zorder=1)
+    if curve.max_drop is not None:
+        ax.axhline(-curve.max_drop, color=_FLOOR_COLOR, linestyle="--", linewidth=1.4, zorder=2,
+                   label=f"−max_drop ({-curve.max_drop:.1f})")
+    if curve.min_gain is not None:
+        ax.axhline(curve.min_gain, color=_TARGET_COLOR, linestyle="--", linewidth=1.4, zorder=2,
+                   label=f"min_gain (+{curve.min_gain:.1f})")
+    first = curve.first_proven_drop()
+    if first is not None:
+        x = xs[points.index(first)]
+        ax.axvline(x, color=_FLOOR_COLOR, linestyle=":", linewidth=1.4, zorder=2)
+        where = f"step {first.step}" if first.step is not None else _mpl_text(first.adapter)
+        ax.annotate(f"forgetting proven\nfrom {where}", (x, 0.98), xycoords=("data", "axes fraction"),
+                    xytext=(4, 0), textcoords="offset points", fontsize=8, color=_FLOOR_COLOR,
+                    fontweight="bold", ha="left", va="top")
+    low = min([0.0, *(p.ci[0] for p in points), *([-curve.max_drop] if curve.max_drop is not None else [])])
+    high = max([0.0, *(p.ci[1] for p in points), *([curve.min_gain] if curve.min_gain is not None else [])])
+    pad = max(1.0, 0.08 * (high - low))
+    ax.set_ylim(low - pad, high + 2.5 * pad)  # room above for the annotation
+    if by_step and len(points) <= 12:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(point.step) for point in points], fontsize=8)
+    elif by_step:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:  # steps unknown: checkpoints in order, named by their folder or file
+        ax.set_xticks(xs)
+        ax.set_xticklabels([_mpl_text(Path(point.adapter).name or point.adapter) for point in points],
+                           rotation=30, ha="right", fontsize=7)
+    ax.set_xlabel("training step" if by_step else "checkpoint")
+    ax.set_ylabel("delta (points)")
+    ax.set_title(_mpl_text(curve.title), fontsize=11, fontweight="bold")
+    ax.yaxis.grid(True, color="#d0d7de", linewidth=0.8, zorder=0)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(fontsize=7, frameon=False, loc="best")
+
+
+def _mpl_text(text: str) -> str:
+    """Data text for a chart: control characters escaped, ``$`` kept literal (no mathtext)."""
+    return safe(text).replace("$", r"\$")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The record of a gated test (``GateRecord``), the JSON report, and the run's overall outcome.
+"""The record of a gated test (``GateRecord``), the JSON report's schema, and the run's overall
+outcome. The report file itself (meta, writing, reading) is ``reporting.json_report``.
 
 Pure functions over plain data. A ``GateRecord`` is the JSON-serialisable record of one gated
 test, built from a ``Comparison`` and its ``Verdict``; every renderer (``terminal``,
@@ -102,21 +103,30 @@ may be added within version 1, a removed or changed field means version 2.
         The seed study's decision framework: ``framework`` (advice for this baseline, see
         ``advice``) and ``measured`` (what fine-tuning did, see ``outcome_note``); both null for
         an errored gate. Derived from the fields above; ignored by ``GateRecord.from_dict``.
+    ``curve``
+        Present only when the run gated several checkpoints of a training run (absent otherwise):
+        the forgetting curve of this test's benchmark, one point per checkpoint in step order
+        (``pytest_ftgate.curve.Curve``). ``benchmark``, ``title``, ``mode``, ``thresholds`` (as
+        above), ``first_proven_drop`` (``step`` and ``adapter`` of the first checkpoint whose
+        paired interval proves a drop beyond ``max_drop``, i.e. ``ci[1] < -max_drop``; null when
+        none or no ``max_drop``; derived, recomputed on reading) and ``points``: each ``step``
+        (integer, null when unknown), ``adapter`` (checkpoint path), ``base`` / ``tuned`` (scores),
+        ``delta``, ``ci``, ``confidence``, ``p_value``, ``n``, ``lost``, ``gained`` (as above, for
+        base vs that checkpoint on the same examples) and ``verdict`` (``outcome`` and ``reason`` of
+        this gate at that checkpoint, or null when it was only measured). The top-level fields
+        describe the judged checkpoint. Reading refuses a curve with non-finite or impossible
+        numbers, steps out of order, a repeated checkpoint or another benchmark (``ConfigError``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as _dt
 import math
-import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_ftgate.curve import Curve
 from pytest_ftgate.errors import ConfigError
 from pytest_ftgate.reporting.summary import advice, outcome_note
 from pytest_ftgate.results import EarlyStop, Flip
@@ -170,6 +180,7 @@ class GateRecord:
     early: EarlyStop | None = None  # how the run stopped early, if it did
     drift: dict[str, float] | None = None  # logprob mode: gold_logprob_delta, kl, n
     notes: list[str] = field(default_factory=list)  # what the gate said while computing the comparison
+    curve: Curve | None = None  # the forgetting curve over a training run's checkpoints, if one was gated
 
     @property
     def seconds(self) -> float:
@@ -276,7 +287,7 @@ class GateRecord:
     def to_dict(self) -> dict[str, Any]:
         """The ``gates[]`` entry of the JSON report (see the module docstring). JSON-safe."""
         errored = self.outcome == "error"
-        return {
+        data = {
             "nodeid": self.nodeid,
             "benchmark": self.benchmark,
             "title": self.title,
@@ -317,11 +328,21 @@ class GateRecord:
                 "measured": None if errored else outcome_note(self),
             },
         }
+        if self.curve is not None:  # absent, not null, without one: reports of one adapter are unchanged
+            data["curve"] = self.curve.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GateRecord:
-        """Inverse of ``to_dict`` (derived keys such as ``advice`` and ``seconds`` are ignored)."""
+        """Inverse of ``to_dict`` (derived keys such as ``advice`` and ``seconds`` are ignored).
+        ConfigError for a curve that is not possible or not of this benchmark."""
         base, tuned = data["base"], data["tuned"]
+        curve = None if data.get("curve") is None else Curve.from_dict(data["curve"])
+        if curve is not None and curve.benchmark != data["benchmark"]:
+            raise ConfigError(
+                f"the gate {data['nodeid']!r} on {data['benchmark']!r} carries a curve of {curve.benchmark!r}: "
+                "regenerate the report with pytest --ftgate-report"
+            )
         thresholds = data.get("thresholds", {})
         verdict = data["verdict"]
         low, high = data["ci"]
@@ -359,6 +380,7 @@ class GateRecord:
             early=None if data.get("early_stop") is None else EarlyStop.from_dict(data["early_stop"]),
             drift=None if data.get("drift") is None else _read_metrics(data["drift"]),
             notes=[str(note) for note in data.get("notes", [])],
+            curve=curve,
         )
 
 
@@ -374,7 +396,7 @@ def collate(records: Iterable[GateRecord]) -> list[GateRecord]:
     return [by_id[key] for key in sorted(by_id)]
 
 
-_OUTCOMES = ("pass", "fail", "inconclusive", "measured", "error")
+OUTCOMES = ("pass", "fail", "inconclusive", "measured", "error")
 
 
 def overall_outcome(records: Sequence[GateRecord]) -> str:
@@ -386,131 +408,6 @@ def overall_outcome(records: Sequence[GateRecord]) -> str:
         if outcome in outcomes:
             return outcome
     return "measured" if outcomes else "pass"
-
-
-# --- meta ------------------------------------------------------------------------------------
-
-
-def make_meta(
-    *,
-    started: float | _dt.datetime | None = None,
-    finished: float | _dt.datetime | None = None,
-    backend: str | None = None,
-    base: str | None = None,
-    adapter: str | None = None,
-    candidate: str | None = None,
-    confidence: float | None = None,
-    limit: int | None = None,
-    mode: str | None = None,
-    strict: bool | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The ``meta`` object of the reports. Times are epoch seconds or datetimes (UTC assumed)."""
-    meta: dict[str, Any] = {
-        "ftgate": _version(),
-        "started": _iso(started),
-        "finished": _iso(finished if finished is not None else _dt.datetime.now(_dt.timezone.utc)),
-        "backend": backend,
-        "base": base,
-        "adapter": adapter,
-        "candidate": candidate,
-        "confidence": confidence,
-        "limit": limit,
-        "mode": mode,
-        "strict": strict,
-    }
-    meta.update(extra)
-    return meta
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pytest-ftgate")
-    except PackageNotFoundError:  # running from a source tree
-        return "unknown"
-
-
-def _iso(moment: float | _dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if not isinstance(moment, _dt.datetime):
-        moment = _dt.datetime.fromtimestamp(float(moment), _dt.timezone.utc)
-    elif moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.timezone.utc)
-    return moment.astimezone(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-# --- JSON ------------------------------------------------------------------------------------
-
-
-def to_json(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON report as a dict (schema in the module docstring)."""
-    counts = {key: sum(r.outcome == key for r in records) for key in _OUTCOMES}
-    return {
-        "schema": SCHEMA,
-        "version": SCHEMA_VERSION,
-        "meta": dict(meta) if meta is not None else make_meta(),
-        "summary": {
-            "gates": len(records),
-            "passed": counts["pass"],
-            "failed": counts["fail"],
-            "inconclusive": counts["inconclusive"],
-            "measured": counts["measured"],
-            "errors": counts["error"],
-            "outcome": overall_outcome(records),
-        },
-        "gates": [record.to_dict() for record in records],
-    }
-
-
-def write_json(
-    path: str | os.PathLike[str], records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None
-) -> Path:
-    """Write the JSON report atomically (temporary file, then ``os.replace``); parents are created."""
-    import json
-
-    data = to_json(records, meta=meta)
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
-    return atomic_write(Path(path), text.encode("utf-8"))
-
-
-def load_json(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[GateRecord]]:
-    """Read a report written by ``write_json``: ``(meta, records)``. Checks schema and version."""
-    import json
-
-    where = Path(path)
-    try:
-        data = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read ftgate report {where}: {exc}") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ConfigError(f'{where} is not an ftgate report (no "schema": "{SCHEMA}")')
-    if data.get("version") != SCHEMA_VERSION:
-        raise ConfigError(
-            f"{where} has report version {data.get('version')!r}; this pytest-ftgate reads version "
-            f"{SCHEMA_VERSION}: upgrade pytest-ftgate or regenerate the report"
-        )
-    return dict(data.get("meta", {})), [GateRecord.from_dict(gate) for gate in data.get("gates", [])]
-
-
-def atomic_write(path: Path, payload: bytes) -> Path:
-    """Write ``payload`` to a temporary file beside ``path``, then ``os.replace`` it: a reader never
-    sees half a report. The file gets the usual permissions (umask), unlike ``mkstemp``'s 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("xb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
 
 
 # --- helpers ---------------------------------------------------------------------------------

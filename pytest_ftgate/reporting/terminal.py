@@ -3,9 +3,18 @@ framework, through a pytest-like terminal writer. Text from data goes through ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from pytest_ftgate.reporting.curve import (
+    PROVEN_MARK,
+    curve_heading,
+    curve_rows,
+    drop_sentence,
+    overview,
+    shared_base,
+    with_curves,
+)
 from pytest_ftgate.reporting.record import GateRecord, overall_outcome
 from pytest_ftgate.reporting.summary import (
     advice,
@@ -99,9 +108,60 @@ def summary_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[
         width = max(len(safe(r.title)) for r in firsts)
         for r in firsts:
             lines.append((f"  {safe(r.title).ljust(width)}  {advice(r.base)}; measured: {outcome_note(r)}", {}))
+    return lines + curve_lines(records, markup=markup)
+
+
+def curve_lines(records: Sequence[GateRecord], *, markup: bool) -> list[tuple[str, dict[str, bool]]]:
+    """The forgetting curves: per gated test with a curve, a table (step, score, delta, interval,
+    verdict) and the line naming the first step whose drop is proven beyond the margin; then,
+    when several benchmarks have curves, one benchmark x step table of deltas. Nothing without
+    curves."""
+
+    def mk(**kw: bool) -> dict[str, bool]:
+        return dict(kw) if markup else {}
+
+    lines: list[tuple[str, dict[str, bool]]] = []
+    for label, _, curve in with_curves(records):
+        rows = curve_rows(curve)
+        conf = {point.numbers.confidence for point in curve.points}
+        with_base = shared_base(curve) is None  # the base differs between checkpoints: show it
+        ci_head = f"{conf.pop():.0%} CI" if len(conf) == 1 else "CI"
+        header = ["step", *(["base"] if with_base else []), "score", "delta", ci_head, "verdict"]
+        cells = [
+            [safe(row.label), *([row.base] if with_base else []), row.score, row.delta, row.interval, row.verdict]
+            for row in rows
+        ]
+        fmt = _aligner([header, *cells], left={0, len(header) - 1})
+
+        lines.append(("", {}))
+        lines.append((f"forgetting curve: {label} ({curve_heading(curve)})", mk(bold=True)))
+        lines.append((fmt(header), mk(bold=True)))
+        for row, cell in zip(rows, cells):
+            lines.append((fmt(cell), mk(**_OUTCOME_MARKUP["fail" if row.proven else row.outcome])))
+        first = curve.first_proven_drop()
+        lines.append((f"ftgate: {drop_sentence(curve, safe)}", mk(**_OUTCOME_MARKUP["fail"]) if first else {}))
+    table = overview(records)
+    if table is not None:
+        head = ["benchmark", *(safe(c) for c in table.columns)]
+        body = [[safe(title), *cells] for title, cells in table.rows]
+        fmt_row = _aligner([head, *body], left={0})
+        legend = f"forgetting curves: delta by step (points; {PROVEN_MARK} drop proven beyond the max_drop)"
+        lines.append(("", {}))
+        lines.append((legend, mk(bold=True)))
+        lines.append((fmt_row(head), mk(bold=True)))
+        lines += [(fmt_row(row), {}) for row in body]
     return lines
 
 
+def _aligner(table: list[list[str]], *, left: set[int]) -> Callable[[list[str]], str]:
+    """A row formatter for ``table``'s columns: indented, ``left`` columns left-aligned, the rest right."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+
+    def fmt(row: list[str]) -> str:
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        return ("  " + "  ".join(cells)).rstrip()
+
+    return fmt
 
 
 def write_summary(
