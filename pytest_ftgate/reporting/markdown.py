@@ -159,7 +159,7 @@ def _curve_sections(records: Sequence[GateRecord]) -> list[str]:
             interval = row.interval[1:-1].replace(", ", " to ")
             verdict = f"{_OUTCOME_ICON.get(row.outcome, '')} {_cell(row.verdict)}"
             out.append(
-                f"| {_cell(row.label)} | `{_code(row.adapter)}` |{base} {row.score} | {delta} | {interval} | {verdict} |"
+                f"| {_cell(row.label)} | {_cell(row.adapter)} |{base} {row.score} | {delta} | {interval} | {verdict} |"
             )
         out += ["", _md_escape(drop_sentence(curve, str)), ""]
     table = overview(records)

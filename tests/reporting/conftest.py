@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pytest_ftgate.curve import Curve, CurvePoint
 from pytest_ftgate.reporting import GateRecord
 from pytest_ftgate.results import Comparison, EvalResult, ModelInfo, Prediction, compare
 
@@ -145,6 +146,39 @@ def errored() -> Callable[..., GateRecord]:
         )
 
     return make
+
+
+def _curve(
+    benchmark: str = "fpb",
+    *,
+    losses: tuple[int, ...] = (0, 2, 8, 20, 40),
+    steps: tuple[int | None, ...] | None = None,
+    base_right: int = 140,
+    n: int = 200,
+    gained: int = 2,
+    title: str = "FPB",
+    max_drop: float | None = 2.0,
+    min_gain: float | None = None,
+    strict: bool = False,
+    adapters: tuple[str, ...] | None = None,
+) -> Curve:
+    steps = steps if steps is not None else tuple(5 * (i + 1) for i in range(len(losses)))
+    points = []
+    for i, (step, lost) in enumerate(zip(steps, losses, strict=True)):
+        comparison = _comparison(benchmark, n=n, lost=lost, gained=gained, both=base_right - lost, title=title)
+        judged = max_drop is not None or min_gain is not None
+        verdict = comparison.verdict(max_drop=max_drop, min_gain=min_gain, strict=strict) if judged else None
+        adapter = adapters[i] if adapters is not None else f"runs/r1/checkpoint-{step}"
+        points.append(CurvePoint(step, adapter, comparison, verdict))
+    return Curve(benchmark, title, "generate", max_drop, min_gain, strict, points)
+
+
+@pytest.fixture
+def make_curve() -> Callable[..., Curve]:
+    """``make_curve("fpb", losses=(0, 2, 8, 20, 40), steps=(5, 10, ...), max_drop=2.0, ...)``: a
+    forgetting curve, one checkpoint per entry of ``losses`` (examples lost at that step; the base
+    gets ``base_right`` of ``n`` right at every step, each checkpoint gains ``gained``)."""
+    return _curve
 
 
 class FakeWriter:
