@@ -17,7 +17,7 @@ from pytest_ftgate.marker import MARKER, MARKER_HELP, GateSpec, parse_marker
 from pytest_ftgate.results import Comparison, Verdict
 from pytest_ftgate.stats import EarlyStopPolicy
 from pytest_ftgate.text import safe
-from pytest_ftgate.xdist_compat import add_group_suffixes, restore_node_ids
+from pytest_ftgate.xdist_compat import suffixes_for_scheduler
 
 BENCHMARK_PARAM = "ftgate_benchmark"
 XDIST_GROUP = "ftgate"
@@ -118,18 +118,12 @@ class _XdistHooks:
         records.extend(reporting.GateRecord.from_dict(item) for item in data.get(WORKEROUTPUT_KEY, []))
         self.config.stash[_FLIPS].update(data.get(WORKEROUTPUT_FLIPS, {}))
 
-    @pytest.hookimpl(trylast=True)  # after xdist's worker hook, which appends the group to node ids
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        """Worker under ``--dist loadgroup``: the group suffix pytest 9.2 drops, for the scheduler."""
-        add_group_suffixes(config, items)
-
     @pytest.hookimpl(wrapper=True)  # around xdist's worker hook, which sends the ids to the scheduler
     def pytest_collection_finish(self, session: pytest.Session) -> Generator[None, None, None]:
-        """Then the original node ids again, for reports, JUnit and ``--lf`` (xdist_compat)."""
-        try:
+        """Worker under ``--dist loadgroup``: the scheduler gets grouped ids with the ``@group``
+        suffix pytest 9.2 drops; the items keep their ids (xdist_compat)."""
+        with suffixes_for_scheduler(session.config, session.items):
             return (yield)
-        finally:
-            restore_node_ids(session.items)
 
 
 @pytest.hookimpl(trylast=True)

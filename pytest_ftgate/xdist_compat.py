@@ -10,23 +10,25 @@ This module loads in every project where ftgate and xdist are installed, so it s
 
 - it acts only on an xdist worker under ``--dist loadgroup``, and reads that setting with a
   default, so a worker whose xdist does not define it is left alone;
-- it steps aside when the installed xdist's own suffix took effect (a fixed xdist, or a pytest
-  whose node ids are plain strings);
-- the suffix is there for the scheduler only: :func:`add_group_suffixes` gives grouped items the
-  ``@group`` suffix after xdist's own hook, the worker sends its collected ids to the controller
-  at the end of collection, and :func:`restore_node_ids` then puts the original ids back. From
-  there on the controller knows tests by their index in that list, so reports, the terminal
-  summary, JUnit XML and ``--lf`` see ``test_x[1]``, as without xdist.
+- the suffix goes only into the one message the scheduler reads it from: the worker's
+  ``collectionfinish`` event, whose ``ids`` :func:`suffixes_for_scheduler` rewrites while the
+  worker's ``pytest_collection_finish`` runs. Items keep their ids, so other plugins (syrupy
+  records its selected tests there), reports, the terminal summary, JUnit XML and ``--lf`` see
+  ``test_x[1]``, as without xdist; the controller knows tests by their index in that list;
+- it steps aside for an id that already ends with its group suffix (a fixed xdist, or a pytest
+  whose node ids are plain strings, where xdist's own renaming works).
+
+Checked against pytest-xdist 3.8.0's own group tests (``testing/acceptance_test.py::TestGroupScope``)
+on pytest 9.2.0: tests/test_xdist_compat.py's docstring has the figures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
-
-_ORIGINAL_ID = pytest.StashKey[Any]()  # the item's structured id before the suffix
 
 
 def group_names(item: pytest.Item) -> list[str]:
@@ -41,37 +43,41 @@ def loadgroup_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput") and bool(config.getoption("loadgroup", default=False))
 
 
-def has_group_suffix(nodeid: str) -> bool:
-    """Whether xdist's scheduler reads a group from ``nodeid`` (its rule: an ``@`` after any ``]``)."""
-    return nodeid.rfind("@") > nodeid.rfind("]")
+def scheduler_ids(items: Sequence[pytest.Item], ids: Sequence[str]) -> list[str]:
+    """``ids`` (one per item) with each grouped item's ``@group`` suffix, as xdist's scheduler reads
+    groups; an id that already ends with it (xdist's own renaming took effect) is left as it is."""
+    if len(ids) != len(items):
+        return list(ids)  # not the list we know: leave it to xdist
+    suffixes = ["@" + "_".join(names) if (names := group_names(item)) else "" for item in items]
+    return [nodeid if nodeid.endswith(suffix) else nodeid + suffix for nodeid, suffix in zip(ids, suffixes)]
 
 
-def add_group_suffixes(config: pytest.Config, items: Sequence[pytest.Item]) -> int:
-    """On an xdist worker under ``--dist loadgroup`` whose xdist's suffix did not take effect, give
-    grouped items the ``@group`` suffix for the scheduler (:func:`restore_node_ids` takes it off
-    again). Returns how many items got one; 0 where there is nothing to do."""
-    if not loadgroup_worker(config):
-        return 0
+def _interactor(config: pytest.Config) -> Any | None:
+    """The worker's xdist plugin that sends events to the controller (``WorkerInteractor``)."""
+    for plugin in config.pluginmanager.get_plugins():
+        if type(plugin).__name__ == "WorkerInteractor" and callable(getattr(plugin, "sendevent", None)):
+            return plugin
+    return None
+
+
+@contextmanager
+def suffixes_for_scheduler(config: pytest.Config, items: Sequence[pytest.Item]) -> Iterator[bool]:
+    """Around a worker's ``pytest_collection_finish`` under ``--dist loadgroup``: the
+    ``collectionfinish`` event xdist sends meanwhile carries :func:`scheduler_ids`. Yields whether
+    it is in place (False: not a loadgroup worker, or no xdist worker plugin found)."""
+    interactor = _interactor(config) if loadgroup_worker(config) else None
+    if interactor is None:
+        yield False
+        return
+    send = interactor.sendevent
+
+    def sendevent(name: str, **kwargs: Any) -> None:
+        if name == "collectionfinish" and "ids" in kwargs:
+            kwargs["ids"] = scheduler_ids(items, kwargs["ids"])
+        send(name, **kwargs)
+
+    interactor.sendevent = sendevent
     try:
-        from _pytest.nodeid import coerce_node_id
-    except ImportError:  # a pytest without structured ids: xdist's own renaming works there
-        return 0
-    grouped = [(item, names) for item in items if (names := group_names(item))]
-    if not grouped or any(has_group_suffix(item.nodeid) for item, _ in grouped) or not hasattr(grouped[0][0], "_id"):
-        return 0  # xdist's suffix took effect: step aside
-    for item, names in grouped:
-        item.stash[_ORIGINAL_ID] = item._id
-        item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
-    return len(grouped)
-
-
-def restore_node_ids(items: Sequence[pytest.Item]) -> int:
-    """Put back the ids :func:`add_group_suffixes` changed; returns how many."""
-    restored = 0
-    for item in items:
-        original = item.stash.get(_ORIGINAL_ID, None)
-        if original is not None:
-            item._id = original
-            del item.stash[_ORIGINAL_ID]
-            restored += 1
-    return restored
+        yield True
+    finally:
+        interactor.sendevent = send

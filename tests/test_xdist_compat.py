@@ -81,51 +81,117 @@ def _items(pytester: pytest.Pytester) -> list[pytest.Item]:
     return items
 
 
-def test_a_worker_config_without_the_loadgroup_setting_is_left_alone(pytester: pytest.Pytester) -> None:
+class _Interactor:
+    """Stands in for xdist's worker plugin (found by its class name): records what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, object]]] = []
+
+    def sendevent(self, name: str, **kwargs: object) -> None:
+        self.sent.append((name, kwargs))
+
+
+_Interactor.__name__ = "WorkerInteractor"
+
+
+def _worker(pytester: pytest.Pytester, loadgroup: bool | None) -> tuple[list[pytest.Item], _Interactor]:
+    """Collected items, their config made a worker's (``loadgroup`` None: the setting is absent)."""
     items = _items(pytester)
     config = items[0].config
     config.workerinput = {"workerid": "gw0"}  # type: ignore[attr-defined]
-    assert not hasattr(config.option, "loadgroup")
+    if loadgroup is not None:
+        config.option.loadgroup = loadgroup
+    interactor = _Interactor()
+    config.pluginmanager.register(interactor)
+    return items, interactor
+
+
+def _send_collection(items: list[pytest.Item], interactor: _Interactor, ids: list[str] | None = None) -> list[str]:
+    """What xdist's worker does at the end of collection, inside ``suffixes_for_scheduler``."""
+    with xdist_compat.suffixes_for_scheduler(items[0].config, items):
+        interactor.sendevent("collectionfinish", topdir="/x", ids=ids or [item.nodeid for item in items])
+        interactor.sendevent("logstart", nodeid=items[0].nodeid)
+    assert interactor.sent[1] == ("logstart", {"nodeid": items[0].nodeid})  # other events pass as they are
+    return list(interactor.sent[0][1]["ids"])  # type: ignore[call-overload]
+
+
+def test_a_worker_config_without_the_loadgroup_setting_is_left_alone(pytester: pytest.Pytester) -> None:
+    items, interactor = _worker(pytester, loadgroup=None)
+    assert not hasattr(items[0].config.option, "loadgroup")
     before = [item.nodeid for item in items]
-    assert xdist_compat.add_group_suffixes(config, items) == 0  # no ValueError("no option named 'loadgroup'")
-    assert [item.nodeid for item in items] == before
+    assert _send_collection(items, interactor) == before  # no ValueError("no option named 'loadgroup'")
 
 
 def test_acts_only_on_a_loadgroup_worker(pytester: pytest.Pytester) -> None:
-    items = _items(pytester)
-    config = items[0].config
-    config.option.loadgroup = True
-    assert xdist_compat.add_group_suffixes(config, items) == 0  # the controller, or a plain run
-    config.workerinput = {"workerid": "gw0"}  # type: ignore[attr-defined]
-    config.option.loadgroup = False
-    assert xdist_compat.add_group_suffixes(config, items) == 0  # a worker under --dist load
+    items, interactor = _worker(pytester, loadgroup=False)  # a worker under --dist load
+    assert _send_collection(items, interactor) == [item.nodeid for item in items]
+    del items[0].config.workerinput  # the controller, or a plain run
+    items[0].config.option.loadgroup = True
+    with xdist_compat.suffixes_for_scheduler(items[0].config, items) as acting:
+        assert not acting
 
 
-def test_suffix_for_the_scheduler_then_the_original_ids(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("_pytest.nodeid", reason="a pytest with structured node ids")
-    items = _items(pytester)
-    config = items[0].config
-    config.workerinput = {"workerid": "gw0"}  # type: ignore[attr-defined]
-    config.option.loadgroup = True
+def test_the_suffix_goes_to_the_scheduler_only(pytester: pytest.Pytester) -> None:
+    items, interactor = _worker(pytester, loadgroup=True)
     before = [item.nodeid for item in items]
-    assert xdist_compat.add_group_suffixes(config, items) == 4
-    assert [item.nodeid for item in items][:4] == [f"{nodeid}@g" for nodeid in before[:4]]
-    assert all(xdist_compat.has_group_suffix(item.nodeid) for item in items[:4])
-    assert not any(xdist_compat.has_group_suffix(item.nodeid) for item in items[4:])
-    assert xdist_compat.restore_node_ids(items) == 4
-    assert [item.nodeid for item in items] == before
-    assert xdist_compat.restore_node_ids(items) == 0
+    assert _send_collection(items, interactor) == [f"{nodeid}@g" for nodeid in before[:4]] + before[4:]
+    assert [item.nodeid for item in items] == before  # the items keep their ids
+    assert interactor.sendevent.__func__ is _Interactor.sendevent  # type: ignore[attr-defined] # put back
+
+
+def test_several_groups_are_sorted_and_joined_as_xdist_does(pytester: pytest.Pytester) -> None:
+    items, _ = _worker(pytester, loadgroup=True)
+    for name in ("b", "a"):
+        items[5].add_marker(pytest.mark.xdist_group(name=name))
+    assert xdist_compat.scheduler_ids(items, [item.nodeid for item in items])[5] == "test_a.py::test_plain_2@a_b"
 
 
 def test_steps_aside_when_xdist_kept_its_own_suffix(pytester: pytest.Pytester) -> None:
-    nodeid = pytest.importorskip("_pytest.nodeid", reason="a pytest with structured node ids")
-    items = _items(pytester)
-    config = items[0].config
-    config.workerinput = {"workerid": "gw0"}  # type: ignore[attr-defined]
-    config.option.loadgroup = True
-    for item in items[:4]:  # what a fixed xdist does
-        item._id = nodeid.coerce_node_id(item.nodeid + "@g")
-    suffixed = [item.nodeid for item in items]
-    assert xdist_compat.add_group_suffixes(config, items) == 0
-    assert xdist_compat.restore_node_ids(items) == 0
-    assert [item.nodeid for item in items] == suffixed
+    items, interactor = _worker(pytester, loadgroup=True)
+    suffixed = [f"{item.nodeid}@g" for item in items[:4]] + [item.nodeid for item in items[4:]]
+    assert _send_collection(items, interactor, ids=suffixed) == suffixed  # what a fixed xdist sends
+
+
+def test_an_at_sign_in_a_path_is_not_taken_for_xdists_suffix(pytester: pytest.Pytester) -> None:
+    items, _ = _worker(pytester, loadgroup=True)
+    ids = [f"sub@dir/{item.nodeid}" for item in items]
+    assert xdist_compat.scheduler_ids(items, ids)[:4] == [f"{nodeid}@g" for nodeid in ids[:4]]
+
+
+# Writes the node ids other plugins see on a worker, at the end of collection and in a
+# modifyitems wrapper (after every plain hook), to ids-<worker>.txt.
+SEEN_IDS_CONFTEST = """
+import os
+import pytest
+
+def _write(when, items):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    with open(f"ids-{worker}.txt", "a") as out:
+        out.writelines(f"{when} {item.nodeid}\\n" for item in items)
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items):
+    result = yield
+    _write("modifyitems", items)
+    return result
+
+def pytest_collection_finish(session):
+    _write("finish", session.items)
+"""
+
+
+def test_other_plugins_never_see_the_suffix(pytester: pytest.Pytester) -> None:
+    """Only xdist's scheduler gets ``test_x[1]@g``: plugins reading ids on a worker at the end of
+    collection (syrupy records its selected tests there) see the ids as collected. Before, they saw
+    the suffix, and syrupy warned "2 selected test(s) missing from collected items" on every
+    grouped loadgroup run (seen in pytest-xdist's own TestGroupScope)."""
+    pytester.makeconftest(SEEN_IDS_CONFTEST)
+    pytester.makepyfile(test_a=PROJECT)
+    result = pytester.runpytest("-n", "2", "--dist", "loadgroup", "-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=6, failed=1)
+    seen = [line for path in sorted(pytester.path.glob("ids-gw*.txt")) for line in path.read_text().splitlines()]
+    assert len(seen) == 2 * 2 * 7  # two workers, two places, seven tests
+    assert not [line for line in seen if "@" in line]
+    assert "missing from collected items" not in result.stdout.str()
+    ran = _worker_lines(result.stdout.str())
+    assert len({worker for worker, _, test in ran if "test_x" in test or "test_y" in test}) == 1  # still grouped
