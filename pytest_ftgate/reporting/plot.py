@@ -325,7 +325,7 @@ def _plot_groups(records: Sequence[GateRecord]) -> list[_Group]:
         g = groups.get(r.benchmark)
         if g is None:
             order.append(r.benchmark)
-            groups[r.benchmark] = _Group(r.title, r.base, r.tuned, r.delta, r.ci, r.outcome, floor, target)
+            groups[r.benchmark] = _Group(_mpl_text(r.title), r.base, r.tuned, r.delta, r.ci, r.outcome, floor, target)
             continue
         if floor is not None:
             g.floor = floor if g.floor is None else max(g.floor, floor)
