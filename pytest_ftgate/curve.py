@@ -47,7 +47,10 @@ class PointNumbers:
 
     @classmethod
     def from_comparison(cls, comparison: Comparison) -> PointNumbers:
-        low, high = comparison.ci
+        """The comparison's numbers. A comparison that stopped early (``comparison.early``) gives
+        its anytime-valid interval: the fixed-sample interval of a sample whose size was chosen by
+        looking at the data would prove drops that are not there."""
+        low, high = comparison.ci if comparison.early is None else comparison.early.interval
         return cls(
             base=float(comparison.base.score),
             tuned=float(comparison.tuned.score),

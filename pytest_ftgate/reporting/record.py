@@ -36,6 +36,10 @@ may be added within version 1, a removed or changed field means version 2.
     if any failed, ``"inconclusive"`` if any was, ``"pass"`` if any passed (measurements beside
     it do not change that), ``"measured"`` when every test only measured (no threshold: nothing
     was gated), and ``"pass"`` with no gates at all.
+``pick``
+    Present only with ``--ftgate-pick=last-passing``: ``rule`` (``"last-passing"``), ``path`` (the
+    checkpoint to promote: its folder, or an mlx step save's file; null when none passes every
+    gate), ``label`` (as the reports name it), ``step`` (null when unknown) and ``why`` (one line).
 ``gates``
     One object per gated test, in run order:
 
@@ -112,7 +116,8 @@ may be added within version 1, a removed or changed field means version 2.
         none or no ``max_drop``; derived, recomputed on reading) and ``points``: each ``step``
         (integer, null when unknown), ``adapter`` (checkpoint path), ``base`` / ``tuned`` (scores),
         ``delta``, ``ci``, ``confidence``, ``p_value``, ``n``, ``lost``, ``gained`` (as above, for
-        base vs that checkpoint on the same examples) and ``verdict`` (``outcome`` and ``reason`` of
+        base vs that checkpoint on the same examples; ``ci`` is the anytime-valid interval where
+        that comparison stopped early) and ``verdict`` (``outcome`` and ``reason`` of
         this gate at that checkpoint, or null when it was only measured). The top-level fields
         describe the judged checkpoint. Reading refuses a curve with non-finite or impossible
         numbers, steps out of order, a repeated checkpoint or another benchmark (``ConfigError``).

@@ -184,3 +184,14 @@ def test_curves_built_in_memory_are_validated(make_curve: MakeCurve) -> None:
         Curve("fpb", "FPB", "generate", math.inf, None, False, [_point(5, -3.0)])
     with pytest.raises(ConfigError, match="point 0 .*delta is nan, not a finite number"):
         Curve("fpb", "FPB", "generate", 2.0, None, False, [CurvePoint(1, "a", None, None, _numbers(delta=math.nan))])
+
+
+def test_an_early_stopped_point_keeps_its_anytime_valid_interval(make_comparison: Callable[..., Any]) -> None:
+    from pytest_ftgate.results import EarlyStop
+
+    comparison = make_comparison("fpb", n=60, lost=12, gained=1, both=30)
+    assert comparison.ci[1] < -2.0  # the fixed-sample interval alone would prove the drop
+    comparison.early = EarlyStop(60, 970, "inconclusive", (-30.0, 1.5), 2.0, None, False)
+    point = CurvePoint(10, "ckpt-10", comparison, comparison.verdict(max_drop=2.0))
+    assert point.ci == (-30.0, 1.5)
+    assert Curve("fpb", "FPB", "generate", 2.0, None, False, [point]).first_proven_drop() is None
