@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pytest_ftgate import benchmarks as registry
 from pytest_ftgate import hub, stats
-from pytest_ftgate.adapters import inspect_adapter
 from pytest_ftgate.backends import Backend, Model, as_backend, create_backend, serves_names
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.cache import PredictionCache
-from pytest_ftgate.errors import BaselineMismatch, ConfigError, DataError, ModelError
+from pytest_ftgate.checkpoints import AdapterSpec, Checkpoint, one_checkpoint, resolve_checkpoints, spec_text
+from pytest_ftgate.errors import BaselineMismatch, ConfigError, DataError, FtgateError, ModelError
 from pytest_ftgate.fingerprint import digest
 from pytest_ftgate.modes import check_mode
 from pytest_ftgate.options import AUDIT, DEFAULT_BASE, DEFAULT_CACHE, audit_size, looks_local, positive_int
@@ -42,12 +42,23 @@ class Gate:
     models load on first use, each at most once. ``progress``: a tqdm bar (where one shows) or lines
     on standard error by default, ``False`` for none, or a callable that takes each line
     (:func:`pytest_ftgate.progress.reporter`).
+
+    ``adapter`` may name several checkpoints (a training output folder, a glob, a list:
+    ``pytest_ftgate.checkpoints``); ``checkpoints`` lists them in step order and the tuned model is
+    the last one (the final adapter). ``compare(..., adapter=CHECKPOINT)`` compares another one and
+    ``curve`` all of them, on the same examples with the one loaded base, whose side is evaluated
+    once (or comes from its stored baseline). Only one adapter is on the base at a time: the
+    previous one is taken off (``Backend.release_adapter``) before the next is put on.
+
+    ``reference``: another adapter whose side replaces the base's (adapter vs adapter: "B must not
+    be worse than A"). It is always evaluated (its answers cached under its own fingerprint); a
+    stored baseline is the base model's and never stands in for it.
     """
 
     def __init__(
         self,
         base: str = DEFAULT_BASE,
-        adapter: str | os.PathLike[str] | None = None,
+        adapter: AdapterSpec | None = None,
         candidate: str | None = None,
         backend: str | Backend = "auto",
         data: str | os.PathLike[str] | None = None,
@@ -61,11 +72,16 @@ class Gate:
         make_backend: BackendFactory | None = None,
         audit: int | str = "auto",
         audit_seed: int | None = None,
+        reference: str | os.PathLike[str] | None = None,
     ) -> None:
         if adapter is not None and candidate is not None:
             raise ConfigError("give either an adapter or a candidate model, not both")
+        if reference is not None and adapter is None:
+            raise ConfigError(
+                "a reference adapter is compared with another adapter", fix="pass {adapter}=DIR with {reference}=DIR"
+            )
         self.base = str(base)
-        self.adapter = str(adapter) if adapter is not None else None
+        self.adapter = spec_text(adapter)
         self.candidate = candidate
         self.data = str(data) if data is not None else None
         self.limit = positive_int(limit, "limit")
@@ -77,8 +93,11 @@ class Gate:
         self.audit = audit_size(audit)  # "auto" or a number of examples; 0: stored baselines are not audited
         self.audit_seed = audit_seed  # None: a fresh random seed per audit, named in its note
         self.cache = PredictionCache(cache)
-        if self.adapter is not None:
-            inspect_adapter(self.adapter)  # missing or corrupt files fail here, before any model loads
+        # Missing or corrupt files of any checkpoint fail here, before any model loads.
+        self.checkpoints: list[Checkpoint] = resolve_checkpoints(adapter) if adapter is not None else []
+        self.reference: Checkpoint | None = None
+        if reference is not None:
+            self.reference = one_checkpoint(resolve_checkpoints(reference), reference, "reference")
         if self.data is not None and not Path(self.data).exists():
             raise DataError(f"data folder {self.data} does not exist", fix="check {data}")
         if not serves_names(backend):  # served model names are not folders
@@ -89,7 +108,8 @@ class Gate:
         self._make_backend = make_backend
         self._backend: Backend | None = None
         self._base_model: Model | None = None
-        self._tuned_model: Model | None = None
+        self._candidate_model: Model | None = None
+        self._attached: dict[Path, Model] = {}  # the one checkpoint now on the base -> base + it
         self._examples: dict[str, list[Example]] = {}
         self._results: dict[tuple[str, str, str], EvalResult] = {}
         self._baselines: dict[tuple[str, str], EvalResult] = {}
@@ -121,6 +141,11 @@ class Gate:
         return "in the candidate" if self.candidate is not None else "after fine-tuning"
 
     @property
+    def final(self) -> Checkpoint | None:
+        """The checkpoint gates judge by default: the last one (None for a candidate)."""
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @property
     def base_model(self) -> Model:
         if self._base_model is None:
             self._base_model = self._load(self.base, "base")
@@ -145,15 +170,42 @@ class Gate:
 
     @property
     def tuned_model(self) -> Model:
-        """Base + adapter (or the candidate). Raises ConfigError when neither was given."""
-        if self._tuned_model is None:
-            if self.adapter is not None:
-                self._tuned_model = self.backend.with_adapter(self.base_model, self.adapter)
-            elif self.candidate is not None:
-                self._tuned_model = self._load(self.candidate, "candidate")
-            else:
-                raise ConfigError("no adapter or candidate to gate", fix="pass {adapter}=DIR or {candidate}=MODEL")
-        return self._tuned_model
+        """Base + the final adapter (or the candidate). Raises ConfigError when neither was given."""
+        if self.final is not None:
+            return self.adapter_model(self.final)
+        if self.candidate is not None:
+            if self._candidate_model is None:
+                self._candidate_model = self._load(self.candidate, "candidate")
+            return self._candidate_model
+        raise ConfigError("no adapter or candidate to gate", fix="pass {adapter}=DIR or {candidate}=MODEL")
+
+    def checkpoint(self, adapter: Checkpoint | str | os.PathLike[str]) -> Checkpoint:
+        """One of ``checkpoints`` (by its folder or the path the user has), or another adapter
+        folder, inspected; AdapterError when ``adapter`` names several."""
+        if isinstance(adapter, Checkpoint):
+            return adapter
+        where = Path(adapter).expanduser().resolve()
+        known = [*self.checkpoints, *([self.reference] if self.reference else [])]
+        found = next((c for c in known if where in (c.path.resolve(), c.source.resolve())), None)
+        return found or one_checkpoint(resolve_checkpoints(adapter), adapter, "adapter")
+
+    def adapter_model(self, adapter: Checkpoint | str | os.PathLike[str]) -> Model:
+        """The loaded base with ``adapter`` on it (and no other adapter: one taken off first)."""
+        checkpoint = self.checkpoint(adapter)
+        if checkpoint.path in self._attached:
+            return self._attached[checkpoint.path]
+        self.release_adapters()
+        model = self.backend.with_adapter(self.base_model, str(checkpoint.path))
+        if checkpoint.source != checkpoint.path:  # a staged step save: name the user's file
+            model = replace(model, label=f"{self.base_model.label} + {checkpoint.label}")
+        self._attached[checkpoint.path] = model
+        return model
+
+    def release_adapters(self) -> None:
+        """Take every adapter this gate put on the base off again (``Backend.release_adapter``)."""
+        while self._attached:
+            _, model = self._attached.popitem()
+            self.backend.release_adapter(model)
 
     # -- benchmarks --------------------------------------------------------------------------
 
@@ -188,7 +240,7 @@ class Gate:
         mode = self.mode_for(bench, mode)
         key = (bench.name, model.fingerprint, mode)
         if key not in self._results:
-            role = "tuned" if model is self._tuned_model else "base" if model is self._base_model else "model"
+            role = "base" if model is self._base_model else "tuned" if model.adapter or self.candidate else "model"
             self._results[key] = evaluate(
                 bench,
                 self.examples(bench),
@@ -296,9 +348,15 @@ class Gate:
         mode: str | None = None,
         *,
         early_stop: stats.EarlyStopPolicy | None = None,
+        adapter: Checkpoint | str | os.PathLike[str] | None = None,
+        reference: Checkpoint | str | os.PathLike[str] | None = None,
     ) -> Comparison:
         """Base and tuned on the same examples, scored the same way. The tuned model is prepared
         first so that a broken adapter stops the run before the base is evaluated.
+
+        ``adapter``: the checkpoint to compare (one of ``checkpoints``, or another adapter folder);
+        default the final one (or the candidate). ``reference``: an adapter whose side replaces the
+        base's (default the gate's ``reference``, if any): the verdict then reads "B vs A".
 
         ``early_stop=stats.EarlyStopPolicy(max_drop=..., min_gain=..., strict=...)`` evaluates
         shuffled chunks of ``EARLY_CHUNK`` examples and stops as soon as the verdict for those
@@ -307,31 +365,85 @@ class Gate:
         """
         bench = self.benchmark(benchmark)
         mode = self.mode_for(bench, mode)
-        tuned_model = self.tuned_model
+        tuned_side = self.checkpoint(adapter) if adapter is not None else self.final
+        if tuned_side is None and self.candidate is None:
+            raise ConfigError("no adapter or candidate to gate", fix="pass {adapter}=DIR or {candidate}=MODEL")
+        reference_side = self.checkpoint(reference) if reference is not None else self.reference
+        if reference_side is not None and tuned_side is None:
+            raise ConfigError("a reference adapter is compared with an adapter, not a candidate model")
+        change = self._change(tuned_side, reference_side)
+
+        def tuned_model() -> Model:
+            return self.adapter_model(tuned_side) if tuned_side is not None else self.tuned_model
+
+        if reference_side is None:
+            tuned_model()  # a broken adapter stops the run before the base is evaluated
         if early_stop is not None:
-            return self._compare_early(bench, mode, tuned_model, early_stop)
-        base = self.baseline(bench, mode)
-        tuned = self.evaluate(bench, tuned_model, mode)
-        note = self._baseline_notes.get((bench.name, mode))
-        return Comparison(base, tuned, confidence=self.confidence, change=self.change, baseline_note=note)
+            return self._compare_early(bench, mode, tuned_model, early_stop, reference_side, change)
+        if reference_side is not None:
+            base = self.evaluate(bench, self.adapter_model(reference_side), mode)
+            note = None
+        else:
+            base = self.baseline(bench, mode)
+            note = self._baseline_notes.get((bench.name, mode))
+        tuned = self.evaluate(bench, tuned_model(), mode)
+        return Comparison(base, tuned, confidence=self.confidence, change=change, baseline_note=note)
+
+    def curve(
+        self,
+        benchmark: str | Benchmark,
+        mode: str | None = None,
+        *,
+        early_stop: stats.EarlyStopPolicy | None = None,
+        errors: list[tuple[Checkpoint, FtgateError]] | None = None,
+    ) -> list[tuple[Checkpoint, Comparison]]:
+        """Every checkpoint compared with the base (or the reference), in step order, the final
+        one last (it stays on the base afterwards). With an ``errors`` list, a checkpoint whose
+        comparison raises an FtgateError (an adapter that does not fit, non-finite answers) is
+        put there and left out; without one the error propagates."""
+        points = []
+        for checkpoint in self.checkpoints:
+            try:
+                points.append((checkpoint, self.compare(benchmark, mode, early_stop=early_stop, adapter=checkpoint)))
+            except FtgateError as exc:
+                if errors is None:
+                    raise
+                errors.append((checkpoint, exc))
+        return points
+
+    def _change(self, tuned: Checkpoint | None, reference: Checkpoint | None) -> str:
+        """How the verdict names the step: "in runs/b vs runs/a", "at step 40", "after fine-tuning"."""
+        if tuned is None:
+            return self.change
+        if reference is not None:
+            return f"in {tuned.label} vs {reference.label}"
+        if len(self.checkpoints) > 1 or tuned not in self.checkpoints:
+            return f"at step {tuned.step}" if tuned.step is not None else f"in {tuned.label}"
+        return self.change
 
     def _compare_early(
         self,
         bench: Benchmark,
         mode: str,
-        tuned_model: Model,
+        tuned_model: Callable[[], Model],
         policy: stats.EarlyStopPolicy,
+        reference: Checkpoint | None,
+        change: str,
     ) -> Comparison:
         examples = self.examples(bench)
         order = sorted(examples, key=lambda e: digest([EARLY_SEED, e.id]))  # a fixed, content-blind shuffle
-        stored = self._stored_baseline(bench, mode)
-        note = self._baseline_notes.get((bench.name, mode))
+        stored = self._stored_baseline(bench, mode) if reference is None else None
+        note = self._baseline_notes.get((bench.name, mode)) if reference is None else None
         for end in range(min(EARLY_CHUNK, len(order)), len(order) + EARLY_CHUNK, EARLY_CHUNK):
             part = order[: min(end, len(order))]
             run = {"cache": self.cache, "mode": mode, "batch_size": self.batch_size}
-            base = _subset(bench, stored, part) if stored else evaluate(bench, part, self.base_model, **run)
-            tuned = evaluate(bench, part, tuned_model, **run)
-            comparison = Comparison(base, tuned, confidence=self.confidence, change=self.change, baseline_note=note)
+            if stored:
+                base = _subset(bench, stored, part)
+            else:
+                base_model = self.base_model if reference is None else self.adapter_model(reference)
+                base = evaluate(bench, part, base_model, **run)
+            tuned = evaluate(bench, part, tuned_model(), **run)
+            comparison = Comparison(base, tuned, confidence=self.confidence, change=change, baseline_note=note)
             lost, gained, n = len(comparison.lost), len(comparison.gained), len(part)
             outcome = policy.decision(lost, gained, n, len(order), self.confidence)
             if self.progress is not None:
@@ -349,7 +461,21 @@ class Gate:
         raise AssertionError("early_stop_decision decides at the last example")  # pragma: no cover
 
     def __repr__(self) -> str:
-        return f"Gate(base={self.base!r}, adapter={self.adapter!r}, candidate={self.candidate!r})"
+        reference = f", reference={str(self.reference.source)!r}" if self.reference is not None else ""
+        return f"Gate(base={self.base!r}, adapter={self.adapter!r}, candidate={self.candidate!r}{reference})"
+
+
+def compare_adapters(
+    reference: str | os.PathLike[str],
+    adapter: str | os.PathLike[str],
+    benchmark: str | Benchmark,
+    mode: str | None = None,
+    **gate: object,
+) -> Comparison:
+    """Adapter B (``adapter``) against adapter A (``reference``) on the same base and examples,
+    paired: ``compare_adapters("runs/a", "runs/b", "fpb", base=...).verdict(max_drop=1.0)`` says
+    whether B is worse than A on FPB by more than 1 point. ``gate``: the other ``Gate`` keywords."""
+    return Gate(reference=reference, adapter=adapter, **gate).compare(benchmark, mode)  # type: ignore[arg-type]
 
 
 def audit_sample_size(audit: int | str, n: int) -> int:
@@ -382,6 +508,7 @@ def _subset(bench: Benchmark, result: EvalResult, examples: list[Example]) -> Ev
 
 
 def _check_local_model(model: str, setting: str) -> None:
+    hub.refuse_shadowed(model, model, setting)  # a folder named like a hub id must not stand in for it
     if looks_local(model) and not Path(model).expanduser().exists():
         raise ModelError(
             f"model folder {model} does not exist",

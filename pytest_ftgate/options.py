@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.hub import looks_local, refuse_shadowed
 from pytest_ftgate.modes import check_mode
 
 if TYPE_CHECKING:
@@ -38,10 +39,27 @@ FLIPS = "--ftgate-flips"
 MAX_DROP = "--ftgate-max-drop"
 AUDIT = "--ftgate-audit"
 LIST = "--ftgate-list"
+PICK = "--ftgate-pick"
+REFERENCE = "--ftgate-reference"
+PICKS = ("final", "last-passing")
 
 # option -> (help, default). Each has an ini key of the same name without dashes.
 _OPTIONS: dict[str, tuple[str, str | None]] = {
-    ADAPTER: ("LoRA adapter folder to gate (mlx-tune, mlx-vlm trainer or peft format)", None),
+    ADAPTER: (
+        "LoRA adapter folder to gate (mlx-tune, mlx-vlm trainer or peft format); or a training output folder "
+        "with checkpoints (checkpoint-N/, mlx NNNNNNN_adapters.safetensors), a glob or a comma-separated list",
+        None,
+    ),
+    REFERENCE: (
+        f"Adapter A to compare {ADAPTER} (B) with instead of the base: B must not be worse than A "
+        "(the marker's thresholds, same examples, paired)",
+        None,
+    ),
+    PICK: (
+        f"Which checkpoint of {ADAPTER} the gates judge: final (the last one; default) or last-passing "
+        "(each one; reports the last checkpoint that passes every gate, and fails when none does)",
+        "final",
+    ),
     BASE: (f"Base model: hub id or local folder (default {DEFAULT_BASE})", DEFAULT_BASE),
     CANDIDATE: ("A whole candidate model instead of an adapter", None),
     BACKEND: ("Backend: auto (the first installed) or one of {backends}; a conftest can add its own (default auto)", "auto"),
@@ -147,6 +165,8 @@ class Settings:
     flips: str | None = None  # JSON Lines of every lost and gained example
     max_drop: float | None = None  # default threshold for markers without one
     audit: int | str = "auto"
+    reference: str | None = None  # adapter A: the side that replaces the base
+    pick: str = "final"  # "final" or "last-passing"
 
     def gate_kwargs(self) -> dict[str, Any]:
         return {
@@ -162,17 +182,13 @@ class Settings:
             "confidence": self.confidence,
             "mode": self.mode,
             "audit": self.audit,
+            "reference": self.reference,
         }
 
 
 def _value(config: pytest.Config, option: str) -> Any:
     value = config.getoption(ini_name(option))
     return config.getini(ini_name(option)) if value is None else value
-
-
-def looks_local(model: str) -> bool:
-    """A model is a hub id (``org/name``) unless it looks like a path."""
-    return model.startswith((".", "/", "~")) or model.count("/") != 1
 
 
 def positive_int(value: Any, what: str) -> int | None:
@@ -225,6 +241,26 @@ def confidence_level(value: Any) -> float:
     return level
 
 
+def pick_rule(value: Any) -> str:
+    """``final`` (default) or ``last-passing``."""
+    text = "final" if value is None or str(value).strip() == "" else str(value).strip().lower()
+    if text not in PICKS:
+        raise ConfigError(f"{PICK} must be one of {', '.join(PICKS)}, got {value!r}")
+    return text
+
+
+def adapter_paths(config: pytest.Config, value: str | None) -> str | None:
+    """An adapter setting with each comma-separated part (a folder, a file or a glob) resolved
+    against the invocation directory; a whole value that exists there is one path."""
+    if not value:
+        return None
+    whole = _path(config, value)
+    if whole is not None and os.path.exists(whole):
+        return whole
+    parts = [_path(config, part.strip()) for part in str(value).split(",") if part.strip()]
+    return ",".join(part for part in parts if part) or None
+
+
 def scoring_mode(value: Any) -> str:
     return check_mode(str(value or "generate"), source=MODE)
 
@@ -247,15 +283,17 @@ def served_backend(name: str) -> bool:
     return serves_names(name)
 
 
-def _model(config: pytest.Config, value: str | None, served: bool = False) -> str | None:
-    """A model is a hub id unless it looks like (or is) a local path; a served name is kept as is."""
+def _model(config: pytest.Config, value: str | None, served: bool, setting: str) -> str | None:
+    """A model is a hub id unless it looks like a local path; a served name is kept as is. A hub id
+    that is also a folder here is refused (``hub.refuse_shadowed``): write ``./org/name`` for it."""
     if not value:
         return None
     if served:
         return str(value)
     local = _path(config, value)
     assert local is not None
-    return local if looks_local(value) or os.path.exists(local) else value
+    refuse_shadowed(str(value), local, setting)
+    return local if looks_local(value) else value
 
 
 def read_settings(config: pytest.Config) -> Settings:
@@ -265,9 +303,9 @@ def read_settings(config: pytest.Config) -> Settings:
     backend = str(_value(config, BACKEND) or "auto")
     served = served_backend(backend)
     return Settings(
-        base=_model(config, _value(config, BASE), served) or DEFAULT_BASE,
-        adapter=_path(config, _value(config, ADAPTER)),
-        candidate=_model(config, _value(config, CANDIDATE), served),
+        base=_model(config, _value(config, BASE), served, "base") or DEFAULT_BASE,
+        adapter=adapter_paths(config, _value(config, ADAPTER)),
+        candidate=_model(config, _value(config, CANDIDATE), served, "candidate"),
         backend=backend,
         base_url=_value(config, BASE_URL) or os.environ.get("OPENAI_BASE_URL"),
         limit=positive_int(_value(config, LIMIT), LIMIT),
@@ -284,4 +322,6 @@ def read_settings(config: pytest.Config) -> Settings:
         flips=_path(config, _value(config, FLIPS)),
         max_drop=default_max_drop(_value(config, MAX_DROP)),
         audit=audit_size(_value(config, AUDIT)),
+        reference=_path(config, _value(config, REFERENCE)),
+        pick=pick_rule(_value(config, PICK)),
     )

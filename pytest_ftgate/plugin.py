@@ -29,6 +29,9 @@ _STARTED = pytest.StashKey[float]()
 _WRITTEN = pytest.StashKey["list[tuple[str, str]]"]()  # (what, path) of the report files written
 _WRITE_ERRORS = pytest.StashKey["list[str]"]()  # report files that could not be written
 _FLIPS = pytest.StashKey["dict[str, list[dict[str, Any]]]"]()  # --ftgate-flips: node id -> its rows
+_CHECKPOINTS = pytest.StashKey["list[Any]"]()  # the adapter's checkpoints (pytest_ftgate.checkpoints), in order
+_JUDGED = pytest.StashKey[Any]()  # on an item, --ftgate-pick=last-passing: its checkpoints judged (pick.Judged)
+_PICK = pytest.StashKey[Any]()  # on the controller, last-passing: the run's pick (pick.Pick)
 WORKEROUTPUT_KEY = "ftgate_records"
 WORKEROUTPUT_FLIPS = "ftgate_flips"
 SHOWN_LOST = 3  # lost examples in a failure message
@@ -87,10 +90,17 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = options.read_settings(config)
         if settings.adapter is not None and settings.candidate is not None:
             raise ConfigError(f"give {options.ADAPTER} or {options.CANDIDATE}, not both")
-        if settings.adapter is not None:
-            from pytest_ftgate.adapters import inspect_adapter
+        if settings.reference is not None and settings.adapter is None:
+            raise ConfigError(f"{options.REFERENCE} is compared with an adapter: give {options.ADAPTER} too")
+        if settings.pick != "final" and settings.adapter is None:
+            raise ConfigError(f"{options.PICK}={settings.pick} picks among the checkpoints of {options.ADAPTER}: give it")
+        checkpoints: list[Any] = []
+        if settings.adapter is not None:  # every checkpoint inspected before anything loads
+            from pytest_ftgate.checkpoints import one_checkpoint, resolve_checkpoints
 
-            inspect_adapter(settings.adapter)
+            checkpoints = resolve_checkpoints(settings.adapter)
+            if settings.reference is not None:
+                one_checkpoint(resolve_checkpoints(settings.reference), settings.reference, "reference")
         if settings.plot is not None and not hasattr(config, "workerinput"):
             reporting.require_matplotlib()  # say so now, not after an hour of evaluation
     except FtgateError as exc:
@@ -100,6 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_WRITTEN] = []
     config.stash[_WRITE_ERRORS] = []
     config.stash[_FLIPS] = {}
+    config.stash[_CHECKPOINTS] = checkpoints
     config.stash[_STARTED] = time.time()
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config), "ftgate-xdist")
@@ -242,6 +253,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
                     strict=strict,
                 ),
             )
+            if _JUDGED in item.stash:  # last-passing: every checkpoint's comparison and verdict
+                item.stash[_RECORD].curve = item.stash[_JUDGED].curve
             if item.config.stash[_SETTINGS].flips is not None:
                 item.config.stash[_FLIPS][item.nodeid] = reporting.flip_rows(item.nodeid, comparison)
             if verdict.outcome == "measured":
@@ -255,6 +268,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 def _failure_message(item: pytest.Item, comparison: Comparison, verdict: Verdict) -> str:
     """The verdict, the first lost examples, and where the others are (or how to get them)."""
     lines = [verdict.reason]
+    if _JUDGED in item.stash:
+        lines.append(f"No checkpoint passes this gate ({options.PICK}=last-passing): {item.stash[_JUDGED].outcomes()}")
     detail = comparison.failure_detail(SHOWN_LOST)
     if detail:
         lines.append(detail)
@@ -341,9 +356,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         limit=settings.limit,
         mode=settings.mode,
         strict=settings.strict,
+        reference=settings.reference,
+        pick=settings.pick,
     )
+    pick_data = None
+    if settings.pick == "last-passing":  # the pick, from every test's record (the workers' too)
+        from pytest_ftgate import pick
+
+        chosen = config.stash[_PICK] = pick.choose(config.stash[_CHECKPOINTS], records)
+        pick_data = chosen.to_dict()
+        if chosen.checkpoint is None and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     outputs: list[tuple[str, str | None, Callable[[str], object]]] = [
-        ("JSON report", settings.report, lambda path: reporting.write_json(path, records, meta=meta)),
+        ("JSON report", settings.report, lambda path: reporting.write_json(path, records, meta=meta, pick=pick_data)),
         ("Markdown summary", settings.markdown, lambda path: reporting.write_markdown(path, records, meta=meta)),
         ("chart", settings.plot, lambda path: reporting.write_plot(path, records)),
         ("lost and gained examples", settings.flips, lambda path: reporting.write_flips(path, _flip_rows(config))),
@@ -371,6 +396,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     written: list[tuple[str, str]] = config.stash[_WRITTEN]
     errors: list[str] = config.stash[_WRITE_ERRORS]
     reporting.write_summary(terminalreporter, reporting.collate(gathered), written=written, errors=errors)
+    if _PICK in config.stash:  # one plain line CI can read: the checkpoint to promote
+        terminalreporter.write_line(safe(config.stash[_PICK].line()))
 
 
 def _guarded(produce: Callable[[], Any]) -> Any:
@@ -461,5 +488,31 @@ def ftgate_comparison(
 
         snapshot = request.getfixturevalue("snapshot")
         comparison = _guarded(lambda: compare_with_baseline(ftgate, ftgate_benchmark, snapshot, mode, early_stop))
+    if settings.pick == "last-passing" and len(ftgate.checkpoints) > 1:
+        comparison = _judge_checkpoints(request.node, ftgate, ftgate_benchmark, spec, mode, early_stop, comparison)
     comparison.notes += [note for note in dict.fromkeys(ftgate.notes[said:]) if note not in comparison.notes]
     return comparison
+
+
+def _judge_checkpoints(
+    item: pytest.Item, gate: Any, benchmark: str, spec: GateSpec | None, mode: str | None,
+    early_stop: EarlyStopPolicy | None, final: Comparison,
+) -> Comparison:  # fmt: skip
+    """``--ftgate-pick=last-passing``: every checkpoint compared (the base side as for the final
+    one, whose stored baseline ``final`` recorded or audited) and judged; the comparison the test
+    reports is the last one passing its gate (``pick.judge``)."""
+    from pytest_ftgate import pick
+
+    errors: list[Any] = []
+    points = _guarded(lambda: gate.curve(benchmark, mode, early_stop=early_stop, errors=errors))
+    if not points:
+        shown = "; ".join(f"{c.name}: {exc.render(options.option_name)}" for c, exc in errors)
+        pytest.fail(f"ftgate: no checkpoint could be compared: {safe(shown, newlines=True)}", pytrace=False)
+    judged = pick.judge(
+        points, errors, max_drop=spec.max_drop if spec else None, min_gain=spec.min_gain if spec else None,
+        strict=bool(spec.strict) if spec else False, render=lambda exc: exc.render(options.option_name),
+    )  # fmt: skip
+    item.stash[_JUDGED] = judged
+    if judged.comparison.baseline_note is None:
+        judged.comparison.baseline_note = final.baseline_note
+    return judged.comparison  # type: ignore[no-any-return]

@@ -341,7 +341,11 @@ def compare_with_baseline(
 
     The stored baseline is read and checked before any model runs; the gate audits it on use;
     ``comparison.baseline_note`` says what happened to it (audited, recorded, re-recorded).
+    With a reference adapter (``Gate(reference=...)``) the snapshot is neither read nor written:
+    the reference's side is evaluated.
     """
+    if gate.reference is not None:  # adapter vs adapter: a stored baseline is the base's, never the reference's
+        return gate.compare(benchmark, mode, early_stop=early_stop)
     store = SnapshotStore(snapshot)
     bench = gate.benchmark(benchmark)
     mode = gate.mode_for(bench, mode)

@@ -115,6 +115,10 @@ class Backend:
     ) -> list[str]:
         raise NotImplementedError(f"{type(self).__name__}.generate")
 
+    def release_adapter(self, model: Model) -> None:
+        """Take ``model``'s adapter (from ``with_adapter``) off its base, freeing what it holds; the
+        base answers as before and takes another adapter. Default: nothing is held."""
+
     def score(
         self, model: Model, prompts: Prompts, continuations: Sequence[str]
     ) -> list[list[float]]:
@@ -155,6 +159,11 @@ class _ProtocolBackend(Backend):
 
     def with_adapter(self, base: Model, adapter: str) -> Model:
         return self.inner.with_adapter(base, adapter)  # type: ignore[no-any-return]
+
+    def release_adapter(self, model: Model) -> None:
+        release = getattr(self.inner, "release_adapter", None)
+        if release is not None:
+            release(model)
 
     def generate(
         self, model: Model, prompts: Prompts, *, max_tokens: int, batch_size: int | None, stop: StopRule | None = None,

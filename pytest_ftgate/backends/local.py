@@ -100,6 +100,11 @@ class LocalBackend(Backend):
             raise
         return tuned
 
+    def release_adapter(self, model: Model) -> None:
+        """``detach_adapter`` for ``model``'s adapter: a Model that still names it is refused."""
+        if model.adapter is not None:
+            self.detach_adapter(model.handle, model.adapter)
+
     def check_effect(self, base: Model, tuned: Model, where: Path) -> None:
         """The effect check: ``tuned``'s logits on ``EFFECT_PROMPT`` must be finite and differ from
         ``base``'s. An adapter that changes nothing (zero LoRA B matrices: untrained or empty) is

@@ -163,7 +163,10 @@ class MLXBackend(LocalBackend):
         handle.adapter = handle.active = None
 
     def _activate(self, loaded: _Loaded, adapter: str | None) -> None:
-        """Swap LoRA layers in (adapter) or out (None). Cheap: only module references move."""
+        """Swap LoRA layers in (adapter) or out (None). Cheap: only module references move. A
+        Model whose adapter was taken off (``release_adapter``) never runs another one's layers."""
+        if adapter is not None and adapter != loaded.adapter:
+            raise BackendError("this model's adapter is no longer on the loaded base: put it on again (with_adapter)")
         if loaded.active == adapter or not loaded.lora:
             return
         from mlx.utils import tree_unflatten

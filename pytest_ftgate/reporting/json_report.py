@@ -72,8 +72,10 @@ def _iso(moment: float | _dt.datetime | None) -> str | None:
 # --- JSON ------------------------------------------------------------------------------------
 
 
-def to_json(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON report as a dict (schema in the module docstring)."""
+def to_json(
+    records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None, pick: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON report as a dict (schema in the module docstring); ``pick``: ``--ftgate-pick``'s."""
     counts = {key: sum(r.outcome == key for r in records) for key in OUTCOMES}
     return {
         "schema": SCHEMA,
@@ -89,16 +91,21 @@ def to_json(records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = N
             "outcome": overall_outcome(records),
         },
         "gates": [record.to_dict() for record in records],
+        **({"pick": dict(pick)} if pick is not None else {}),
     }
 
 
 def write_json(
-    path: str | os.PathLike[str], records: Sequence[GateRecord], *, meta: Mapping[str, Any] | None = None
+    path: str | os.PathLike[str],
+    records: Sequence[GateRecord],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    pick: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the JSON report atomically (temporary file, then ``os.replace``); parents are created."""
     import json
 
-    data = to_json(records, meta=meta)
+    data = to_json(records, meta=meta, pick=pick)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
     return atomic_write(Path(path), text.encode("utf-8"))
 
