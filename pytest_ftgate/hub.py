@@ -16,11 +16,31 @@ import sys
 import urllib.error
 import urllib.request
 
+from pytest_ftgate.errors import ConfigError
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TIMEOUT = 2.5  # seconds for the probe: the hub answers in well under a second when it is reachable
 OFFLINE_SETTINGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE = ("1", "true", "yes", "on")
 _answers: dict[str, bool] = {}  # endpoint -> reachable, asked once per process
+
+
+def looks_local(model: str) -> bool:
+    """A model is a hub id (``org/name``) unless it looks like a path."""
+    return model.startswith((".", "/", "~")) or model.count("/") != 1
+
+
+def refuse_shadowed(model: str, folder: str | os.PathLike[str], setting: str) -> None:
+    """Refuse a model written as a hub id (``org/name``) when ``folder`` (where that name would be
+    read from here) exists: the backends load a local folder first, so a folder committed under the
+    hub id's name would silently stand in for the hub model (with no stored baseline, as the base)."""
+    if not looks_local(model) and os.path.lexists(os.path.expanduser(folder)):
+        raise ConfigError(
+            f"{model} is written as a Hugging Face hub id, but {os.fspath(folder)} exists here under the "
+            "same name and would be loaded instead of the hub model",
+            fix=f"write {{{setting}}}=./{model} to mean the local folder, or remove or rename the folder "
+            "to mean the hub id",
+        )
 
 
 def endpoint() -> str:
