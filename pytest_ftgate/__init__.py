@@ -10,7 +10,7 @@ from pytest_ftgate.backends import Backend, Model, register_backend
 from pytest_ftgate.benchmarks import register_benchmark
 from pytest_ftgate.benchmarks.base import Benchmark, Example
 from pytest_ftgate.errors import AdapterError, ConfigError, DataError, FtgateError, ModelError, NonFiniteError
-from pytest_ftgate.gate import Gate
+from pytest_ftgate.gate import Gate, compare_adapters
 from pytest_ftgate.results import Comparison, EvalResult, ModelInfo, Parity, Prediction, Verdict, compare, parity
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Prediction",
     "Verdict",
     "compare",
+    "compare_adapters",
     "parity",
     "register_backend",
     "register_benchmark",

@@ -113,8 +113,9 @@ def spec_text(adapter: AdapterSpec | None) -> str | None:
 def one_checkpoint(checkpoints: list[Checkpoint], given: object, setting: str) -> Checkpoint:
     """The single checkpoint ``given`` names; AdapterError when it names several."""
     if len(checkpoints) != 1:
+        text = os.fspath(given) if isinstance(given, (str, os.PathLike)) else repr(given)
         raise AdapterError(
-            f"{setting} {os.fspath(given) if isinstance(given, (str, os.PathLike)) else given!r} names "
+            f"{setting} {text} names "
             f"{len(checkpoints)} checkpoints ({', '.join(c.label for c in checkpoints[:4])}"
             f"{', ...' if len(checkpoints) > 4 else ''}), where one adapter is needed",
             fix=f"pass one adapter folder as {{{setting}}}, e.g. one checkpoint-N folder",

@@ -228,5 +228,5 @@ def test_a_broken_mlx_step_save_is_an_error(tmp_path: Path) -> None:
 
 def test_one_checkpoint_refuses_several(tmp_path: Path) -> None:
     run = trainer_run(tmp_path / "out", [10, 20])
-    with pytest.raises(AdapterError, match=r"reference .* names 2 checkpoints .* where one adapter is needed"):
+    with pytest.raises(AdapterError, match=r"reference /.* names 2 checkpoints .* where one adapter is needed"):
         one_checkpoint(resolve_checkpoints(run), str(run), "reference")
