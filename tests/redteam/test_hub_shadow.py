@@ -98,8 +98,9 @@ def test_through_pytest_the_default_base_shadowed_by_a_committed_folder_is_a_usa
     gate_project: pytest.Pytester, fake_adapter: Any
 ) -> None:
     gate_project.makeini("[pytest]\nftgate_backend = fake\n")  # no ftgate_base: the default base
-    (gate_project.path / options.DEFAULT_BASE).mkdir(parents=True)
     gate_project.makepyfile("def test_nothing():\n    pass\n")
+    gate_project.runpytest(fake_adapter()).assert_outcomes(passed=1)  # no such folder: fine
+    (gate_project.path / options.DEFAULT_BASE).mkdir(parents=True)
     result = gate_project.runpytest(fake_adapter())
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
