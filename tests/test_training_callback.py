@@ -13,13 +13,10 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("torch", reason="the training callback tests need torch: pip install -e '.[torch]'")
-pytest.importorskip("peft", reason="the training callback tests need peft: pip install -e '.[torch]'")
-
-from pytest_ftgate.benchmarks.synthetic import finsent_rows  # noqa: E402
-from pytest_ftgate.errors import ConfigError  # noqa: E402
-from pytest_ftgate.seed_study import SYSTEM_SENTIMENT  # noqa: E402
-from pytest_ftgate.training import GateChecks  # noqa: E402
+from pytest_ftgate.benchmarks.synthetic import finsent_rows
+from pytest_ftgate.errors import ConfigError
+from pytest_ftgate.seed_study import SYSTEM_SENTIMENT
+from pytest_ftgate.training import GateChecks
 
 ROTATED = {"positive": "negative", "negative": "neutral", "neutral": "positive"}
 
@@ -59,6 +56,8 @@ def collate(pad: int) -> Any:
 @pytest.fixture(scope="module")
 def sentiment_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny llama taught the sentiment probe's templates (it scores 100 on finsent-probe)."""
+    pytest.importorskip("torch", reason="the training callback tests need torch: pip install -e '.[torch]'")
+    pytest.importorskip("peft", reason="the training callback tests need peft: pip install -e '.[torch]'")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -236,3 +235,59 @@ def test_strict_stops_only_on_a_proven_failure() -> None:
     entry = CheckResult(5, [measured_only], 1.0).log_entry()
     assert entry["ftgate/fpb/measured"] == "fail" and entry["ftgate/fpb/high"] == 1.5
     json.dumps(entry)  # the Trainer writes its log history to trainer_state.json
+
+
+def test_mlx_tune_run_is_gated_between_chunks(tmp_path: Path) -> None:
+    """mlx-tune on the tiny Gemma 4 (random weights, about 37 on finsent-probe): a LoRA taught to
+    answer "negative" to every sentence forgets (stopped, strict=False: at the first measured
+    drop beyond the margin), one taught the probe's own labels does not."""
+    pytest.importorskip("mlx_tune", reason="the mlx-tune case needs mlx-tune: pip install -e '.[mlx]'")
+    import mlx.core as mx
+    from mlx_tune import FastVisionModel, UnslothVisionDataCollator, VLMSFTConfig, VLMSFTTrainer
+
+    from pytest_ftgate.testing import make_tiny_gemma4
+    from pytest_ftgate.training import gated_mlx_training
+
+    base = make_tiny_gemma4(tmp_path / "gemma")
+
+    def run(answer: Any, lr: float, steps: int, every: int, out: Path) -> Any:
+        mx.random.seed(0)
+        wrapper, processor = FastVisionModel.from_pretrained(str(base))
+        wrapper = FastVisionModel.get_peft_model(
+            wrapper, finetune_vision_layers=False, finetune_language_layers=True, finetune_attention_modules=True,
+            finetune_mlp_modules=True, r=8, lora_alpha=16, lora_dropout=0.0, bias="none",
+        )  # fmt: skip
+        FastVisionModel.for_training(wrapper)
+        data = [
+            {"messages": [
+                {"role": role, "content": [{"type": "text", "text": text}]}
+                for role, text in (("system", SYSTEM_SENTIMENT), ("user", row["sentence"]), ("assistant", answer(row)))
+            ]}
+            for row in finsent_rows(60, seed=1)
+        ]  # fmt: skip
+        args = VLMSFTConfig(
+            per_device_train_batch_size=1, max_steps=steps, learning_rate=lr, warmup_steps=0, logging_steps=100,
+            output_dir=str(out), train_on_completions=True,
+        )  # fmt: skip
+        trainer = VLMSFTTrainer(
+            model=wrapper, tokenizer=processor, data_collator=UnslothVisionDataCollator(wrapper, processor),
+            train_dataset=data, args=args,
+        )  # fmt: skip
+        gated = gated_mlx_training(
+            trainer, {"finsent-probe": {"max_drop": 5.0}}, base=base, every=every, chunk=20, strict=False
+        )
+        assert trainer.max_steps == steps and trainer.train_dataset == data  # given back as they were
+        return gated
+
+    forgetting = run(lambda row: "negative", 3e-4, 20, 2, tmp_path / "forget")
+    assert forgetting.stopped_step is not None and forgetting.steps == forgetting.stopped_step < 20
+    assert [r.step for r in forgetting.curve] == list(range(2, forgetting.stopped_step + 1, 2))
+    assert forgetting.curve[-1].gates[0].measured == "fail" and forgetting.curve[-1].gates[0].delta < -5.0
+    assert forgetting.last_passing_step is not None and forgetting.last_passing_step < forgetting.stopped_step
+    saved = tmp_path / "forget" / "ftgate-last-passing"
+    assert (saved / "adapters.safetensors").is_file()
+    assert json.loads((saved / "ftgate-check.json").read_text())["step"] == forgetting.last_passing_step
+
+    harmless = run(lambda row: row["label"], 1e-3, 8, 4, tmp_path / "learn")
+    assert harmless.stopped_step is None and harmless.steps == 8 and harmless.last_passing_step == 8
+    assert [r.step for r in harmless.curve] == [4, 8] and all(r.passed for r in harmless.curve)

@@ -20,9 +20,12 @@ pass is never a proven failure), so ``proven`` may be None: not settled, and not
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +43,8 @@ from pytest_ftgate.runner import evaluate
 
 DEFAULT_SAMPLE = 200  # examples per gate (at most): a check's worst-case cost
 DEFAULT_CHUNK = 20  # examples per look of the early stop
+LAST_PASSING = "ftgate-last-passing"  # the folder, in the training output folder, of the last passing model
+CHECK_FILE = "ftgate-check.json"  # in that folder: the check that passed
 _THRESHOLDS = ("max_drop", "min_gain", "mode")
 
 
@@ -236,3 +241,18 @@ class GateChecks:
                 )  # fmt: skip
         raise AssertionError("early_stop_decision decides at the last example")  # pragma: no cover
 
+
+
+def keep_passing(place: Path, result: CheckResult, write: Callable[[Path], None]) -> Path:
+    """Save the passing model with ``write(folder)`` in place of the previous one at ``place``
+    (written beside it, then swapped in: an interrupted save never leaves a broken folder there),
+    with the check that passed in ``CHECK_FILE``."""
+    fresh = place.with_name(place.name + ".tmp")
+    shutil.rmtree(fresh, ignore_errors=True)
+    write(fresh)
+    record = {"step": result.step, "gates": [g.to_dict() for g in result.gates], "seconds": result.seconds}
+    (fresh / CHECK_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(place, ignore_errors=True)
+    fresh.rename(place)
+    result.saved = str(place)
+    return place

@@ -22,9 +22,7 @@ process only: under distributed training every rank would evaluate on its own.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,10 +31,9 @@ from transformers import TrainerCallback
 
 from pytest_ftgate.backends.in_memory import TrainingModels
 from pytest_ftgate.errors import ConfigError
-from pytest_ftgate.training.checks import DEFAULT_CHUNK, DEFAULT_SAMPLE, CheckResult, GateChecks
-
-LAST_PASSING = "ftgate-last-passing"  # folder under output_dir
-CHECK_FILE = "ftgate-check.json"  # in that folder: the step and the check that passed
+from pytest_ftgate.training.checks import (
+    DEFAULT_CHUNK, DEFAULT_SAMPLE, LAST_PASSING, CheckResult, GateChecks, keep_passing,
+)  # fmt: skip
 
 
 class FtgateCallback(TrainerCallback):  # type: ignore[misc]
@@ -116,10 +113,7 @@ class FtgateCallback(TrainerCallback):  # type: ignore[misc]
             result = self.checks.check(self._models.base(), self._models.tuned(step), step)
         if result.passed and not result.failed:
             self.last_passing_step = step
-            place = self._save(args, state, model, result)
-            if place is not None:
-                self.last_passing_dir = place
-                result.saved = str(place)
+            self.last_passing_dir = self._save(args, state, model, result) or self.last_passing_dir
         self.curve.append(result)
         state.log_history.append({**result.log_entry(), "step": step})
         if result.failed:
@@ -129,18 +123,12 @@ class FtgateCallback(TrainerCallback):  # type: ignore[misc]
             print(result.line(), flush=True)
 
     def _save(self, args: Any, state: Any, model: Any, result: CheckResult) -> Path | None:
-        """Save the passing model in place of the previous one (written beside it, then swapped)."""
+        """Save the passing model (``save_pretrained``: a peft model's adapter) in place of the last."""
         if self.save_dir is False or not getattr(state, "is_world_process_zero", True):
             return None
-        place = Path(self.save_dir) if isinstance(self.save_dir, (str, os.PathLike)) else Path(args.output_dir) / LAST_PASSING
-        fresh = place.with_name(place.name + ".tmp")
-        shutil.rmtree(fresh, ignore_errors=True)
-        model.save_pretrained(fresh)
-        record = {"step": result.step, "gates": [g.to_dict() for g in result.gates], "seconds": result.seconds}
-        (fresh / CHECK_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        shutil.rmtree(place, ignore_errors=True)
-        fresh.rename(place)
-        return place
+        chosen = self.save_dir if isinstance(self.save_dir, (str, os.PathLike)) else None
+        place = Path(chosen) if chosen is not None else Path(args.output_dir) / LAST_PASSING
+        return keep_passing(place, result, model.save_pretrained)
 
 
 @contextlib.contextmanager
