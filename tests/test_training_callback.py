@@ -291,3 +291,33 @@ def test_mlx_tune_run_is_gated_between_chunks(tmp_path: Path) -> None:
     harmless = run(lambda row: row["label"], 1e-3, 8, 4, tmp_path / "learn")
     assert harmless.stopped_step is None and harmless.steps == 8 and harmless.last_passing_step == 8
     assert [r.step for r in harmless.curve] == [4, 8] and all(r.passed for r in harmless.curve)
+
+
+def _example(name: str) -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "training" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ftgate_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hf_trainer_example_runs(sentiment_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _example("hf_trainer").main(["--base", str(sentiment_base), "--steps", "6", "--every", "3", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "ftgate step 3: finsent-probe" in out and "ftgate step 6: finsent-probe" in out
+    assert "checks took" in out and "last passing step:" in out
+    assert code == (1 if "stopped at step" in out else 0)
+
+
+def test_mlx_tune_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("mlx_tune", reason="the mlx-tune example needs mlx-tune: pip install -e '.[mlx]'")
+    from pytest_ftgate.testing import make_tiny_gemma4
+
+    base = make_tiny_gemma4(tmp_path / "gemma")
+    code = _example("mlx_tune").main(["--base", str(base), "--steps", "4", "--every", "2", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "ftgate step 2: finsent-probe" in out and "checks took" in out
+    assert code == (1 if "STOP" in out else 0)
