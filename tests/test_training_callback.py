@@ -85,8 +85,10 @@ def sentiment_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "base"
 
 
-def train(base: Path, out: Path, *, lr: float, labels: dict[str, str] | None, steps: int, **callback: Any) -> tuple[Any, Any]:
-    """A LoRA run with the HF Trainer and the callback; returns (trainer, callback)."""
+def train(
+    base: Path, out: Path, *, lr: float, labels: dict[str, str] | None, steps: int, lora: bool = True, **callback: Any
+) -> tuple[Any, Any]:
+    """A LoRA run (``lora=False``: all weights) with the HF Trainer and the callback; returns (trainer, callback)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
@@ -97,7 +99,8 @@ def train(base: Path, out: Path, *, lr: float, labels: dict[str, str] | None, st
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], lora_dropout=0.0)
-    model = get_peft_model(model, config)
+    if lora:
+        model = get_peft_model(model, config)
     gate = FtgateCallback(**{"gates": {"finsent-probe": {"max_drop": 5.0}}, "every": 5, "chunk": 20, **callback})
     args = TrainingArguments(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=lr,
@@ -130,6 +133,7 @@ def test_forgetting_run_stops_and_keeps_the_last_passing_adapter(sentiment_base:
     assert logged[-1]["ftgate/finsent-probe/proven"] == "fail"
     assert all(entry["ftgate/seconds"] > 0 for entry in logged)
     assert trainer.model.training  # train mode put back after each check
+    assert all(r.gates[0].base_score == 100.0 for r in gate.curve)  # the base: the adapter switched off
     # the saved adapter is the model of the last passing step: the gate agrees when it is loaded
     from pytest_ftgate import Gate
 
@@ -321,3 +325,28 @@ def test_mlx_tune_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "ftgate step 2: finsent-probe" in out and "checks took" in out
     assert code == (1 if "STOP" in out else 0)
+
+
+def test_full_fine_tune_gets_its_base_answers_before_the_first_update(sentiment_base: Path, tmp_path: Path) -> None:
+    """Without an adapter to switch off, the base is the model at train begin: every base answer is
+    computed then, so later checks compare against the untouched model."""
+    trainer, gate = train(sentiment_base, tmp_path / "out", lr=3e-4, labels=ROTATED, steps=30, lora=False, every=2)
+    assert gate.stopped_step is not None and trainer.state.global_step == gate.stopped_step < 30
+    assert all(r.gates[0].base_score == 100.0 for r in gate.curve)
+    assert gate.curve[-1].gates[0].proven == "fail"
+    saved = tmp_path / "out" / "ftgate-last-passing"
+    assert gate.last_passing_step is not None and (saved / "model.safetensors").is_file()
+
+
+def test_a_resumed_full_fine_tune_is_refused(sentiment_base: Path) -> None:
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_ftgate.training import FtgateCallback
+
+    gate = FtgateCallback({"finsent-probe": {"max_drop": 2.0}}, every=5)
+    model = AutoModelForCausalLM.from_pretrained(sentiment_base)
+    state = SimpleNamespace(global_step=40, log_history=[])
+    with pytest.raises(ConfigError, match="resumes at step 40"):
+        gate.on_train_begin(None, state, None, model=model, processing_class=AutoTokenizer.from_pretrained(sentiment_base))

@@ -90,6 +90,12 @@ class FtgateCallback(TrainerCallback):  # type: ignore[misc]
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self._models = TrainingModels(model, self.tokenizer or kwargs.get("processing_class"))
         if not self._models.has_adapter:  # trained in full: the base exists only now
+            if state.global_step:
+                raise ConfigError(
+                    f"FtgateCallback: a model trained in full (no peft adapter) resumes at step {state.global_step}, "
+                    "so its base weights are gone: gate a LoRA adapter (the base is the adapter switched off), "
+                    "or start the run from the base model"
+                )
             with _evaluating(model):
                 self.checks.base_answers(self._models.base())
 
