@@ -150,6 +150,7 @@ def test_harmless_run_never_stops(sentiment_base: Path, tmp_path: Path) -> None:
         (check,) = result.gates
         assert (check.lost, check.gained, check.delta, check.measured) == (0, 0, 0.0, "pass")
         assert check.used == check.total == 60 and check.base_score == 100.0
+        assert check.interval[0] < 0.0 < check.interval[1]  # the whole sample: the paired interval, not collapsed
     assert gate.last_passing_step == 12
     assert (tmp_path / "out" / "ftgate-last-passing" / "adapter_model.safetensors").is_file()
 

@@ -60,7 +60,8 @@ class GateSpec:
 
 @dataclass(frozen=True)
 class GateCheck:
-    """One gate at one step: the sample's delta (points), its anytime-valid interval, both verdicts."""
+    """One gate at one step: the delta (points) on the examples used, its interval (anytime-valid
+    when the check stopped early, else the paired interval of the whole sample), both verdicts."""
 
     step: int
     benchmark: str
@@ -234,7 +235,13 @@ class GateChecks:
             # (the full sample's interval lies around its delta); a measured failure stops training
             # under the default policy, and under strict only once it is proven.
             if measured is not None and (measured == "pass" or not self.strict or proven is not None):
-                low, high = stats.paired_confidence_sequence(lost, gained, n, confidence=self.confidence, n_max=total)
+                # stopped early: the anytime-valid interval (a fixed-sample one is not valid after
+                # looking); the whole sample: the paired interval every gate reports
+                low, high = (
+                    stats.paired_confidence_sequence(lost, gained, n, confidence=self.confidence, n_max=total)
+                    if n < total
+                    else comparison.ci
+                )
                 return GateCheck(
                     step, spec.benchmark.name, n, total, base_result.score, tuned_result.score,
                     comparison.delta, (low, high), measured, proven, lost, gained,
