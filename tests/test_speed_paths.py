@@ -573,3 +573,129 @@ class TestStaticDecode:
             assert backend.generate(model, PROMPTS, max_tokens=6, batch_size=None) == reference
         assert model.handle.static_failed
         assert backend.generate(model, PROMPTS, max_tokens=6, batch_size=2) == reference  # no retry, no warning
+
+
+def _random_peft_adapter(model_dir: Path, dest: Path, seed: int, rank: int = 4) -> Path:
+    """A random peft LoRA adapter on every attention and MLP projection (any transformers model)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in targets and hasattr(module, "in_features"):
+            a = torch.randn(rank, module.in_features, generator=gen) / module.in_features**0.5
+            tensors[f"base_model.model.{name}.lora_A.weight"] = a
+            tensors[f"base_model.model.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=gen)
+    dest.mkdir(parents=True)
+    save_file(tensors, str(dest / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+              "bias": "none", "target_modules": list(targets), "base_model_name_or_path": str(model_dir)}  # fmt: skip
+    (dest / "adapter_config.json").write_text(json.dumps(config))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def grouped(request: pytest.FixtureRequest, tiny: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A static-decode backend whose prefill batches hold 3 prompts (so decode batches merge
+    several), its base, and two adapters on that one base."""
+    pytest.importorskip("peft")
+    from pytest_ftgate.backends.transformers import TransformersBackend
+
+    path = tiny if request.param == "gemma4" else tiny_llama
+    root = tmp_path_factory.mktemp(f"adapters-{request.param}")
+    backend = TransformersBackend(static_decode=True, prefill_rows=3)
+    base = backend.load(str(path))
+    tuned = [backend.with_adapter(base, str(_random_peft_adapter(path, root / f"a{s}", seed=s))) for s in (1, 2)]
+    return backend, base, tuned
+
+
+def _alone(backend: Any, model: Any, prompts: list[Any], max_tokens: int) -> list[str]:
+    """One ``model.generate`` per prompt with ``model``'s adapter (or none) on."""
+    with backend._active(model):
+        return TestTransformers()._seed_loop(backend, model, prompts, max_tokens)
+
+
+@pytest.mark.parametrize("grouped", ["gemma4", "llama"], indirect=True)
+class TestDecodeGroups:
+    """Prefill batches decoded together (``_groups``, ``merge_prefills``) and base and adapters
+    decoded in one batch with LoRA switched per row (``peft_adapters.per_row``): every reply is the
+    one that model gives alone, one prompt at a time."""
+
+    CASES = (("medmcqa", 7, 30), ("fpb", 8, 8))
+
+    def _merged(self, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        from pytest_ftgate.backends import transformers as module
+
+        sizes: list[int] = []
+        original = module._merge_prefills
+
+        def spy(parts: list[Any]) -> Any:
+            sizes.append(len(parts))
+            return original(parts)
+
+        monkeypatch.setattr(module, "_merge_prefills", spy)
+        return sizes
+
+    @pytest.mark.parametrize(("name", "n", "max_tokens"), CASES)
+    def test_merged_prefill_batches(self, grouped: Any, monkeypatch: pytest.MonkeyPatch, name: str, n: int,
+                                    max_tokens: int) -> None:  # fmt: skip
+        backend, base, tuned = grouped
+        bench = get_benchmark(name)
+        prompts = [bench.messages(e) for e in _examples(bench, n)]
+        sizes = self._merged(monkeypatch)
+        assert backend.generate(tuned[0], prompts, max_tokens=max_tokens, batch_size=None) == _alone(
+            backend, tuned[0], prompts, max_tokens
+        )
+        assert sizes and max(sizes) >= 2  # prefill batches of 3 merged into one decode batch
+
+    def test_conversations_merged(self, grouped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        backend, base, tuned = grouped
+        prompts = [CONVFINQA.messages(e) for e in _conversations(4, seed=2)]
+        sizes = self._merged(monkeypatch)
+        reference = _alone(backend, base, prompts, 10)
+        assert backend.generate(base, prompts, max_tokens=10, batch_size=None) == reference
+        stopped = backend.generate(base, prompts, max_tokens=10, batch_size=None, stop=CONVFINQA.answer_decided)
+        assert [CONVFINQA.parse(r) for r in stopped] == [CONVFINQA.parse(r) for r in reference]
+        assert sizes and max(sizes) >= 2
+
+    @pytest.mark.parametrize(("name", "n", "max_tokens"), CASES)
+    def test_sides_share_decode_batches(self, grouped: Any, monkeypatch: pytest.MonkeyPatch, name: str, n: int,
+                                        max_tokens: int) -> None:  # fmt: skip
+        backend, base, tuned = grouped
+        bench = get_benchmark(name)
+        prompts = [bench.messages(e) for e in _examples(bench, n, seed=3)]
+        models = [base, *tuned]
+        references = [_alone(backend, m, prompts, max_tokens) for m in models]
+        assert references[0] != references[1] != references[2]  # the adapters change the replies
+        sizes = self._merged(monkeypatch)
+        assert backend.generate_sides(models, prompts, max_tokens=max_tokens, batch_size=None) == references
+        assert sizes and max(sizes) >= 3
+        # afterwards each model runs alone as before: scalings and active adapters restored
+        assert backend.generate(tuned[1], prompts, max_tokens=max_tokens, batch_size=2) == references[2]
+        assert backend.generate(base, prompts, max_tokens=max_tokens, batch_size=2) == references[0]
+
+    def test_a_non_finite_row_names_its_model(self, grouped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        from pytest_ftgate.backends import transformers as module
+        from pytest_ftgate.errors import NonFiniteError
+
+        backend, base, tuned = grouped
+        original = module._greedy
+        rows = [0]
+
+        def poisoned(logits: Any) -> Any:
+            tokens = original(logits)
+            if tokens.shape[0] == 2 * len(PROMPTS):  # the merged base + tuned batch: poison a tuned row
+                tokens[len(PROMPTS) + 1] = -1
+                rows[0] += 1
+            return tokens
+
+        monkeypatch.setattr(module, "_greedy", poisoned)
+        with pytest.raises(NonFiniteError, match=r"\+ a1"):
+            backend.generate_sides([base, tuned[0]], PROMPTS, max_tokens=4, batch_size=None)
+        assert rows[0] >= 1

@@ -16,7 +16,7 @@ import contextlib
 import copy
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -191,6 +191,48 @@ def active(model: Model) -> Iterator[_Loaded]:
         if loaded.peft.active_adapter != name:
             loaded.peft.set_adapter(name, inference_mode=True)
         yield loaded
+
+
+@contextlib.contextmanager
+def per_row(loaded: _Loaded, rows: Sequence[str | None]) -> Iterator[None]:
+    """Run a batch whose row ``i`` has adapter ``rows[i]`` (a fingerprint) on, or none. Every
+    adapter named is switched on, and each LoRA layer's scaling becomes a (rows, 1, 1) tensor:
+    its scale on the rows of its adapter, 0 elsewhere. peft adds ``lora_B(lora_A(x)) * scaling``
+    to the base output, so a row adds exactly 0 for an adapter it does not run: it computes what
+    it computes alone with that adapter (or none). The tensors stay at one address for the whole
+    batch (a CUDA graph captures them); scalings and active adapters are restored after."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    wanted = sorted({fp for fp in rows if fp is not None})
+    if not wanted:
+        with loaded.peft.disable_adapter() if loaded.peft is not None else contextlib.nullcontext():
+            yield
+        return
+    names = {fp: loaded.adapters[fp] for fp in wanted}
+    device = loaded.model.device
+    masks = {fp: torch.tensor([row == fp for row in rows], device=device).view(-1, 1, 1) for fp in wanted}
+    layers = [m for m in loaded.peft.modules() if isinstance(m, LoraLayer)]
+    if any(names[fp] in m.lora_variant for m in layers for fp in wanted):
+        raise BackendError("per-row adapters need plain LoRA layers (not DoRA or another variant)")
+    saved = [(m, dict(m.scaling)) for m in layers]
+    before = loaded.peft.base_model.active_adapter
+    scales: dict[tuple[str, float], Any] = {}
+    for layer in layers:
+        for fp, name in names.items():
+            if name in layer.scaling:
+                key = (fp, float(layer.scaling[name]))
+                if key not in scales:
+                    scales[key] = masks[fp].to(torch.float32) * key[1]
+                layer.scaling[name] = scales[key]
+    loaded.peft.base_model.set_adapter([names[fp] for fp in wanted], inference_mode=True)
+    try:
+        yield
+    finally:
+        for layer, scaling in saved:
+            layer.scaling.clear()
+            layer.scaling.update(scaling)
+        loaded.peft.base_model.set_adapter(before, inference_mode=True)
 
 
 def _hf_module(mlx_name: str, modules: set[str]) -> str:

@@ -188,10 +188,22 @@ def plain_cache(model: Any, cache: Any) -> bool:
 
 
 def row_bytes(model: Any, length: int) -> int:
-    """Estimated GPU bytes one batch row of ``length`` tokens needs: its KV cache (from the k/v
-    projections' widths; sliding-window layers capped at the window, KV-shared layers free),
+    """Estimated GPU bytes one batch row of ``length`` tokens needs: its KV cache (``kv_bytes``),
     prefill activations and one layer's attention weights."""
     values = model.config.get_text_config(decoder=True).to_dict()  # raw values: no per-layer lookups
+    element = 2 if str(model.dtype).endswith(("float16", "bfloat16")) else 4
+    hidden = int(values.get("hidden_size") or 1024)
+    heads = int(values.get("num_attention_heads") or 8)
+    intermediate = int(values.get("intermediate_size") or 4 * hidden)
+    activations = length * (8 * hidden + 3 * intermediate) * element
+    scores = heads * length * length * 4  # attention weights, in case the kernel materialises them
+    return kv_bytes(model, length) + activations + scores
+
+
+def kv_bytes(model: Any, length: int) -> int:
+    """Bytes of one row's KV cache at ``length`` tokens, from the k/v projections' widths
+    (sliding-window layers capped at the window, KV-shared layers free)."""
+    values = model.config.get_text_config(decoder=True).to_dict()
     element = 2 if str(model.dtype).endswith(("float16", "bfloat16")) else 4
     layers = int(values.get("num_hidden_layers") or 1)
     shared = int(values.get("num_kv_shared_layers") or 0)
@@ -206,12 +218,43 @@ def row_bytes(model: Any, length: int) -> int:
     for index in range(layers - shared):
         kept = min(length, window) if index < len(types) and types[index] == "sliding_attention" else length
         kv += widths.get(index, 0) * kept * element
-    hidden = int(values.get("hidden_size") or 1024)
-    heads = int(values.get("num_attention_heads") or 8)
-    intermediate = int(values.get("intermediate_size") or 4 * hidden)
-    activations = length * (8 * hidden + 3 * intermediate) * element
-    scores = heads * length * length * 4  # attention weights, in case the kernel materialises them
-    return kv + activations + scores
+    return kv
+
+
+def merge_prefills(parts: list[tuple[Any, Any, Any, Any]]) -> tuple[Any, Any, Any, Any]:
+    """Prefilled batches as one: (logits, mask, next positions, cache) of each, rows stacked.
+    Every batch is left padded, so its rows end at its last slot; the narrower ones get more
+    padding on the left (masked slots, zero keys and values) until all end at the widest one's
+    last slot: each row sees what it saw alone, and a sliding window (which counts slots back
+    from the current one) too. The first batch's cache holds the result; the others' layers are
+    freed as they are copied, one layer at a time."""
+    import torch
+    from torch.nn.functional import pad
+
+    if len(parts) == 1:
+        return parts[0]
+    width = max(mask.shape[1] for _, mask, _, _ in parts)
+    logits = torch.cat([part[0] for part in parts])
+    mask = torch.cat([pad(m, (width - m.shape[1], 0)) for _, m, _, _ in parts])
+    position = torch.cat([part[2] for part in parts])
+    caches = [part[3] for part in parts]
+    for number, layer in enumerate(caches[0].layers):
+        if not getattr(layer, "is_initialized", False) or getattr(layer, "keys", None) is None:
+            continue  # a KV-shared layer: holds nothing
+        layers = [cache.layers[number] for cache in caches]
+        if any(type(other) is not type(layer) for other in layers):
+            raise BackendError("batches to merge have different cache layer types")
+        # each holds its last `held` slots (all of them; a sliding window's last ones): aligned
+        # on the right, the longest span is kept, and what a row lacks of it is padding or out
+        # of its window for good
+        held = [other.keys.shape[-2] for other in layers]
+        span = max(held)
+        for part in ("keys", "values"):
+            tensors = [pad(getattr(other, part), (0, 0, span - h, 0)) for other, h in zip(layers, held, strict=True)]
+            setattr(layer, part, torch.cat(tensors))
+        for other in layers[1:]:
+            other.keys = other.values = None
+    return logits, mask, position, caches[0]
 
 
 def cache_arg(model: Any, cache: Any) -> dict[str, Any]:

@@ -50,6 +50,8 @@ from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
 from pytest_ftgate.backends.torch_graphs import StaticDecoder as _StaticDecoder
 from pytest_ftgate.backends.torch_graphs import cache_arg as _cache_arg
 from pytest_ftgate.backends.torch_graphs import greedy as _greedy
+from pytest_ftgate.backends.torch_graphs import kv_bytes as _kv_bytes
+from pytest_ftgate.backends.torch_graphs import merge_prefills as _merge_prefills
 from pytest_ftgate.backends.torch_graphs import plain_cache as _plain_cache
 from pytest_ftgate.backends.torch_graphs import prefix_states
 from pytest_ftgate.backends.torch_graphs import row_bytes as _row_bytes
@@ -62,6 +64,8 @@ CUDA_GRAPHS_ENV = "FTGATE_CUDA_GRAPHS"  # "0": decode with a dynamic cache on CU
 # (KV cache and prefill activations, estimated by _row_bytes) and a ceiling on rows; on a CPU, a
 # token budget per forward pass (a cap on prefill memory: decode steps on a CPU gain from big batches).
 GPU_MEMORY_SHARE = 0.7
+GROUP_MEMORY_SHARE = 0.45  # decode batches of several prefill batches: their KV caches together
+PREFILL_SHARE = 0.3  # and each prefill batch beside them
 GPU_MAX_ROWS = 1024
 CPU_TOKENS_PER_BATCH = 16384
 CPU_MAX_ROWS = 16  # a CPU step is compute-bound well before; fewer rows, batches of like lengths
@@ -232,56 +236,131 @@ class TransformersBackend(LocalBackend):
         stop: StopRule | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """Greedy replies, batched with left padding (prompts sorted by length, so batches carry
-        little padding), one KV cache per batch. A sequence leaves the batch at its end-of-sequence
-        token, at ``max_tokens``, or as soon as ``stop(reply so far)`` says its answer is decided;
-        the cache rows of finished sequences are dropped, so the rest run on a smaller batch.
-        Without ``batch_size`` the batch is sized to the memory free for it (``auto_batch_size``);
-        ``progress(done)`` hears after each batch."""
+        """Greedy replies (``generate_sides`` with one side)."""
+        return self.generate_sides(
+            [model], prompts, max_tokens=max_tokens, batch_size=batch_size, stop=stop, progress=progress
+        )[0]
+
+    def generate_sides(
+        self,
+        models: Sequence[Model],
+        prompts: Prompts,
+        *,
+        max_tokens: int,
+        batch_size: int | None,
+        stop: StopRule | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[str]]:
+        """Each model's greedy replies to the same prompts, as ``generate`` gives them one model at
+        a time. The prompts are cut into batches (``_batches``: groups that share a long prefix
+        together, the rest sorted by length; sized to free memory unless ``batch_size`` is given),
+        and each batch is prefilled once per model with that model's adapter on. A sequence
+        leaves at its end-of-sequence token, at ``max_tokens``, or as soon as ``stop(reply so
+        far)`` says its answer is decided.
+
+        Where the static decoder runs (CUDA graphs; ``_groups``), prefilled batches are decoded
+        together, as many as their KV caches fit: a decode batch stays full across prefill
+        batches, and when the models share one loaded base (base and adapters on it) rows of
+        every model share each decode step, each row with its own model's adapter
+        (``peft_adapters.per_row``). Models on different bases run one after the other.
+        ``progress(done)`` hears after each decode batch (prompts done, averaged over models)."""
         import torch
 
-        loaded: _Loaded = model.handle
+        loaded: _Loaded = models[0].handle
+        if len(models) > 1 and (any(m.handle is not loaded for m in models) or not self._static_wanted(loaded, 2)):
+            return [self.generate(m, prompts, max_tokens=max_tokens, batch_size=batch_size, stop=stop) for m in models]
         ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
         eos = _eos_ids(loaded)
-        replies: list[str] = [""] * len(ids)
-        memo: dict[str, Any] = {}  # the last prefix pass (the system prompt's, shared by every batch)
-        with self._active(model), torch.inference_mode():
-            queue = self._batches(loaded, ids, max_tokens, batch_size)
+        replies: list[list[str]] = [[""] * len(ids) for _ in models]
+        memos: list[dict[str, Any]] = [{} for _ in models]  # each model's last prefix pass
+        with torch.inference_mode():
+            queue = self._groups(loaded, ids, len(models), max_tokens, batch_size)
             cap = batch_size or len(ids)  # halved at each out-of-memory error, for the batches that follow
             done = 0
             while queue:
-                chunk = queue.pop(0)
-                if len(chunk) > cap:
-                    queue[:0] = [chunk[:cap], chunk[cap:]]
+                group = queue.pop(0)
+                if len(group) == 1 and len(group[0][1]) > cap:
+                    side, chunk = group[0]
+                    queue[:0] = [[(side, chunk[:cap])], [(side, chunk[cap:])]]
                     continue
+                rows = [(side, index) for side, chunk in group for index in chunk]
                 try:
-                    tokens = self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop, memo)
+                    tokens = self._decode_group(loaded, models, group, ids, max_tokens, eos, stop, memos)
                 except NonFiniteError as exc:
-                    raise renamed_non_finite(model, exc, chunk) from None
+                    side = rows[exc.index][0] if exc.index is not None else 0
+                    raise renamed_non_finite(models[side], exc, [index for _, index in rows]) from None
                 except torch.cuda.OutOfMemoryError:
-                    if len(chunk) == 1:
-                        raise BackendError(
-                            f"out of GPU memory generating one prompt with {model.label}: use a smaller model"
-                        ) from None
-                    cap = max(1, len(chunk) // 2)
                     torch.cuda.empty_cache()
-                    queue.insert(0, chunk)
+                    if len(group) > 1:  # the batches one by one
+                        queue[:0] = [[unit] for unit in group]
+                        continue
+                    if len(rows) == 1:
+                        raise BackendError(
+                            f"out of GPU memory generating one prompt with {models[0].label}: use a smaller model"
+                        ) from None
+                    cap = max(1, len(rows) // 2)
+                    queue.insert(0, group)
                     continue
-                for index, row in zip(chunk, tokens, strict=True):
-                    replies[index] = loaded.tokenizer.decode(row, skip_special_tokens=True)
-                done += len(chunk)
+                for (side, index), row in zip(rows, tokens, strict=True):
+                    replies[side][index] = loaded.tokenizer.decode(row, skip_special_tokens=True)
+                done += len(rows)
                 if progress is not None:
-                    progress(done)
+                    progress(done // len(models))
         return replies
 
+    def _groups(
+        self, loaded: _Loaded, ids: list[list[int]], sides: int, max_tokens: int, batch_size: int | None
+    ) -> list[list[tuple[int, list[int]]]]:
+        """Decode batches: lists of (model index, prompt indices) units, each unit one prefill
+        batch. Where the static decoder runs and no ``batch_size`` was given, consecutive units
+        share a decode batch while the KV caches of all their rows (padded to the widest, plus
+        ``max_tokens`` slots) fit ``GROUP_MEMORY_SHARE`` of the free GPU memory (on a CPU:
+        ``CPU_TOKENS_PER_BATCH`` tokens); prefill batches are then sized to ``PREFILL_SHARE``."""
+        grouped = batch_size is None and self._static_wanted(loaded, max_tokens)
+        units = [
+            (side, chunk)
+            for chunk in self._batches(loaded, ids, max_tokens, batch_size, share=PREFILL_SHARE if grouped else None)
+            for side in range(sides)
+        ]
+        if not grouped:
+            return [[unit] for unit in units]
+        if loaded.device.startswith("cuda"):
+            import torch
+
+            free, _ = torch.cuda.mem_get_info(torch.device(loaded.device))
+            budget = int(free * GROUP_MEMORY_SHARE)
+        else:
+            budget = _kv_bytes(loaded.model, CPU_TOKENS_PER_BATCH)
+        groups: list[list[tuple[int, list[int]]]] = []
+        group: list[tuple[int, list[int]]] = []
+        rows = width = 0
+        for unit in units:
+            length = max(len(ids[i]) for i in unit[1]) + max_tokens
+            if group and (rows + len(unit[1])) * _kv_bytes(loaded.model, max(width, length)) > budget:
+                groups.append(group)
+                group, rows, width = [], 0, 0
+            group.append(unit)
+            rows, width = rows + len(unit[1]), max(width, length)
+        return groups + [group] if group else groups
+
     def _batches(
-        self, loaded: _Loaded, ids: list[list[int]], extra: int, batch_size: int | None, copies: int = 1
+        self,
+        loaded: _Loaded,
+        ids: list[list[int]],
+        extra: int,
+        batch_size: int | None,
+        copies: int = 1,
+        share: float | None = None,
     ) -> list[list[int]]:
         """The prompts' indices cut into batches (``prefix.plan_batches``: groups sharing a long
-        prefix together, the rest sorted by length), sized by ``batch_size`` or to memory."""
-        return plan_batches(ids, extra, lambda length: self.auto_batch_size(loaded, length, copies), batch_size)
+        prefix together, the rest sorted by length), sized by ``batch_size``, the ``prefill_rows``
+        option (tests), or to ``share`` of the free memory."""
+        rows = self.options.get("prefill_rows")
+        if rows:
+            return plan_batches(ids, extra, lambda length: int(rows), batch_size)
+        return plan_batches(ids, extra, lambda length: self.auto_batch_size(loaded, length, copies, share), batch_size)
 
-    def auto_batch_size(self, loaded: _Loaded, length: int, copies: int = 1) -> int:
+    def auto_batch_size(self, loaded: _Loaded, length: int, copies: int = 1, share: float | None = None) -> int:
         """Rows per batch for sequences of up to ``length`` tokens: on a GPU, as many as the free
         memory holds (KV cache plus prefill activations, times ``copies`` when the cache is
         copied, with a safety margin); on a CPU, enough rows for ~16k tokens per forward pass,
@@ -292,7 +371,7 @@ class TransformersBackend(LocalBackend):
             return max(1, min(CPU_MAX_ROWS, CPU_TOKENS_PER_BATCH // max(length, 1)))
         free, _ = torch.cuda.mem_get_info(torch.device(loaded.device))
         per_row = _row_bytes(loaded.model, length) * copies
-        return max(1, min(GPU_MAX_ROWS, int(free * GPU_MEMORY_SHARE) // max(per_row, 1)))
+        return max(1, min(GPU_MAX_ROWS, int(free * (share or GPU_MEMORY_SHARE)) // max(per_row, 1)))
 
     def _ids(self, loaded: _Loaded, text: str) -> list[int]:
         # The chat template already writes every special token (bos included): add none.
@@ -353,6 +432,41 @@ class TransformersBackend(LocalBackend):
                 keys, values = (part.transpose(1, 2)[groups, slots].transpose(1, 2).contiguous() for part in state)
                 cache.layers[number].update(keys, values)
 
+    def _decode_group(
+        self,
+        loaded: _Loaded,
+        models: Sequence[Model],
+        group: list[tuple[int, list[int]]],
+        ids: list[list[int]],
+        max_tokens: int,
+        eos: set[int],
+        stop: StopRule | None,
+        memos: list[dict[str, Any]],
+    ) -> list[list[int]]:
+        """One decode batch (``_groups``): each unit prefilled with its model's adapter on, the
+        caches merged (``merge_prefills``), then decoded together with each row's adapter
+        (``peft_adapters.per_row``; one model: its adapter, as ``_active`` sets it). If the
+        static decoder fails, every unit again on its own, the dynamic way."""
+        if len(group) == 1:
+            side, chunk = group[0]
+            with self._active(models[side]):
+                return self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop, memos[side])
+        parts = []
+        for side, chunk in group:
+            with self._active(models[side]):
+                parts.append(self._prefill(loaded, [ids[i] for i in chunk], memos[side]))
+        adapters = [models[side].adapter for side, chunk in group for _ in chunk]
+        one = len({side for side, _ in group}) == 1
+        with self._active(models[group[0][0]]) if one else peft_adapters.per_row(loaded, adapters):
+            out = self._decode_prefilled(loaded, _merge_prefills(parts), max_tokens, eos, stop)
+        if out is not None:
+            return out
+        out = []  # the static decoder failed: each unit alone, the dynamic way
+        for side, chunk in group:
+            with self._active(models[side]):
+                out += self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop, memos[side])
+        return out
+
     def _decode(
         self,
         loaded: _Loaded,
@@ -362,17 +476,32 @@ class TransformersBackend(LocalBackend):
         stop: StopRule | None,
         memo: dict[str, Any] | None = None,
     ) -> list[list[int]]:
-        """Greedy decoding of one batch; returns each row's new tokens (end-of-sequence excluded).
-        A row whose logits are not finite raises NonFiniteError (its ``index`` is the row)."""
+        """Greedy decoding of one batch, with the adapter that is on; returns each row's new tokens
+        (end-of-sequence excluded). A row whose logits are not finite raises NonFiniteError (its
+        ``index`` is the row)."""
+        out = self._decode_prefilled(loaded, self._prefill(loaded, ids, memo), max_tokens, eos, stop)
+        if out is None:  # the static decoder failed before any step: this batch again, the dynamic way
+            return self._decode(loaded, ids, max_tokens, eos, stop, memo)
+        return out
+
+    def _decode_prefilled(
+        self,
+        loaded: _Loaded,
+        prefilled: tuple[Any, Any, Any, Any],
+        max_tokens: int,
+        eos: set[int],
+        stop: StopRule | None,
+    ) -> list[list[int]] | None:
+        """The decode steps after ``_prefill``; None when the static decoder failed to start."""
         import torch
 
-        logits, mask, position, cache = self._prefill(loaded, ids, memo)
+        logits, mask, position, cache = prefilled
         next_tokens = _greedy(logits[:, -1])
         static = self._static_decoder(loaded, cache, mask, position, next_tokens, max_tokens)
-        if static is False:  # it failed before any step: this batch again, the dynamic way
-            return self._decode(loaded, ids, max_tokens, eos, stop, memo)
-        out: list[list[int]] = [[] for _ in ids]
-        active: list[int | None] = list(range(len(ids)))  # batch row -> output row (None: finished)
+        if static is False:
+            return None
+        out: list[list[int]] = [[] for _ in range(mask.shape[0])]
+        active: list[int | None] = list(range(mask.shape[0]))  # batch row -> output row (None: finished)
         texts = functools.partial(loaded.tokenizer.batch_decode, skip_special_tokens=True)
         for step in range(max_tokens):
             tokens = (static.current() if static else next_tokens).tolist()
@@ -407,23 +536,31 @@ class TransformersBackend(LocalBackend):
             next_tokens = _greedy(output.logits[:, -1])
         return out
 
-    def _static_decoder(
-        self, loaded: _Loaded, cache: Any, mask: Any, position: Any, tokens: Any, steps: int
-    ) -> _StaticDecoder | None | bool:
-        """The static-cache decoder for this batch (CUDA graphs on a GPU), None where it does not
-        apply, False where it failed (then the backend stops trying it for this model).
-
-        Applies on CUDA (or where the ``static_decode`` option forces it: the CPU runs the same
-        steps without a graph, for tests), with sdpa or eager attention and plain cache layers,
-        unless ``FTGATE_CUDA_GRAPHS=0``."""
-        import torch
+    def _static_wanted(self, loaded: _Loaded, steps: int) -> bool:
+        """Whether the static-cache decoder applies: on CUDA (or where the ``static_decode``
+        option forces it: the CPU runs the same steps without a graph, for tests), with sdpa or
+        eager attention and plain cache layers, unless ``FTGATE_CUDA_GRAPHS=0`` or it failed
+        once for this model, for two steps or more."""
+        from transformers import DynamicCache
 
         wanted = self.options.get("static_decode")
         if wanted is None:
             wanted = loaded.device.startswith("cuda") and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
         if not wanted or loaded.static_failed or steps < 2:
-            return None
-        if loaded.model.config._attn_implementation not in ("sdpa", "eager") or not _plain_cache(loaded.model, cache):
+            return False
+        if loaded.model.config._attn_implementation not in ("sdpa", "eager"):
+            return False
+        return _plain_cache(loaded.model, DynamicCache(config=loaded.model.config))
+
+    def _static_decoder(
+        self, loaded: _Loaded, cache: Any, mask: Any, position: Any, tokens: Any, steps: int
+    ) -> _StaticDecoder | None | bool:
+        """The static-cache decoder for this batch (CUDA graphs on a GPU), None where it does not
+        apply (``_static_wanted``), False where it failed (then the backend stops trying it for
+        this model)."""
+        import torch
+
+        if not self._static_wanted(loaded, steps) or not _plain_cache(loaded.model, cache):
             return None
         try:
             decoder = _StaticDecoder(loaded.model, cache, mask, position, tokens, steps, graph=tokens.is_cuda)
