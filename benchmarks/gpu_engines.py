@@ -51,6 +51,30 @@ def run_ftgate(model: Any, bench: Any, chosen: list[Any], device: str) -> tuple[
     return time.perf_counter() - start, [p.output for p in result.predictions]
 
 
+def run_together(base: Any, tuned: Any, bench: Any, chosen: list[Any], device: str) -> float:
+    """Both sides from scratch in one pass (``runner.evaluate_sides``, as ``Gate.compare`` runs
+    them without a stored baseline)."""
+    from pytest_ftgate.cache import PredictionCache
+    from pytest_ftgate.runner import evaluate_sides
+
+    g.sync(device)
+    start = time.perf_counter()
+    evaluate_sides(bench, chosen, [base, tuned], cache=PredictionCache(None), mode="generate")
+    g.sync(device)
+    return time.perf_counter() - start
+
+
+def run_logprob(tuned: Any, bench: Any, chosen: list[Any], device: str) -> float:
+    from pytest_ftgate.cache import PredictionCache
+    from pytest_ftgate.runner import evaluate
+
+    g.sync(device)
+    start = time.perf_counter()
+    evaluate(bench, chosen, tuned, cache=PredictionCache(None), mode="logprob")
+    g.sync(device)
+    return time.perf_counter() - start
+
+
 def run_hf_static(tuned: Any, bench: Any, chosen: list[Any], device: str, size: int) -> dict[str, Any]:
     """``generate`` on a static cache (compiled decode); the first batch pays the compilation."""
     import torch
@@ -154,7 +178,7 @@ def main() -> None:
     parser.add_argument("--root", default=".h200")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--subset", type=int, default=256, help="examples per benchmark for library engines")
-    parser.add_argument("--skip", default="", help="engines/phases to skip: full,base,hf-static,hf-cb,lm-eval,profile")
+    parser.add_argument("--skip", default="", help="engines/phases to skip: full,base,together,logprob,hf-static,hf-cb,lm-eval,profile")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -179,12 +203,28 @@ def main() -> None:
                        "seconds": round(seconds, 2), "peak_gb": round(g.peak_gb(device), 1)})  # fmt: skip
         g.log({"phase": "ftgate-full-total", **{k: round(v, 1) for k, v in totals.items()},
                "both": round(sum(totals.values()), 1)})  # fmt: skip
+    if "together" not in skip:
+        together = 0.0
+        for name, (bench, chosen) in data.items():
+            g.peak_reset(device)
+            seconds = run_together(base, tuned, bench, chosen, device)
+            together += seconds
+            g.log({"phase": "ftgate-together", "benchmark": name, "n": len(chosen), "seconds": round(seconds, 2),
+                   "peak_gb": round(g.peak_gb(device), 1)})  # fmt: skip
+        g.log({"phase": "ftgate-together-total", "both": round(together, 1)})
+    if "logprob" not in skip:
+        for name, (bench, chosen) in data.items():
+            if bench.supports_logprob:
+                seconds = run_logprob(tuned, bench, chosen, device)
+                g.log({"phase": "ftgate-logprob", "benchmark": name, "n": len(chosen), "seconds": round(seconds, 2)})
     engines = {
         "hf-static": lambda b, c: run_hf_static(tuned, b, c, device, g.NAIVE_BATCH[b.name]),
         "hf-cb": lambda b, c: run_hf_cb(tuned, b, c, device),
         "lm-eval": lambda b, c: run_lm_eval(tuned, b, c, device),
     }
     for name, (bench, chosen) in data.items():
+        if not any(engine not in skip for engine in engines):
+            break
         subset = chosen[: args.subset]
         ours, _ = run_ftgate(tuned, bench, subset, device)
         g.log({"phase": "subset", "engine": "ftgate", "benchmark": name, "n": len(subset), "seconds": round(ours, 2)})

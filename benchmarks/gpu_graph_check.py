@@ -53,7 +53,34 @@ def main() -> None:
                 f"dynamic {same_b}/{len(prompts)}, static_failed={model.handle.static_failed}",
                 flush=True,
             )
+        failures += joint_check(t, path, root, device, cases)
     print("FAILURES", failures)
+
+
+def joint_check(t, path: Path, root: Path, device: str, cases: list) -> int:
+    """Decode batches merged across prefill batches (3 prompts each) and base + adapter rows in
+    one decode batch (LoRA per row), in float32: each reply equal to that model's one-at-a-time
+    ``generate``."""
+    import torch
+
+    from pytest_ftgate.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend(device=device, static_decode=True, prefill_rows=3)
+    base = backend.load(str(path))
+    base.handle.model.float()
+    adapter = t._random_peft_adapter(path, root / f"adapter-{path.name}", seed=7)
+    tuned = backend.with_adapter(base, str(adapter))
+    base.handle.model.float()  # the LoRA weights too
+    failures = 0
+    for name, prompts, steps in cases:
+        references = [t._alone(backend, m, prompts, steps) for m in (base, tuned)]
+        with torch.inference_mode():
+            both = backend.generate_sides([base, tuned], prompts, max_tokens=steps, batch_size=None)
+        same = [sum(x == y for x, y in zip(a, b, strict=True)) for a, b in zip(both, references, strict=True)]
+        failures += sum(len(prompts) - k for k in same) + base.handle.static_failed
+        print(f"{path.name} {name} together: base {same[0]}/{len(prompts)}, tuned {same[1]}/{len(prompts)} "
+              f"equal to one-at-a-time; static_failed={base.handle.static_failed}", flush=True)  # fmt: skip
+    return failures
 
 
 if __name__ == "__main__":

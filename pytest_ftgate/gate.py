@@ -22,7 +22,7 @@ from pytest_ftgate.modes import check_mode
 from pytest_ftgate.options import AUDIT, DEFAULT_BASE, DEFAULT_CACHE, audit_size, looks_local, positive_int
 from pytest_ftgate.results import Comparison, EarlyStop, EvalResult
 from pytest_ftgate.progress import Emit, Reporter, reporter
-from pytest_ftgate.runner import evaluate
+from pytest_ftgate.runner import evaluate, evaluate_sides
 
 BackendFactory = Callable[[str], Backend]
 EARLY_CHUNK = 50  # examples per look when stopping early
@@ -253,6 +253,24 @@ class Gate:
             )
         return self._results[key]
 
+    def _evaluate_together(self, bench: Benchmark, mode: str, tuned: Model) -> None:
+        """Base and tuned in one pass (``runner.evaluate_sides``) when neither is known yet, no
+        stored baseline stands for the base and the backend runs them together
+        (``capabilities.joint``); ``baseline`` and ``evaluate`` then find both memoised."""
+        base = self.base_model
+        keys = [(bench.name, base.fingerprint, mode), (bench.name, tuned.fingerprint, mode)]
+        if not self.backend.capabilities.joint or any(key in self._results for key in keys):
+            return
+        if (bench.name, mode) in self._baselines:  # evaluated, or stored (use_baseline)
+            return
+        results = evaluate_sides(
+            bench, self.examples(bench), [base, tuned], cache=self.cache, mode=mode,
+            batch_size=self.batch_size, progress=self.progress,
+        )  # fmt: skip
+        for key, result in zip(keys, results, strict=True):
+            self._results[key] = result
+        self._baselines[(bench.name, mode)] = results[0]
+
     def baseline(self, benchmark: str | Benchmark, mode: str | None = None) -> EvalResult:
         """The base model's result: a stored baseline when one was given (audited on first use),
         else evaluated."""
@@ -384,6 +402,7 @@ class Gate:
             base = self.evaluate(bench, self.adapter_model(reference_side), mode)
             note = None
         else:
+            self._evaluate_together(bench, mode, tuned_model())
             base = self.baseline(bench, mode)
             note = self._baseline_notes.get((bench.name, mode))
         tuned = self.evaluate(bench, tuned_model(), mode)

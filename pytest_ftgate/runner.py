@@ -56,9 +56,14 @@ def _run_batch(
             return [{"output": reply} for reply in replies]
         return _score_batch(benchmark, backend, model, prompts, extra)
     except NonFiniteError as exc:
-        index = exc.index
-        where = f", example {chunk[index].id}" if index is not None and 0 <= index < len(chunk) else ""
-        raise NonFiniteError(f"{benchmark.title}{where}: {exc}", exc.index) from None
+        raise _located(benchmark, chunk, exc) from None
+
+
+def _located(benchmark: Benchmark, chunk: Sequence[Example], exc: NonFiniteError) -> NonFiniteError:
+    """``exc`` (about row ``exc.index`` of ``chunk``) naming the benchmark and the example."""
+    index = exc.index
+    where = f", example {chunk[index].id}" if index is not None and 0 <= index < len(chunk) else ""
+    return NonFiniteError(f"{benchmark.title}{where}: {exc}", exc.index)
 
 
 def _score_batch(
@@ -117,6 +122,74 @@ def evaluate(
                 cache.add(key, example.id, record)
             if task is not None:
                 task.update(at + len(chunk))
+    return _result(benchmark, examples, model, records, mode, time.perf_counter() - start)
+
+
+def evaluate_sides(
+    benchmark: Benchmark,
+    examples: Sequence[Example],
+    models: Sequence[Model],
+    *,
+    cache: PredictionCache,
+    mode: str = "generate",
+    batch_size: int | None = None,
+    progress: Reporter | None = None,
+    roles: Sequence[str] = ("base", "tuned"),
+) -> list[EvalResult]:
+    """``evaluate`` for each of ``models`` on the same examples, in one pass where the backend
+    can (``capabilities.joint``: ``generate_sides`` decodes every model's rows in one batch):
+    examples none of them has cached go through together, the rest model by model. Each result
+    is what ``evaluate`` gives for that model; its ``seconds`` is the shared time split evenly."""
+    backend = as_backend(models[0].backend)
+    if mode != "generate" or len(models) < 2 or not backend.capabilities.joint:
+        return [
+            evaluate(benchmark, examples, m, cache=cache, mode=mode, batch_size=batch_size, progress=progress, role=r)
+            for m, r in zip(models, roles, strict=True)
+        ]
+    check_mode(mode, benchmark)
+    start = time.perf_counter()
+    keys = [cache_key(benchmark, m, mode) for m in models]
+    records = [cache.get(key) for key in keys]
+    todo = [e for e in examples if all(e.id not in r for r in records)]
+    for model in models:
+        check_context(benchmark, model, todo, mode)
+    step = batch_size or backend.default_batch_size or DEFAULT_BATCH
+    done_before = len(examples) - len(todo)
+    label = f"{benchmark.title} {' + '.join(roles)} ({mode})"
+    tracking = progress.task(label, len(examples), done_before) if progress is not None and todo else nullcontext()
+    with tracking as task:
+        for offset in range(0, len(todo), step):
+            chunk = todo[offset : offset + step]
+            at = done_before + offset
+            inside = None if task is None else lambda done, at=at, n=len(chunk): task.update(at + min(done, n))
+            extra: dict[str, Any] = {"progress": inside} if inside and backend.capabilities.progress else {}
+            try:
+                sides = backend.generate_sides(
+                    models, [benchmark.messages(e) for e in chunk], max_tokens=benchmark.max_tokens,
+                    batch_size=batch_size, stop=benchmark.answer_decided, **extra,
+                )  # fmt: skip
+            except NonFiniteError as exc:
+                raise _located(benchmark, chunk, exc) from None
+            for key, side_records, replies in zip(keys, records, sides, strict=True):
+                for example, reply in zip(chunk, replies, strict=True):
+                    side_records[example.id] = {"output": reply}
+                    cache.add(key, example.id, {"output": reply})
+            if task is not None:
+                task.update(at + len(chunk))
+    shared = (time.perf_counter() - start) / len(models)
+    results = []
+    for model, role, side_records in zip(models, roles, records, strict=True):
+        missing = [e for e in examples if e.id not in side_records]  # cached for another model only
+        if missing:
+            own = evaluate(benchmark, missing, model, cache=cache, mode=mode, batch_size=batch_size, role=role)
+            side_records.update({p.id: {"output": p.output} for p in own.predictions})
+        results.append(_result(benchmark, examples, model, side_records, mode, shared))
+    return results
+
+
+def _result(
+    benchmark: Benchmark, examples: Sequence[Example], model: Model, records: dict[str, Any], mode: str, seconds: float
+) -> EvalResult:
     predictions = []
     for example in examples:
         record = records[example.id]
@@ -132,7 +205,7 @@ def evaluate(
         score=metrics[benchmark.primary_metric],
         metrics=metrics,
         predictions=predictions,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         title=benchmark.title,
         mode=mode,
         fingerprint=benchmark.fingerprint(),

@@ -36,7 +36,7 @@ LOCAL = Capabilities(
 )
 EXPECTED = {
     "mlx": Capabilities(**{**LOCAL.__dict__, "progress": True}),
-    "transformers": Capabilities(**{**LOCAL.__dict__, "describe": False, "progress": True}),
+    "transformers": Capabilities(**{**LOCAL.__dict__, "describe": False, "progress": True, "joint": True}),
     "llamacpp": LOCAL,
     "openai": Capabilities(remote=True),
 }
@@ -248,6 +248,9 @@ def test_a_good_adapter_changes_the_model_and_the_base_stays(subject: Subject) -
     assert len(backend.generate(tuned, PROMPTS, max_tokens=MAX_TOKENS, batch_size=None)) == len(PROMPTS)
     other = subject.make()
     assert other.with_adapter(other.load(subject.base), subject.good).fingerprint == tuned.fingerprint
+    # generate_sides (one pass where capabilities.joint) gives each model's own replies
+    alone = [backend.generate(m, PROMPTS, max_tokens=MAX_TOKENS, batch_size=None) for m in (base, tuned)]
+    assert backend.generate_sides([base, tuned], PROMPTS, max_tokens=MAX_TOKENS, batch_size=None) == alone
 
 
 @pytest.mark.parametrize("kind", ["no_effect", "refused"])

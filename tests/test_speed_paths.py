@@ -699,3 +699,41 @@ class TestDecodeGroups:
         with pytest.raises(NonFiniteError, match=r"\+ a1"):
             backend.generate_sides([base, tuned[0]], PROMPTS, max_tokens=4, batch_size=None)
         assert rows[0] >= 1
+
+
+def test_gate_runs_base_and_tuned_together(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no stored baseline, ``Gate.compare`` runs base and tuned in one pass
+    (``runner.evaluate_sides``) and gets what it gets side by side; the prediction cache then
+    holds both sides (a second gate generates nothing); a stored baseline keeps the base out."""
+    pytest.importorskip("peft")
+    from pytest_ftgate import Gate
+    from pytest_ftgate.backends.transformers import TransformersBackend
+
+    adapter = _random_peft_adapter(tiny_llama, tmp_path / "adapter", seed=5)
+    calls: list[int] = []
+
+    def gate(cache: str | None, **options: Any) -> Gate:
+        backend = TransformersBackend(static_decode=True, prefill_rows=3, **options)
+        original = backend.generate_sides
+
+        def counting(models: Any, prompts: Any, **kw: Any) -> Any:
+            calls.append(len(models))
+            return original(models, prompts, **kw)
+
+        monkeypatch.setattr(backend, "generate_sides", counting)
+        return Gate(base=str(tiny_llama), adapter=str(adapter), backend=backend, cache=cache, limit=9,
+                    progress=False)  # fmt: skip
+
+    together = gate(str(tmp_path / "cache")).compare("finsent-probe")
+    assert 2 in calls  # base and tuned in one call
+    calls.clear()
+    apart = Gate(base=str(tiny_llama), adapter=str(adapter), backend=TransformersBackend(), cache=None, limit=9,
+                 progress=False).compare("finsent-probe")  # fmt: skip
+    for a, b in ((together.base, apart.base), (together.tuned, apart.tuned)):
+        assert [p.output for p in a.predictions] == [p.output for p in b.predictions]
+    again = gate(str(tmp_path / "cache")).compare("finsent-probe")
+    assert calls == [] and again.delta == together.delta  # both sides came from the cache
+    stored = gate(None)
+    stored.use_baseline("finsent-probe", together.base)
+    stored.compare("finsent-probe")
+    assert calls and 2 not in calls  # the stored baseline stands for the base: the tuned side alone

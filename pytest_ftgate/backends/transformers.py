@@ -94,8 +94,9 @@ class TransformersBackend(LocalBackend):
 
     name = "transformers"
     capabilities = Capabilities(
-        logprob=True, stop_rules=True, effect_check=True, context=True, describe=False, prefix_reuse=True, progress=True
-    )
+        logprob=True, stop_rules=True, effect_check=True, context=True, describe=False, prefix_reuse=True,
+        progress=True, joint=True,
+    )  # fmt: skip
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
