@@ -11,7 +11,14 @@ and data the project generates itself:
 2. two fine-tunes (peft, on the CPU): ``sentiment`` on other synthetic sentiment sentences, and
    ``arithmetic`` on other synthetic arithmetic questions with number-only answers;
 3. the gate: ``pytest`` with ``@pytest.mark.ftgate([...], max_drop=2.0)`` against each adapter,
-   then the seed's table (baseline, post-FT, delta, direction, verdict, advice).
+   then the seed's table (baseline, post-FT, delta, direction, verdict, advice);
+4. the forgetting curve: the arithmetic fine-tune also saves ``runs/arithmetic/checkpoint-N`` every
+   ``--every`` steps (5); the same gates judge each checkpoint (``--ftgate-pick=last-passing``, the
+   base from the baselines stored in step 3; output in ``curve-arithmetic.log``), then the curve
+   tables, the picked checkpoint and the chart ``curve-arithmetic.png``;
+5. the gate inside training: the arithmetic fine-tune once more with ``FtgateCallback`` checking
+   finsent-probe every ``--every`` steps, where it stops and the time saved against the ungated run.
+   ``--no-curve`` skips 4 and 5.
 
 The real MedMCQA, FPB and ConvFinQA are gated as well when they can be read: from ``--data DIR`` (a
 folder laid out like ``../shared/data``; give ``--limit``, each has hundreds of examples), or from the
@@ -31,6 +38,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +52,8 @@ from pytest_ftgate.benchmarks.synthetic import arith_rows, finsent_rows
 SYSTEM_SENTIMENT = "You are a financial sentiment analyst. Respond with ONLY one word: positive, negative, or neutral."
 SYSTEM_NUMBER = "Respond with ONLY the final numerical answer. No units or explanation."
 RECIPE = {"r": 16, "lora_alpha": 16, "lr": 5e-4, "steps": 30, "batch": 4, "seed": 0}
+CHECKPOINT_EVERY = 5  # the arithmetic fine-tune's checkpoints, for the forgetting curve
+CURVE_ADAPTER = "arithmetic"  # the fine-tune whose checkpoints make the curve
 
 
 def say(text: str) -> None:
@@ -84,8 +94,25 @@ def training_sets(data: Path | None) -> dict[str, list[list[dict[str, str]]]]:
     return sets
 
 
-def train_lora(base: str, conversations: list[list[dict[str, str]]], dest: Path, steps: int = RECIPE["steps"]) -> Path:
-    """The seed's LoRA recipe with peft on the CPU; loss on the assistant reply only. Cached by content."""
+def train_lora(
+    base: str,
+    conversations: list[list[dict[str, str]]],
+    dest: Path,
+    steps: int = RECIPE["steps"],
+    *,
+    checkpoints: Path | None = None,
+    every: int = CHECKPOINT_EVERY,
+    callback: Any = None,
+    timings: dict[str, float] | None = None,
+) -> Path:
+    """The seed's LoRA recipe with peft on the CPU; loss on the assistant reply only. Cached by content.
+
+    ``checkpoints``: also save the adapter every ``every`` steps (and at the last step) as
+    ``checkpoints/checkpoint-N`` (the HF Trainer layout ``--ftgate-adapter`` reads as a run).
+    ``callback``: a transformers ``TrainerCallback`` (``FtgateCallback``) driven by this loop as a
+    ``Trainer`` would (train begin, each step's end, train end; it may stop the run); such a run
+    is never cached and saves no final adapter (the callback keeps what it keeps in ``dest``);
+    ``timings`` gets its ``steps`` run and ``seconds`` of training (the callback's time left out)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -94,8 +121,15 @@ def train_lora(base: str, conversations: list[list[dict[str, str]]], dest: Path,
     recipe = {**RECIPE, "steps": steps}
     key = hashlib.sha256(json.dumps([recipe, conversations, str(base)], sort_keys=True).encode()).hexdigest()[:16]
     marker = dest / "ftgate-training.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
-        return dest
+    saves = [] if checkpoints is None else [n for n in range(1, steps + 1) if n % every == 0 or n == steps]
+    if callback is None and marker.is_file():
+        done = json.loads(marker.read_text())
+        saved = done.get("checkpoints") or {}
+        same = checkpoints is None or sorted(saved, key=int) == [str(n) for n in saves]  # exactly these steps
+        if done.get("key") == key and same and all(_is_adapter(Path(folder)) for folder in saved.values()):
+            return dest
+    if checkpoints is not None:  # a run's folder holds this run's checkpoints only: none left from another
+        shutil.rmtree(checkpoints, ignore_errors=True)
     threads.size_torch(torch)
     torch.manual_seed(RECIPE["seed"])
     hf_logging.disable_progress_bar()  # "Loading weights" bars: this script prints its own progress
@@ -117,6 +151,8 @@ def train_lora(base: str, conversations: list[list[dict[str, str]]], dest: Path,
     model.train()
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(RECIPE["seed"])
+    trainer = _DrivenCallback(callback, dest, steps, model, tokenizer) if callback is not None else None
+    saved = {}
     for step in range(steps):
         batch = [examples[int(i)] for i in torch.randint(len(examples), (RECIPE["batch"],), generator=generator)]
         width = max(len(ids) for ids, _ in batch)
@@ -131,9 +167,53 @@ def train_lora(base: str, conversations: list[list[dict[str, str]]], dest: Path,
         if step % 10 == 9 or step == steps - 1:
             elapsed = time.perf_counter() - started
             say(f"  {dest.name}: step {step + 1}/{steps}, loss {loss.item():.3f}, {elapsed:.0f} s")
+        if checkpoints is not None and step + 1 in saves:
+            model.save_pretrained(checkpoints / f"checkpoint-{step + 1}")
+            saved[str(step + 1)] = str(checkpoints / f"checkpoint-{step + 1}")
+        if trainer is not None and trainer.step_end(step + 1):
+            break
+    if trainer is not None:
+        trainer.end()
+        if timings is not None:
+            timings.update(steps=trainer.state.global_step, seconds=trainer.training)
+        return dest
     model.save_pretrained(dest)
-    marker.write_text(json.dumps({"key": key, "recipe": recipe, "examples": len(conversations)}))
+    seconds = round(time.perf_counter() - started, 1)
+    record = {"key": key, "recipe": recipe, "examples": len(conversations), "seconds": seconds, "checkpoints": saved}
+    marker.write_text(json.dumps(record))
     return dest
+
+
+def _is_adapter(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+
+
+class _DrivenCallback:
+    """A transformers ``TrainerCallback`` driven by the seed study's own loop, with the events and
+    state a ``Trainer`` gives it (``output_dir``: the run's folder)."""
+
+    def __init__(self, callback: Any, dest: Path, steps: int, model: Any, tokenizer: Any) -> None:
+        from types import SimpleNamespace
+
+        from transformers import TrainerControl, TrainerState
+
+        self.callback, self.model = callback, model
+        self.args = SimpleNamespace(output_dir=str(dest))
+        self.state, self.control = TrainerState(max_steps=steps), TrainerControl()
+        callback.on_train_begin(self.args, self.state, self.control, model=model, processing_class=tokenizer)
+        self.training = 0.0  # seconds spent training, between the callback's events
+        self._since = time.perf_counter()
+
+    def step_end(self, step: int) -> bool:
+        """After optimizer step ``step``: whether the callback stopped the run."""
+        self.training += time.perf_counter() - self._since
+        self.state.global_step = step
+        self.callback.on_step_end(self.args, self.state, self.control, model=self.model)
+        self._since = time.perf_counter()
+        return bool(self.control.should_training_stop)
+
+    def end(self) -> None:
+        self.callback.on_train_end(self.args, self.state, self.control, model=self.model)
 
 
 TEST_FILE = '''"""The seed study's gate (examples/seed_study): no benchmark may drop more than 2 points."""
@@ -159,13 +239,24 @@ def test_real_benchmarks_do_not_forget():
 '''
 
 
-def gate(root: Path, base: str, adapter: Path, args: argparse.Namespace, hub: bool) -> dict[str, Any]:
-    """Run pytest with the ftgate marker against one adapter; return its JSON report. Each
-    configuration (examples, data) keeps its own test folder, so its own recorded baselines."""
+def gate(
+    root: Path,
+    base: str,
+    adapter: Path,
+    args: argparse.Namespace,
+    hub: bool,
+    *,
+    report: Path | None = None,
+    extra: tuple[str, ...] = (),
+    log: Path | None = None,
+) -> dict[str, Any]:
+    """Run pytest with the ftgate marker against one adapter (or a run's checkpoints); return its
+    JSON report. Each configuration (examples, data) keeps its own test folder, so its own recorded
+    baselines. ``extra``: more pytest arguments; ``log``: pytest's output goes there, not here."""
     where = root / "gates" / (f"limit-{args.limit}" if args.limit else "all") / ("data" if args.data else "offline")
     where.mkdir(parents=True, exist_ok=True)
     (where / "test_seed_gate.py").write_text(TEST_FILE)
-    report = root / f"report-{adapter.name}.json"
+    report = report or root / f"report-{adapter.name}.json"
     command = [
         sys.executable, "-m", "pytest", "test_seed_gate.py", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
         f"--ftgate-base={base}", f"--ftgate-adapter={adapter}", f"--ftgate-backend={args.backend}",
@@ -175,12 +266,85 @@ def gate(root: Path, base: str, adapter: Path, args: argparse.Namespace, hub: bo
         command.append(f"--ftgate-data={args.data}")
     if args.limit:
         command.append(f"--ftgate-limit={args.limit}")
-    say(" ".join(["pytest", *command[4:]]))
+    command += extra
+    say(" ".join(["pytest", *command[4:]]) + (f" > {log}" if log else ""))
     report.unlink(missing_ok=True)
-    subprocess.call(command, cwd=where, env={**os.environ, **({"FTGATE_SEED_HUB": "1"} if hub else {})})
+    env = {**os.environ, **({"FTGATE_SEED_HUB": "1"} if hub else {})}
+    if log is None:
+        subprocess.call(command, cwd=where, env=env)
+    else:
+        with log.open("w", encoding="utf-8") as out:
+            subprocess.call(command, cwd=where, env=env, stdout=out, stderr=subprocess.STDOUT)
     if not report.is_file():
-        raise SystemExit(f"seed study: pytest wrote no report for {adapter} (its output is above)")
+        where_output = f"its output is in {log}" if log else "its output is above"
+        raise SystemExit(f"seed study: pytest wrote no report for {adapter} ({where_output})")
     return json.loads(report.read_text())
+
+
+CURVE_BENCHMARKS = "finsent-probe or arith-probe or fpb"  # -k: the curve's gates (FPB with --data or the hub)
+
+
+def curve(root: Path, base: str, run: Path, args: argparse.Namespace, hub: bool) -> tuple[list[Any], dict[str, Any]]:
+    """The forgetting curve over the run's checkpoints: the gates above with
+    ``--ftgate-pick=last-passing`` (the base from the baselines they stored); its records and pick."""
+    from pytest_ftgate.reporting.json_report import load_json
+
+    report = root / f"curve-{run.name}.json"
+    extra = ("--ftgate-pick=last-passing", "-k", CURVE_BENCHMARKS)
+    data = gate(root, base, run, args, hub, report=report, extra=extra, log=root / f"curve-{run.name}.log")
+    return load_json(report)[1], data.get("pick") or {}
+
+
+def show_curve(records: list[Any], pick: dict[str, Any], png: Path) -> None:
+    """The curve tables (the terminal summary's), the picked checkpoint and the chart."""
+    from pytest_ftgate.reporting import write_curve_plot
+    from pytest_ftgate.reporting.curve import with_curves
+    from pytest_ftgate.reporting.terminal import curve_lines
+
+    for text, _ in curve_lines(records, markup=False):
+        print(text)
+    if pick.get("path"):
+        say(f"picked step {pick['step']}: {pick['path']} ({pick['why']})")
+    else:
+        say(f"no checkpoint picked: {pick.get('why', 'the curve gate reported no pick')}")
+    if with_curves(records):
+        say(f"curve chart: {write_curve_plot(png, records)}")
+    else:  # one checkpoint (--steps not above --every): judged, but no curve to draw
+        say("one checkpoint only (--steps not above --every): no curve to draw")
+
+
+def gated_training(base: str, conversations: list[list[dict[str, str]]], root: Path, args: argparse.Namespace) -> None:
+    """The same fine-tune again, gated while it trains (``FtgateCallback`` every ``--every`` steps on
+    finsent-probe, and FPB with ``--data``): where it stops, and the time saved against the ungated
+    run (its remaining steps at the pace this run trained, less the checks' time)."""
+    from pytest_ftgate.training import FtgateCallback
+
+    gate_spec = {"max_drop": 2.0, "mode": "generate"}  # the study's protocol: the curve's numbers at its steps
+    gates = {"finsent-probe": gate_spec, **({"fpb": gate_spec} if args.data else {})}
+    callback = FtgateCallback(gates, every=args.every, sample=args.limit or 60, data=args.data)
+    say(f"the same fine-tune gated while it trains: FtgateCallback({gates}, every={args.every})")
+    timings: dict[str, float] = {}
+    train_lora(base, conversations, root / "runs" / f"{CURVE_ADAPTER}-gated", args.steps, callback=callback,
+               timings=timings)  # fmt: skip
+    ran, training = int(timings["steps"]), timings["seconds"]
+    if callback.stopped_step is None:
+        say(f"not stopped: all {args.steps} steps ran")
+    else:
+        left = args.steps - ran
+        say(f"stopped at step {callback.stopped_step} of {args.steps} (forgetting proven): {left} steps not run")
+    count = len(callback.curve)
+    pace = training / max(ran, 1)
+    rest = (args.steps - ran) * pace  # what the ungated run spends on the steps this one did not run
+    saved = rest - callback.seconds
+    say(
+        f"time: {ran} steps trained in {training:.0f} s ({pace:.1f} s/step), {count} check{'s' if count != 1 else ''} "
+        f"{callback.seconds:.0f} s; the {args.steps - ran} steps not run would take ~{rest:.0f} s: "
+        + (f"{saved:.0f} s saved" if saved >= 0 else f"{-saved:.0f} s more than the ungated run")
+    )
+    if callback.last_passing_step is not None:
+        say(f"last passing step {callback.last_passing_step}, kept in {callback.last_passing_dir}")
+    else:
+        say("no check passed: no adapter kept")
 
 
 def table(reports: dict[str, dict[str, Any]]) -> str:
@@ -227,7 +391,17 @@ def main(argv: list[str] | None = None) -> int:
         "--adapter", action="append", default=[], metavar="NAME=DIR",
         help="gate this trained adapter instead of training (repeatable), e.g. medical=models/medical_lora",
     )  # fmt: skip
+    parser.add_argument(
+        "--every", type=int, default=CHECKPOINT_EVERY,
+        help=f"steps between the arithmetic fine-tune's checkpoints and checks (default {CHECKPOINT_EVERY})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-curve", dest="curve", action="store_false",
+        help="skip the forgetting curve over the arithmetic fine-tune's checkpoints and the gated training run",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.every < 1:
+        parser.error(f"--every takes a positive number of steps, got {args.every}")
     # Thread pools sized to this machine's usable CPUs and idle OpenMP threads that sleep, set
     # before torch loads (libgomp reads them once) and inherited by the pytest gates it starts.
     threads.configure_environment()
@@ -245,14 +419,24 @@ def main(argv: list[str] | None = None) -> int:
         base = str(prepare_default_model(progress=lambda line: say(line)))
     data = Path(args.data).resolve() if args.data else None
     args.data = data
-    if not adapters:
-        for name, conversations in training_sets(data).items():
-            say(f"fine-tuning '{name}' ({len(conversations)} conversations, {args.steps} steps, r={RECIPE['r']})")
-            adapters[name] = train_lora(base, conversations, root / "adapters" / name, args.steps)
+    run = root / "runs" / CURVE_ADAPTER if args.curve and not adapters else None
+    sets = training_sets(data) if not adapters else {}
+    for name, conversations in sets.items():
+        say(f"fine-tuning '{name}' ({len(conversations)} conversations, {args.steps} steps, r={RECIPE['r']})")
+        saves = run if name == CURVE_ADAPTER else None
+        if saves is not None:
+            say(f"  {name}: a checkpoint every {args.every} steps in {saves}")
+        adapters[name] = train_lora(base, conversations, root / "adapters" / name, args.steps, checkpoints=saves,
+                                    every=args.every)  # fmt: skip
     online = data is None and hub.reachable()
     reports = {name: gate(root, base, adapter, args, online) for name, adapter in adapters.items()}
     print()
     print(table(reports))
+    if run is not None:
+        print()
+        records, pick = curve(root, base, run, args, online)
+        show_curve(records, pick, root / f"curve-{CURVE_ADAPTER}.png")
+        gated_training(base, sets[CURVE_ADAPTER], root, args)
     say(f"done in {time.perf_counter() - started:.0f} s; reports in {root}")
     improved = any(g["ci"][0] > 0 for data in reports.values() for g in data["gates"])
     return 0 if improved else 1
