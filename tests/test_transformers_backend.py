@@ -243,3 +243,22 @@ def test_template_without_system_role_gets_it_folded_into_the_user_turn(tiny: Pa
     prompt = backend._prompt(model.handle, PROMPTS[0])
     assert f"<|turn>user\n{FPB_SYSTEM}\n\nOperating profit" in prompt and "<|turn>system" not in prompt
     assert len(backend.generate(model, PROMPTS[:2], max_tokens=2, batch_size=None)) == 2
+
+
+def test_load_never_runs_code_from_the_hub(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers >= 5.1x replaces layers with kernels downloaded from the hub on CUDA unless
+    told not to (seen on an H200 with transformers 5.25: a tiny Gemma 4 folder failed to load,
+    asking for 'kernels-community/activation'); ftgate asks for neither kernels nor remote code."""
+    import transformers
+
+    seen: dict[str, Any] = {}
+    original = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    TransformersBackend().load(str(tiny))
+    assert seen["use_kernels"] is False
+    assert not seen.get("trust_remote_code")

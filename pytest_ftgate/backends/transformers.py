@@ -137,6 +137,10 @@ class TransformersBackend(LocalBackend):
                     source,
                     dtype=dtype,
                     use_safetensors=None if allow_pickle else True,
+                    # transformers >= 5.1x swaps layers for kernels fetched from the hub on CUDA by
+                    # default: code from the hub (ftgate never runs a model's own code), and a
+                    # load that fails offline
+                    use_kernels=False,
                     **({"device_map": device} if device != "cpu" else {}),
                 )
         except Exception as exc:  # transformers raises many kinds; the user needs one sentence
