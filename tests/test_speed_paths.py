@@ -681,11 +681,11 @@ class TestDecodeGroups:
         assert backend.generate(base, prompts, max_tokens=max_tokens, batch_size=2) == references[0]
 
     def test_a_non_finite_row_names_its_model(self, grouped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        from pytest_ftgate.backends import transformers as module
+        from pytest_ftgate.backends import torch_decode as module
         from pytest_ftgate.errors import NonFiniteError
 
         backend, base, tuned = grouped
-        original = module._greedy
+        original = module.greedy
         rows = [0]
 
         def poisoned(logits: Any) -> Any:
@@ -695,7 +695,7 @@ class TestDecodeGroups:
                 rows[0] += 1
             return tokens
 
-        monkeypatch.setattr(module, "_greedy", poisoned)
+        monkeypatch.setattr(module, "greedy", poisoned)
         with pytest.raises(NonFiniteError, match=r"\+ a1"):
             backend.generate_sides([base, tuned[0]], PROMPTS, max_tokens=4, batch_size=None)
         assert rows[0] >= 1

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,23 +41,20 @@ from typing import Any
 from pytest_ftgate import threads
 from pytest_ftgate.adapters import AdapterInfo
 from pytest_ftgate.backends import Capabilities, Message, Model, Prompts, StopRule, check_scores, package_versions
-from pytest_ftgate.backends import peft_adapters
+from pytest_ftgate.backends import peft_adapters, torch_decode
 from pytest_ftgate.backends.hf_files import ALLOW_PICKLE_ENV, check_weights, load_failure, no_progress_bars, snapshot_path
-from pytest_ftgate.backends.local import EFFECT_PROMPT, LocalBackend, chat_prompt, decode_step, renamed_non_finite
-from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
-from pytest_ftgate.backends.torch_graphs import StaticDecoder as _StaticDecoder
+from pytest_ftgate.backends.local import EFFECT_PROMPT, LocalBackend, chat_prompt, renamed_non_finite
+from pytest_ftgate.backends.prefix import plan_batches
+from pytest_ftgate.backends.torch_decode import CUDA_GRAPHS_ENV as CUDA_GRAPHS_ENV
+from pytest_ftgate.backends.torch_graphs import StaticDecoder as _StaticDecoder  # noqa: F401  (tests patch it)
 from pytest_ftgate.backends.torch_graphs import cache_arg as _cache_arg
-from pytest_ftgate.backends.torch_graphs import greedy as _greedy
 from pytest_ftgate.backends.torch_graphs import kv_bytes as _kv_bytes
 from pytest_ftgate.backends.torch_graphs import merge_prefills as _merge_prefills
-from pytest_ftgate.backends.torch_graphs import plain_cache as _plain_cache
-from pytest_ftgate.backends.torch_graphs import prefix_states
 from pytest_ftgate.backends.torch_graphs import row_bytes as _row_bytes
 from pytest_ftgate.errors import BackendError, ModelError, NonFiniteError
 from pytest_ftgate.fingerprint import model_fingerprint
 from pytest_ftgate.options import looks_local
 
-CUDA_GRAPHS_ENV = "FTGATE_CUDA_GRAPHS"  # "0": decode with a dynamic cache on CUDA too
 # Batch sizing without --ftgate-batch-size: on a GPU, the share of free memory the batch may use
 # (KV cache and prefill activations, estimated by _row_bytes) and a ceiling on rows; on a CPU, a
 # token budget per forward pass (a cap on prefill memory: decode steps on a CPU gain from big batches).
@@ -275,7 +270,7 @@ class TransformersBackend(LocalBackend):
         if len(models) > 1 and (any(m.handle is not loaded for m in models) or not self._static_wanted(loaded, 2)):
             return [self.generate(m, prompts, max_tokens=max_tokens, batch_size=batch_size, stop=stop) for m in models]
         ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
-        eos = _eos_ids(loaded)
+        eos = torch_decode.eos_ids(loaded)
         replies: list[list[str]] = [[""] * len(ids) for _ in models]
         memos: list[dict[str, Any]] = [{} for _ in models]  # each model's last prefix pass
         with torch.inference_mode():
@@ -382,60 +377,18 @@ class TransformersBackend(LocalBackend):
         # The chat template already writes every special token (bos included): add none.
         return list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _prefill(
-        self, loaded: _Loaded, ids: list[list[int]], memo: dict[str, Any] | None = None
-    ) -> tuple[Any, Any, Any, Any]:
-        """The prompts through the model: (last-position logits, attention mask, next position
-        ids, cache). The layout below is exact for sliding windows of any length.
+    def _prefill(self, loaded: _Loaded, ids: list[list[int]], memo: dict[str, Any] | None = None) -> Any:
+        """(last-position logits, mask, next positions, cache) of a batch (``torch_decode.prefill``)."""
+        return torch_decode.prefill(loaded, ids, memo)
 
-        The batch is an ordinary left-padded one (padding masked, position ids counting real
-        tokens only, as ``generate`` does), so every row computes what it computes alone. Token
-        prefixes that rows share are computed once (``prefix.prefix_plan``): each group's head
-        (its longest prompt) runs in a first, smaller pass, and the keys and values of what each
-        row shares with its head are copied into the row's first cache slots; the model then runs
-        only the remaining slots. With no long shared prefix the whole batch is one group (the
-        system prompt and chat template shared). ``memo`` keeps the last prefix pass, so the
-        batches of one call compute a prefix they share once."""
-        import torch
-        from transformers import DynamicCache
+    def _decode_prefilled(
+        self, loaded: _Loaded, prefilled: Any, max_tokens: int, eos: set[int], stop: StopRule | None
+    ) -> list[list[int]] | None:
+        forced = self.options.get("static_decode")
+        return torch_decode.decode_prefilled(loaded, prefilled, max_tokens, eos, stop, forced)
 
-        device = loaded.model.device
-        pad = loaded.tokenizer.pad_token_id
-        lengths = [len(row) for row in ids]
-        width = max(lengths)
-        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=loaded.model.config)
-        plan = prefix_plan(ids) if _plain_cache(loaded.model, cache) else None
-        start = 0
-        if plan is not None:
-            start = plan.start
-            self._seed_cache(loaded, cache, plan, {} if memo is None else memo)
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=device)[:, start:]
-        output = loaded.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions[:, start:],
-            **_cache_arg(loaded.model, cache),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return output.logits, mask, positions[:, -1:] + 1, cache
-
-    def _seed_cache(self, loaded: _Loaded, cache: Any, plan: PrefixPlan, memo: dict[str, Any]) -> None:
-        """Fill the first ``plan.start`` cache slots of every row from the prefix pass over the
-        groups' prefixes (``_prefix_states``), or from ``memo``'s when it ran the same ones."""
-        import torch
-
-        device = loaded.model.device
-        if memo.get("prefixes") != plan.prefixes:
-            memo.update(prefixes=plan.prefixes, states=prefix_states(loaded, plan.prefixes))
-        slots = torch.tensor(plan.slots, device=device)
-        groups = torch.tensor(plan.owner, device=device)[:, None]
-        for number, state in enumerate(memo["states"]):
-            if state is not None:
-                keys, values = (part.transpose(1, 2)[groups, slots].transpose(1, 2).contiguous() for part in state)
-                cache.layers[number].update(keys, values)
+    def _static_wanted(self, loaded: _Loaded, steps: int) -> bool:
+        return torch_decode.static_wanted(loaded, steps, self.options.get("static_decode"))
 
     def _decode_group(
         self,
@@ -488,100 +441,6 @@ class TransformersBackend(LocalBackend):
         if out is None:  # the static decoder failed before any step: this batch again, the dynamic way
             return self._decode(loaded, ids, max_tokens, eos, stop, memo)
         return out
-
-    def _decode_prefilled(
-        self,
-        loaded: _Loaded,
-        prefilled: tuple[Any, Any, Any, Any],
-        max_tokens: int,
-        eos: set[int],
-        stop: StopRule | None,
-    ) -> list[list[int]] | None:
-        """The decode steps after ``_prefill``; None when the static decoder failed to start."""
-        import torch
-
-        logits, mask, position, cache = prefilled
-        next_tokens = _greedy(logits[:, -1])
-        static = self._static_decoder(loaded, cache, mask, position, next_tokens, max_tokens)
-        if static is False:
-            return None
-        out: list[list[int]] = [[] for _ in range(mask.shape[0])]
-        active: list[int | None] = list(range(mask.shape[0]))  # batch row -> output row (None: finished)
-        texts = functools.partial(loaded.tokenizer.batch_decode, skip_special_tokens=True)
-        for step in range(max_tokens):
-            tokens = (static.current() if static else next_tokens).tolist()
-            if static and step < max_tokens - 1:
-                # the next step does not depend on which rows finish here: the GPU runs it while
-                # the host checks the stop rules (at worst one step is computed in vain)
-                static.advance()
-            keep = decode_step(
-                tokens, active, out, eos=eos.__contains__, max_tokens=max_tokens, stop=stop, texts=texts
-            )
-            if not keep:
-                break
-            if static:  # fixed shapes: finished rows stay in the batch, their tokens unread
-                kept = set(keep)
-                active = [row if slot in kept else None for slot, row in enumerate(active)]
-                continue
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=mask.device)
-                cache.batch_select_indices(index)
-                mask, position, next_tokens = mask[index], position[index], next_tokens[index]
-                active = [active[slot] for slot in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            output = loaded.model(
-                input_ids=next_tokens[:, None],
-                attention_mask=mask,
-                position_ids=position,
-                **_cache_arg(loaded.model, cache),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            position = position + 1
-            next_tokens = _greedy(output.logits[:, -1])
-        return out
-
-    def _static_wanted(self, loaded: _Loaded, steps: int) -> bool:
-        """Whether the static-cache decoder applies: on CUDA (or where the ``static_decode``
-        option forces it: the CPU runs the same steps without a graph, for tests), with sdpa or
-        eager attention and plain cache layers, unless ``FTGATE_CUDA_GRAPHS=0`` or it failed
-        once for this model, for two steps or more."""
-        from transformers import DynamicCache
-
-        wanted = self.options.get("static_decode")
-        if wanted is None:
-            wanted = loaded.device.startswith("cuda") and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
-        if not wanted or loaded.static_failed or steps < 2:
-            return False
-        if loaded.model.config._attn_implementation not in ("sdpa", "eager"):
-            return False
-        return _plain_cache(loaded.model, DynamicCache(config=loaded.model.config))
-
-    def _static_decoder(
-        self, loaded: _Loaded, cache: Any, mask: Any, position: Any, tokens: Any, steps: int
-    ) -> _StaticDecoder | None | bool:
-        """The static-cache decoder for this batch (CUDA graphs on a GPU), None where it does not
-        apply (``_static_wanted``), False where it failed (then the backend stops trying it for
-        this model)."""
-        import torch
-
-        if not self._static_wanted(loaded, steps) or not _plain_cache(loaded.model, cache):
-            return None
-        try:
-            decoder = _StaticDecoder(loaded.model, cache, mask, position, tokens, steps, graph=tokens.is_cuda)
-            decoder.warm()  # the first step, eagerly: failures show before any token is read
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # a model whose forward the static path cannot drive
-            loaded.static_failed = True
-            warnings.warn(
-                f"ftgate: static-cache decoding failed for {loaded.path} ({type(exc).__name__}: {exc}); "
-                "decoding with a dynamic cache instead",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return False
-        return decoder
 
     def score(
         self,
@@ -654,14 +513,3 @@ class TransformersBackend(LocalBackend):
                 picked = logprobs[:, c, torch.arange(n), torch.tensor(tail, device=logprobs.device)]
                 totals[:, j] += picked.sum(-1)
         return [[float(v) for v in row] for row in totals.cpu().tolist()]
-
-
-
-def _eos_ids(loaded: _Loaded) -> set[int]:
-    """The token ids that end a sequence, as ``generate`` would take them."""
-    ids: set[int] = set()
-    for value in (loaded.model.generation_config.eos_token_id, loaded.tokenizer.eos_token_id):
-        if value is None:
-            continue
-        ids.update(value if isinstance(value, (list, tuple)) else [value])
-    return ids
