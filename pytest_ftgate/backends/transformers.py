@@ -22,7 +22,9 @@ turn shares with its conversation's last turn; the system prompt and chat templa
 its keys and values are copied to the rows (``prefix.py``). A sequence leaves its batch at
 end-of-sequence, at ``max_tokens``, or when the benchmark's stop rule (``stop``) says its answer
 can no longer change. On CUDA the decode steps run on a static cache and replay from a CUDA graph
-(``FTGATE_CUDA_GRAPHS=0``: the dynamic loop, whose finished rows are dropped). Only the new tokens
+(``FTGATE_CUDA_GRAPHS=0``: the dynamic loop, whose finished rows are dropped); there, prefill
+batches are decoded together while their caches fit, and base and tuned (``generate_sides``) share
+decode batches with LoRA switched per row (the loop itself: ``torch_decode.py``). Only the new tokens
 are decoded (``skip_special_tokens=True``). ``score`` (``logprob`` mode) is one batched forward
 pass with ``logits_to_keep=1`` for single-token answers, plus one shared-cache pass per four
 longer ones.
