@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -307,7 +308,9 @@ def show_curve(records: list[Any], pick: dict[str, Any], png: Path) -> None:
         say(f"picked step {pick['step']}: {pick['path']} ({pick['why']})")
     else:
         say(f"no checkpoint picked: {pick.get('why', 'the curve gate reported no pick')}")
-    if with_curves(records):
+    if with_curves(records) and importlib.util.find_spec("matplotlib") is None:  # command 1 installs no plot extra
+        say("curve chart skipped: matplotlib is not installed (pip install 'pytest-ftgate[plot]')")
+    elif with_curves(records):
         say(f"curve chart: {write_curve_plot(png, records)}")
     else:  # one checkpoint (--steps not above --every): judged, but no curve to draw
         say("one checkpoint only (--steps not above --every): no curve to draw")
@@ -369,8 +372,6 @@ def table(reports: dict[str, dict[str, Any]]) -> str:
 
 
 def _has_extras() -> bool:
-    import importlib.util
-
     missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
     if missing:
         say(

@@ -215,3 +215,21 @@ def test_curve_plot_without_matplotlib_says_how_to_install(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ConfigError, match=r"pip install 'pytest-ftgate\[plot\]'"):
         reporting.write_curve_plot(tmp_path / "x.png", curved)
+
+
+def test_the_seed_study_shows_the_curve_without_matplotlib(
+    curved: list[GateRecord], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README command 1 installs ``.[torch]``, which has no matplotlib: the study prints the curve
+    tables and says why there is no chart instead of failing at the end of a four-minute run."""
+    import importlib.util
+
+    from pytest_ftgate import seed_study
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    seed_study.show_curve(curved, {}, tmp_path / "curve.png")
+    out = capsys.readouterr()
+    assert "forgetting curve: FPB" in out.out
+    assert "curve chart skipped: matplotlib is not installed" in out.out + out.err
+    assert not (tmp_path / "curve.png").exists()
