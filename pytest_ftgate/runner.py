@@ -107,21 +107,14 @@ def evaluate(
     records = cache.get(key)
     todo = [e for e in examples if e.id not in records]
     check_context(benchmark, model, todo, mode)  # before the first batch: a DataError naming file:line
+
+    def run(chunk: list[Example], inside: Callable[[int], None] | None) -> None:
+        for example, record in zip(chunk, _run_batch(benchmark, model, chunk, mode, batch_size, inside), strict=True):
+            records[example.id] = record
+            cache.add(key, example.id, record)
+
     step = batch_size or as_backend(model.backend).default_batch_size or DEFAULT_BATCH
-    done_before = len(examples) - len(todo)
-    label = f"{benchmark.title} {role} ({mode})"
-    tracking = progress.task(label, len(examples), done_before) if progress is not None and todo else nullcontext()
-    with tracking as task:
-        for offset in range(0, len(todo), step):
-            chunk = todo[offset : offset + step]
-            at = done_before + offset
-            inside = None if task is None else lambda done, at=at, n=len(chunk): task.update(at + min(done, n))
-            new = _run_batch(benchmark, model, chunk, mode, batch_size, inside)
-            for example, record in zip(chunk, new, strict=True):
-                records[example.id] = record
-                cache.add(key, example.id, record)
-            if task is not None:
-                task.update(at + len(chunk))
+    _in_chunks(todo, len(examples), step, progress, f"{benchmark.title} {role} ({mode})", run)
     return _result(benchmark, examples, model, records, mode, time.perf_counter() - start)
 
 
@@ -153,29 +146,23 @@ def evaluate_sides(
     todo = [e for e in examples if all(e.id not in r for r in records)]
     for model in models:
         check_context(benchmark, model, todo, mode)
+
+    def run(chunk: list[Example], inside: Callable[[int], None] | None) -> None:
+        extra: dict[str, Any] = {"progress": inside} if inside and backend.capabilities.progress else {}
+        try:
+            sides = backend.generate_sides(
+                models, [benchmark.messages(e) for e in chunk], max_tokens=benchmark.max_tokens,
+                batch_size=batch_size, stop=benchmark.answer_decided, **extra,
+            )  # fmt: skip
+        except NonFiniteError as exc:
+            raise _located(benchmark, chunk, exc) from None
+        for key, side_records, replies in zip(keys, records, sides, strict=True):
+            for example, reply in zip(chunk, replies, strict=True):
+                side_records[example.id] = {"output": reply}
+                cache.add(key, example.id, {"output": reply})
+
     step = batch_size or backend.default_batch_size or DEFAULT_BATCH
-    done_before = len(examples) - len(todo)
-    label = f"{benchmark.title} {' + '.join(roles)} ({mode})"
-    tracking = progress.task(label, len(examples), done_before) if progress is not None and todo else nullcontext()
-    with tracking as task:
-        for offset in range(0, len(todo), step):
-            chunk = todo[offset : offset + step]
-            at = done_before + offset
-            inside = None if task is None else lambda done, at=at, n=len(chunk): task.update(at + min(done, n))
-            extra: dict[str, Any] = {"progress": inside} if inside and backend.capabilities.progress else {}
-            try:
-                sides = backend.generate_sides(
-                    models, [benchmark.messages(e) for e in chunk], max_tokens=benchmark.max_tokens,
-                    batch_size=batch_size, stop=benchmark.answer_decided, **extra,
-                )  # fmt: skip
-            except NonFiniteError as exc:
-                raise _located(benchmark, chunk, exc) from None
-            for key, side_records, replies in zip(keys, records, sides, strict=True):
-                for example, reply in zip(chunk, replies, strict=True):
-                    side_records[example.id] = {"output": reply}
-                    cache.add(key, example.id, {"output": reply})
-            if task is not None:
-                task.update(at + len(chunk))
+    _in_chunks(todo, len(examples), step, progress, f"{benchmark.title} {' + '.join(roles)} ({mode})", run)
     shared = (time.perf_counter() - start) / len(models)
     results = []
     for model, role, side_records in zip(models, roles, records, strict=True):
@@ -185,6 +172,29 @@ def evaluate_sides(
             side_records.update({p.id: {"output": p.output} for p in own.predictions})
         results.append(_result(benchmark, examples, model, side_records, mode, shared))
     return results
+
+
+def _in_chunks(
+    todo: list[Example],
+    total: int,
+    step: int,
+    progress: Reporter | None,
+    label: str,
+    run: Callable[[list[Example], Callable[[int], None] | None], None],
+) -> None:
+    """``run(chunk, inside)`` over ``todo`` in chunks of ``step``, with one progress task of
+    ``total`` examples (those not in ``todo`` came from the cache); ``inside(done)`` reports
+    progress within a chunk (None without a reporter)."""
+    done_before = total - len(todo)
+    tracking = progress.task(label, total, done_before) if progress is not None and todo else nullcontext()
+    with tracking as task:
+        for offset in range(0, len(todo), step):
+            chunk = todo[offset : offset + step]
+            at = done_before + offset
+            inside = None if task is None else lambda done, at=at, n=len(chunk): task.update(at + min(done, n))
+            run(chunk, inside)
+            if task is not None:
+                task.update(at + len(chunk))
 
 
 def _result(
