@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pytest_ftgate.errors import ModelError
 
@@ -66,3 +67,16 @@ def snapshot_path(model: str) -> str:
         return str(snapshot_download(model, local_files_only=True))
     except Exception:
         return model
+
+
+def prepare_tokenizer(tokenizer: Any, label: str, template_fix: str) -> None:
+    """Left padding and a pad token (the eos or unk token when it has none), in place; a
+    ModelError naming ``label`` when it has none of them, or no chat template (``template_fix``
+    says how to get one)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if tokenizer.pad_token is None:
+            raise ModelError(f"the tokenizer of {label} has no pad, eos or unk token: batched generation needs one")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"the tokenizer of {label} has no chat template: ftgate sends chat prompts; {template_fix}")

@@ -17,8 +17,9 @@ import itertools
 from typing import Any
 
 from pytest_ftgate.backends.base import Model
+from pytest_ftgate.backends.hf_files import prepare_tokenizer
 from pytest_ftgate.backends.transformers import TransformersBackend, _Loaded
-from pytest_ftgate.errors import ConfigError, ModelError
+from pytest_ftgate.errors import ConfigError
 
 _RUNS = itertools.count()
 TUNED = "trained"  # the key of the live adapter in the handle's adapter table
@@ -41,16 +42,7 @@ class TrainingModels:
             )
         hf = peft.get_base_model() if peft is not None else model
         tokenizer = copy.deepcopy(tokenizer)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            if tokenizer.pad_token is None:
-                raise ModelError(f"the tokenizer of {label} has no pad, eos or unk token: batched generation needs one")
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(
-                f"the tokenizer of {label} has no chat template: ftgate sends chat prompts; set "
-                "tokenizer.chat_template (or train an instruct model)"
-            )
+        prepare_tokenizer(tokenizer, label, "set tokenizer.chat_template (or train an instruct model)")
         dtype = str(getattr(hf, "dtype", "unknown")).removeprefix("torch.")
         self.loaded = _Loaded(hf, tokenizer, label, str(hf.device), dtype, peft=peft)
         if peft is not None:

@@ -44,7 +44,14 @@ from pytest_ftgate import threads
 from pytest_ftgate.adapters import AdapterInfo
 from pytest_ftgate.backends import Capabilities, Message, Model, Prompts, StopRule, check_scores, package_versions
 from pytest_ftgate.backends import peft_adapters, torch_decode
-from pytest_ftgate.backends.hf_files import ALLOW_PICKLE_ENV, check_weights, load_failure, no_progress_bars, snapshot_path
+from pytest_ftgate.backends.hf_files import (
+    ALLOW_PICKLE_ENV,
+    check_weights,
+    load_failure,
+    no_progress_bars,
+    prepare_tokenizer,
+    snapshot_path,
+)
 from pytest_ftgate.backends.local import EFFECT_PROMPT, LocalBackend, chat_prompt, renamed_non_finite
 from pytest_ftgate.backends.prefix import plan_batches
 from pytest_ftgate.backends.torch_decode import CUDA_GRAPHS_ENV as CUDA_GRAPHS_ENV
@@ -143,16 +150,7 @@ class TransformersBackend(LocalBackend):
         except Exception as exc:  # transformers raises many kinds; the user needs one sentence
             raise ModelError(load_failure(model, exc, allow_pickle)) from None
         hf_model.eval()
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            if tokenizer.pad_token is None:
-                raise ModelError(f"the tokenizer of {model} has no pad, eos or unk token: batched generation needs one")
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(
-                f"the tokenizer of {model} has no chat template: ftgate sends chat prompts; use an instruct "
-                "model, or add a chat_template.jinja to the model folder"
-            )
+        prepare_tokenizer(tokenizer, model, "use an instruct model, or add a chat_template.jinja to the model folder")
         path = str(local.resolve()) if local.exists() else snapshot_path(model)
         loaded = _Loaded(hf_model, tokenizer, path, str(device), dtype_name)
         self._bases[f"{path}#{len(self._bases)}"] = loaded
