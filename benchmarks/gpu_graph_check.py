@@ -36,7 +36,7 @@ def main() -> None:
         model.handle.model.float()
         other = dynamic.load(str(path))
         other.handle.model.float()
-        cases = [("convfinqa", [get_benchmark("convfinqa").messages(e) for e in t._conversations(6, seed=3)], 12)]
+        cases = [("convfinqa", [get_benchmark("convfinqa").messages(e) for e in t._conversations(5, seed=3, per_document=2)], 12)]
         for name, n, steps in (("medmcqa", 12, 40), ("fpb", 16, 8)):
             bench = get_benchmark(name)
             cases.append((name, [bench.messages(e) for e in t._examples(bench, n)], steps))

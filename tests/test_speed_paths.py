@@ -332,15 +332,44 @@ class TestSharedPrefix:
         return llama_loaded
 
     def test_the_prefix_is_shared(self, llama: Any) -> None:
-        from pytest_ftgate.backends.prefix import prefix_groups, prefix_plan
+        from pytest_ftgate.backends.prefix import common_length, prefix_groups, prefix_plan
 
         backend, model = llama
         ids = [backend.prompt_ids(model, m) for m in PROMPTS]
         assert prefix_groups(ids) == [[i] for i in sorted(range(len(ids)), key=lambda i: ids[i])]
-        plan = prefix_plan(ids)  # one group: the system prompt and template
-        assert plan is not None and len(plan.heads) == 1 and plan.owner == [0] * len(ids) and plan.start > 20
+        plan = prefix_plan(ids)  # the system prompt and template: shared
+        common = min(common_length(ids[0], row) for row in ids[1:])
+        assert common > 20
+        assert plan is not None and plan.start > 20
         _check_plan(ids, plan)
+        width = max(map(len, ids))
+        one_head = len(ids) * (width - common) + common  # the longest row as the only head
+        assert _slots(ids, plan) <= one_head < len(ids) * width
+        assert plan.heads[0] == width - (width - plan.start)  # the longest row is a head
         assert prefix_plan(ids[:1]) is None
+
+    def test_conversations_on_one_document_share_it_one_pass_down(self, llama: Any) -> None:
+        """ConvFinQA asks several conversations about one document: each turn rides on its
+        conversation's last turn, and those last turns share the document in the pass below."""
+        from pytest_ftgate.backends.prefix import prefix_plan
+
+        backend, model = llama
+        examples = _conversations(3, seed=4, per_document=3)
+        ids = [backend.prompt_ids(model, CONVFINQA.messages(e)) for e in examples]
+        conversations = {e.id.split("/")[0] for e in examples}
+        documents = {e.id.split(".")[0] for e in examples}
+        assert len(conversations) > len(documents) == 3
+        plan = prefix_plan(ids)
+        assert plan is not None and plan.sub is not None
+        assert len(plan.heads) == len(conversations)
+        levels = [plan]
+        while levels[-1].sub is not None:
+            levels.append(levels[-1].sub)
+        assert min(len(level.heads) for level in levels) <= len(documents)  # one pass runs each document once
+        assert max(map(len, ids)) - plan.start < 12  # each turn runs its closing template only
+        _check_plan(ids, plan)
+        one_level = len(ids) * (max(map(len, ids)) - plan.start) + len(plan.heads) * plan.span
+        assert _slots(ids, plan) < one_level  # the documents are computed once, not per conversation
 
     def test_conversation_turns_are_grouped(self, llama: Any) -> None:
         from pytest_ftgate.backends.prefix import plan_batches, prefix_groups, prefix_plan
@@ -387,30 +416,74 @@ class TestSharedPrefix:
         _check_conversations(llama, size, TestTransformers()._seed_loop)
 
     def test_prefix_pass_one_per_group_equals_one_padded_pass(self, llama: Any) -> None:
-        """The CPU's unpadded pass per prefix and the GPU's single left-padded pass agree."""
+        """The CPU's unpadded pass per prefix, the GPU's single left-padded pass, and passes
+        planned below one another (prefixes sharing a document) give the same keys and values."""
         import torch
 
+        from pytest_ftgate.backends.prefix import prefix_plan
         from pytest_ftgate.backends.torch_graphs import prefix_states
 
         backend, model = llama
-        prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=3)]
-        prefixes = [backend.prompt_ids(model, m)[:-5] for m in prompts[:3]]
+        prompts = [CONVFINQA.messages(e) for e in _conversations(2, seed=3, per_document=3)]
+        prefixes = [backend.prompt_ids(model, m)[:-5] for m in prompts]
         span = max(map(len, prefixes))
+        plan = prefix_plan(prefixes)
+        assert plan is not None and plan.sub is not None  # turns on conversations on documents
         with torch.inference_mode():
             alone = prefix_states(model.handle, prefixes, together=False)
-            padded = prefix_states(model.handle, prefixes, together=True)
+            others = [prefix_states(model.handle, prefixes, together=t, plan=plan) for t in (True, False)]
+            others.append(prefix_states(model.handle, prefixes, together=True))
         assert len({len(p) for p in prefixes}) > 1 and any(state is not None for state in alone)
-        for one, other in zip(alone, padded, strict=True):
-            for row, prefix in enumerate(prefixes):
-                real = slice(span - len(prefix), span)  # padded positions differ, and are masked
-                torch.testing.assert_close(one[0][row, :, real], other[0][row, :, real], atol=1e-4, rtol=1e-4)
-                torch.testing.assert_close(one[1][row, :, real], other[1][row, :, real], atol=1e-4, rtol=1e-4)
+        for other in others:
+            for one, two in zip(alone, other, strict=True):
+                for row, prefix in enumerate(prefixes):
+                    real = slice(span - len(prefix), span)  # padded positions differ, and are masked
+                    torch.testing.assert_close(one[0][row, :, real], two[0][row, :, real], atol=1e-4, rtol=1e-4)
+                    torch.testing.assert_close(one[1][row, :, real], two[1][row, :, real], atol=1e-4, rtol=1e-4)
 
     def test_scores_equal_a_full_forward_pass(self, llama: Any) -> None:
         TestTransformers().test_batched_scores_equal_a_full_forward_pass(llama)
 
     def test_grouped_scores_equal_a_full_forward_pass(self, llama: Any) -> None:
         _check_grouped_scores(llama)
+
+
+def test_prefix_plans_take_only_the_rows_own_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random batches shaped like the benchmarks (a system prompt; documents, conversations on
+    them, turns that extend one another; duplicates; a prompt sharing nothing): every slot a
+    plan fills from a pass below holds the row's own token at that place, at every level, and
+    planning deeper never computes more slots than one level or no plan."""
+    from pytest_ftgate.backends import prefix
+
+    depths = []
+    for seed in range(60):
+        rng = random.Random(seed)
+        system = [rng.randrange(50) for _ in range(rng.randint(0, 30))]
+        ids: list[list[int]] = []
+        for _ in range(rng.randint(1, 6)):
+            document = system + [rng.randrange(50) for _ in range(rng.randint(0, 120))]
+            for _ in range(rng.randint(1, 3)):
+                turn = list(document)
+                for _ in range(rng.randint(1, 4)):
+                    turn = turn + [rng.randrange(50) for _ in range(rng.randint(1, 20))]
+                    ids.append(turn + [7, 8, 9][: rng.randint(0, 3)])
+        ids += [list(ids[0])] * rng.randint(0, 2) + [[rng.randrange(50) for _ in range(rng.randint(1, 9))]]
+        rng.shuffle(ids)
+        plan = prefix.prefix_plan(ids)
+        levels = 0
+        if plan is not None:
+            _check_plan(ids, plan)
+            level = plan
+            while level is not None:
+                levels, level = levels + 1, level.sub
+        depths.append(levels)
+        with monkeypatch.context() as patch:
+            patch.setattr(prefix, "MAX_DEPTH", 1)
+            one = prefix.prefix_plan(ids)
+        assert one is None or one.sub is None
+        assert _slots(ids, plan) <= _slots(ids, one) <= _slots(ids, None)
+    assert max(depths) >= 3  # plans three passes deep among them
+    assert prefix.prefix_plan([[1] * 20, [2] * 20]) is None  # nothing shared, nothing padded: one plain pass
 
 
 class TestSharedPrefixSlidingWindow:
@@ -428,32 +501,45 @@ class TestSharedPrefixSlidingWindow:
 
 
 def _check_plan(ids: list[list[int]], plan: Any) -> None:
-    """Every real token a row takes from the prefix pass is the row's own token at that place."""
+    """Every real token a row takes from the prefix pass is the row's own token at that place,
+    in every pass below (``plan.sub``) too."""
     width = max(map(len, ids))
     for row, group, slots in zip(ids, plan.owner, plan.slots, strict=True):
         real = max(len(row) - (width - plan.start), 0)
         prefix = [None] * (plan.span - plan.heads[group]) + plan.prefixes[group]
         taken = [prefix[slots[t]] for t in range(plan.start - real, plan.start)]
         assert taken == row[:real]
+    if plan.sub is not None:
+        _check_plan(plan.prefixes, plan.sub)
 
 
-def _conversations(count: int, seed: int = 0) -> list[Example]:
-    """ConvFinQA-shaped turns: ``count`` documents (100-200 words), 1-4 turns each, every turn's
-    prompt holding the document and the earlier turns, in a shuffled order."""
+def _slots(ids: list[list[int]], plan: Any) -> int:
+    """Slots a plan's passes compute, padding included (one pass without a plan)."""
+    width = max(map(len, ids))
+    if plan is None:
+        return len(ids) * width
+    return len(ids) * (width - plan.start) + _slots(plan.prefixes, plan.sub)
+
+
+def _conversations(count: int, seed: int = 0, per_document: int = 1) -> list[Example]:
+    """ConvFinQA-shaped turns: ``count`` documents (100-200 words), one conversation each, or 2 to
+    ``per_document``, 1-4 turns each, every turn's prompt holding the document and the earlier
+    turns, in a shuffled order."""
     from pytest_ftgate.benchmarks.builtin import convfinqa_prompt
 
     rng = random.Random(seed)
     words = "profit loss rose fell bank shares net sales 2007 2008 EUR mn total assets cash".split()
     out = []
-    for conv in range(count):
+    for doc in range(count):
         document = " ".join(rng.choices(words, k=rng.randint(100, 200)))
         table = f"| year | {rng.randint(1, 999)} | {rng.randint(1, 999)} |"
-        questions = [f"what is the change in {rng.choice(words)}?" for _ in range(rng.randint(1, 4))]
-        answers = [str(rng.randint(1, 99)) for _ in questions]
-        for turn, question in enumerate(questions):
-            earlier = list(zip(questions[:turn], answers[:turn], strict=True))
-            prompt = convfinqa_prompt(document, table, "", earlier, question)
-            out.append(Example(id=f"c{conv}/{turn}", prompt=prompt, gold="1"))
+        for conv in range(rng.randint(2, per_document) if per_document > 1 else 1):
+            questions = [f"what is the change in {rng.choice(words)}?" for _ in range(rng.randint(1, 4))]
+            answers = [str(rng.randint(1, 99)) for _ in questions]
+            for turn, question in enumerate(questions):
+                earlier = list(zip(questions[:turn], answers[:turn], strict=True))
+                prompt = convfinqa_prompt(document, table, "", earlier, question)
+                out.append(Example(id=f"c{doc}.{conv}/{turn}", prompt=prompt, gold="1"))
     rng.shuffle(out)
     return out
 
@@ -462,11 +548,13 @@ def _check_conversations(loaded: Any, size: int | None, seed_loop: Any) -> None:
     from pytest_ftgate.backends.prefix import prefix_plan
 
     backend, model = loaded
-    prompts = [CONVFINQA.messages(e) for e in _conversations(5, seed=1)]
+    prompts = [CONVFINQA.messages(e) for e in _conversations(4, seed=1, per_document=2)]
     ids = [backend.prompt_ids(model, m) for m in prompts]
     plans = [prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
-    # a batch of several groups, whose shared prefixes cross the tiny Gemma 4's 64-token window
+    # a batch of several groups, whose shared prefixes cross the tiny Gemma 4's 64-token window,
+    # and conversations on one document: their last turns share it in a pass below
     assert any(plan is not None and len(plan.heads) > 1 and plan.start > 64 for plan in plans)
+    assert any(plan is not None and plan.sub is not None and plan.sub.start > 64 for plan in plans)
     reference = seed_loop(backend, model, prompts, 10)
     assert backend.generate(model, prompts, max_tokens=10, batch_size=size) == reference
     stopped = backend.generate(model, prompts, max_tokens=10, batch_size=size, stop=CONVFINQA.answer_decided)
@@ -477,7 +565,7 @@ def _check_grouped_scores(loaded: Any) -> None:
     """Scores of conversation turns (grouped, prefixes shared) equal one full pass per prompt."""
     backend, model = loaded
     handle = model.handle
-    prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=2)]
+    prompts = [CONVFINQA.messages(e) for e in _conversations(3, seed=2, per_document=2)]
     forms = ["1", " 2", "positive", " neutral"]
     scores = backend.score(model, prompts, forms)
     for messages, row in zip(prompts, scores, strict=True):

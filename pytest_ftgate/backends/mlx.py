@@ -280,14 +280,18 @@ class MLXBackend(LocalBackend):
 
     def _seed_cache(self, loaded: _Loaded, cache: list[Any], plan: PrefixPlan) -> None:
         """Fill the first ``plan.start`` slots of every row of ``cache`` from one pass over the
-        groups' prefixes (one left-padded row per group, every position kept), as if the batch's
-        first prefill chunk had been those slots."""
+        heads' prefixes (one left-padded row per head, every position kept; seeded the same way
+        from ``plan.sub``), as if the batch's first prefill chunk had been those slots."""
         import mlx.core as mx
 
         span = plan.span
         heads = self._batch_cache(loaded, [span - len(p) for p in plan.prefixes], full=True)
         assert heads is not None  # the batch cache exists, so its full form does
-        self._chunks(loaded, mx.array([[0] * (span - len(p)) + p for p in plan.prefixes]), heads)
+        start = 0
+        if plan.sub is not None:  # what the prefixes share, from a pass below (as deep as the plan goes)
+            self._seed_cache(loaded, heads, plan.sub)
+            start = plan.sub.start
+        self._chunks(loaded, mx.array([[0] * (span - len(p)) + p for p in plan.prefixes])[:, start:], heads)
         groups = mx.array(plan.owner)[:, None]
         slots = mx.array(plan.slots)
         for target, source in zip(cache, heads, strict=True):

@@ -2,11 +2,13 @@
 into one batch, and which cache slots of a left-padded batch a first, smaller pass can fill.
 
 The prompts of a benchmark share the system prompt and the chat template; ConvFinQA's turns of
-one conversation also share the document and the earlier turns. A backend (transformers, mlx)
-runs each shared prefix once, in a pass with one row per group, copies its keys and values into
-the first ``start`` slots of every row of the batch, and runs the model on the remaining slots
-only. The batch stays an ordinary left-padded one, so sliding windows and positions count as
-they would without sharing.
+one conversation also share the document and the earlier turns, and the conversations on one
+document share the document. A backend (transformers, mlx) runs each shared prefix once, in a
+pass with one row per head, copies its keys and values into the first ``start`` slots of every
+row of the batch, and runs the model on the remaining slots only; the heads' pass is planned the
+same way, so a prefix shared one level further down is also computed once. Every pass stays an
+ordinary left-padded batch, so sliding windows and positions count as they would without sharing.
+``benchmarks/prefill_plan.py`` counts the slots computed on the seed's prompts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate pass
 GROUP_SHARE = 0.5  # prompts sharing this much of the shorter one (beyond the common part) are batched together
 SHARE_PAYOFF = 1.5  # a prefix pass runs when it saves this many times the tokens it costs
+MAX_DEPTH = 4  # prefix passes below one another, at most
+MAX_CANDIDATES = 64  # main-pass widths a plan weighs
 
 
 @dataclass(frozen=True)
@@ -24,16 +28,18 @@ class PrefixPlan:
     """How a left-padded batch of ``len(owner)`` rows shares prefixes.
 
     ``start``: cache slots filled from the prefix pass (the main pass runs the slots after them);
-    ``heads[g]``: prefix tokens group ``g`` runs in the prefix pass (taken from ``prefixes[g]``);
-    ``owner[r]``: row r's group; ``slots[r][t]``: for row r's slot t < start, the position in the
+    ``heads[g]``: prefix tokens head ``g`` runs in the prefix pass (taken from ``prefixes[g]``);
+    ``owner[r]``: row r's head; ``slots[r][t]``: for row r's slot t < start, the position in the
     prefix pass's (left-padded, ``max(heads)`` wide) row ``owner[r]`` whose key and value it
-    takes. Padding slots (masked anyway) point at any real key."""
+    takes. Padding slots (masked anyway) point at any real key. ``sub``: the plan of the prefix
+    pass itself (the heads' prefixes share prefixes too), or None."""
 
     start: int
     heads: list[int]
     owner: list[int]
     prefixes: list[list[int]]
     slots: list[list[int]]
+    sub: PrefixPlan | None = None
 
     @property
     def span(self) -> int:
@@ -108,52 +114,101 @@ def prefix_plan(ids: list[list[int]]) -> PrefixPlan | None:
     """How to share prefixes in a left-padded batch of ``ids``, or None when sharing saves too
     little. Every row keeps at least one token for the main pass.
 
-    Rows are grouped by ``prefix_groups``; with no group of two or more, the whole batch is one
-    group. Each group's longest row is its head: the prefix pass runs the head's tokens, and every
-    row of the group takes from it the keys and values of the prefix it shares with the head. A
-    ConvFinQA turn shares with the conversation's last turn everything but its own closing
-    template tokens (the document, the earlier turns, its question), so the prefix pass computes
-    each conversation about once and the main pass only a few tokens per row; FPB and MedMCQA
-    rows share the system prompt and chat template. The prefix pass costs (groups x longest
-    prefix) tokens, the main pass saves (rows x ``start``)."""
-    if len(ids) < 2:
-        return None
-    groups = prefix_groups(ids)
-    if all(len(g) == 1 for g in groups):
-        groups = [list(range(len(ids)))]
+    The main pass runs the last ``rest`` slots of every row; each row's tokens before them come
+    from the prefix pass, out of the row of a *head*: a longer row it shares them with
+    (``_covers``), or itself when none does. The prefix pass runs each head's tokens before its
+    last ``rest``, left padded to the longest, and is planned the same way (``PrefixPlan.sub``),
+    so sharing goes as deep as the prompts do: a ConvFinQA turn takes all but its closing
+    template tokens from its conversation's last turn, the last turns of conversations on one
+    document share the document one level down, and every prompt shares the system prompt and
+    chat template. FPB- and MedMCQA-like prompts (only the system prompt in common) get the
+    longest as their head, and where lengths differ much the longer ones too, so short rows pad
+    less. Of the widths ``rest`` weighed, the plan keeps the one whose passes compute the fewest
+    slots, padding included (``_plan``)."""
+    return _plan(ids, 0)[1]
+
+
+def _plan(ids: list[list[int]], depth: int) -> tuple[int, PrefixPlan | None]:
+    """(slots computed, plan) for ``ids``: the plan with the fewest slots, or None (one plain
+    pass, ``rows x width`` slots) when no plan saves ``SHARE_PAYOFF`` times its prefix pass. Two
+    widths are followed down: the one with the fewest slots if the prefix pass shared nothing
+    more (``rows x rest + heads x their longest prefix``), and the narrowest."""
+    width = max(len(row) for row in ids)
+    flat = len(ids) * width
+    if len(ids) < 2 or depth >= MAX_DEPTH:
+        return flat, None
     lengths = [len(row) for row in ids]
-    shared = [0] * len(ids)
-    owner = [0] * len(ids)
-    leaders = []
-    for number, group in enumerate(groups):
-        head = max(group, key=lambda i: lengths[i])
-        leaders.append(head)
-        for i in group:
-            common = lengths[i] - 1 if i == head else min(common_length(ids[i], ids[head]), lengths[i] - 1)
-            shared[i], owner[i] = (common if common >= MIN_SHARED_PREFIX or i == head else 0), number
-    width = max(lengths)
-    rest = max(n - s for n, s in zip(lengths, shared, strict=True))
+    cover, by = _covers(ids)
+    # a row with a cover rides on it once rest >= its tail beyond the shared part
+    tails = [n - c if b is not None else None for n, c, b in zip(lengths, cover, by, strict=True)]
+
+    def leaders(rest: int) -> list[int]:  # the rows whose own prefix the prefix pass runs, longest first
+        rows = [r for r, t in enumerate(tails) if (t is None or t > rest) and lengths[r] > rest]
+        return sorted(rows, key=lambda r: -lengths[r])
+
+    candidates = [r for r in sorted({max(t, 1) for t in tails if t is not None}) if width - r >= MIN_SHARED_PREFIX]
+    if not candidates:
+        return flat, None
+    if len(candidates) > MAX_CANDIDATES:  # evenly spread, the narrowest and widest kept
+        step = (len(candidates) - 1) / (MAX_CANDIDATES - 1)
+        candidates = [candidates[round(k * step)] for k in range(MAX_CANDIDATES)]
+
+    def single(rest: int) -> int:
+        heads = leaders(rest)
+        return len(ids) * rest + len(heads) * max(lengths[r] - rest for r in heads)
+
+    best: tuple[int, int, PrefixPlan | None] | None = None  # (slots, rest, prefix pass plan)
+    for rest in {min(candidates, key=single), candidates[0]}:
+        heads = leaders(rest)
+        slots, sub = _plan([ids[r][: lengths[r] - rest] for r in heads], depth + 1)
+        saved = flat - len(ids) * rest
+        if saved >= SHARE_PAYOFF * slots and (best is None or len(ids) * rest + slots < best[0]):
+            best = (len(ids) * rest + slots, rest, sub)
+    if best is None:
+        return flat, None
+    total, rest, sub = best
     start = width - rest
-    if start < MIN_SHARED_PREFIX:
-        return None
-    heads = [0] * len(groups)
-    for i, n in enumerate(lengths):
-        heads[owner[i]] = max(heads[owner[i]], n - rest)
-    used = sorted({g for g in owner if heads[g] > 0})
-    renumber = {g: k for k, g in enumerate(used)}
-    if len(ids) * start < SHARE_PAYOFF * len(used) * max(heads):
-        return None
-    fallback = used[0]  # rows with no real token in the shared slots read any group's keys (masked)
-    owner = [renumber[g if heads[g] > 0 else fallback] for g in owner]
-    prefixes = [ids[leaders[g]][: heads[g]] for g in used]
-    heads = [heads[g] for g in used]
+
+    def head(row: int) -> int:  # follow covers while the shared part holds the row's prefix
+        while (up := by[row]) is not None and lengths[row] - cover[row] <= rest:
+            row = up
+        return row
+
+    order = leaders(rest)
+    number = {r: k for k, r in enumerate(order)}
+    # rows with no token before the last ``rest`` slots read any head's keys (masked)
+    owner = [number[head(r)] if lengths[r] > rest else 0 for r in range(len(ids))]
+    heads = [lengths[r] - rest for r in order]
+    prefixes = [ids[r][: lengths[r] - rest] for r in order]
     # row r's slot t (t < start) holds token t - (start - real) of its prompt, where real = its
-    # tokens in those slots (a prefix it shares with its group's head); in the prefix pass that
-    # token sits at span - heads[g] + that index
+    # tokens in those slots; in the prefix pass that token sits at span - heads[g] + that index
     span = max(heads)
     slots = []
     for row, group in enumerate(owner):
         real = max(lengths[row] - rest, 0)
         offset = span - heads[group]
         slots.append([offset + max(t - (start - real), 0) for t in range(start)])
-    return PrefixPlan(start, heads, owner, prefixes, slots)
+    return total, PrefixPlan(start, heads, owner, prefixes, slots, sub)
+
+
+def _covers(ids: list[list[int]]) -> tuple[list[int], list[int | None]]:
+    """For each row, the longest prefix it shares with a row ranked above it (longer, or as long
+    and later), and that row (None for the top row of its kind). In sorted order the rows
+    sharing most with a row are its neighbours, and sharing only shrinks farther away: the
+    first row ranked above it on each side is the best there."""
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    near = [common_length(ids[a], ids[b]) for a, b in zip(order, order[1:], strict=False)]
+    rank = [(len(row), i) for i, row in enumerate(ids)]
+    cover = [0] * len(ids)
+    by: list[int | None] = [None] * len(ids)
+    for k, row in enumerate(order):
+        for step in (-1, 1):
+            shared, j = len(ids[row]), k
+            while 0 <= j + step < len(order) and shared > cover[row]:
+                shared = min(shared, near[min(j, j + step)])
+                j += step
+                if rank[order[j]] > rank[row]:
+                    if by[row] is None or shared > cover[row]:
+                        cover[row], by[row] = shared, order[j]
+                    break
+    return cover, by

@@ -15,8 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_ftgate.backends.base import StopRule
 from pytest_ftgate.backends.local import decode_step
-from pytest_ftgate.backends.prefix import PrefixPlan, prefix_plan
-from pytest_ftgate.backends.torch_graphs import StaticDecoder, cache_arg, greedy, plain_cache, prefix_states
+from pytest_ftgate.backends.prefix import prefix_plan
+from pytest_ftgate.backends.torch_graphs import (
+    StaticDecoder,
+    cache_arg,
+    greedy,
+    plain_cache,
+    planned_forward,
+    prefix_states,
+)
 
 if TYPE_CHECKING:
     from pytest_ftgate.backends.transformers import _Loaded
@@ -28,56 +35,27 @@ def prefill(
     loaded: _Loaded, ids: list[list[int]], memo: dict[str, Any] | None = None
 ) -> tuple[Any, Any, Any, Any]:
     """The prompts through the model: (last-position logits, attention mask, next position
-    ids, cache). The layout below is exact for sliding windows of any length.
+    ids, cache). The layout is exact for sliding windows of any length.
 
-    The batch is an ordinary left-padded one (padding masked, position ids counting real
-    tokens only, as ``generate`` does), so every row computes what it computes alone. Token
-    prefixes that rows share are computed once (``prefix.prefix_plan``): each group's head
-    (its longest prompt) runs in a first, smaller pass, and the keys and values of what each
-    row shares with its head are copied into the row's first cache slots; the model then runs
-    only the remaining slots. With no long shared prefix the whole batch is one group (the
-    system prompt and chat template shared). ``memo`` keeps the last prefix pass, so the
-    batches of one call compute a prefix they share once."""
-    import torch
+    The batch is an ordinary left-padded one (``torch_graphs.planned_forward``). Token prefixes
+    that rows share are computed once (``prefix.prefix_plan``): the heads' prefixes run in
+    passes of their own (``torch_graphs.prefix_states``, as deep as the plan goes), their keys
+    and values are copied into the rows' first cache slots, and the model then runs only the
+    remaining slots. ``memo`` keeps the last prefix pass, so the batches of one call compute a
+    prefix they share (the system prompt) once."""
     from transformers import DynamicCache
 
-    device = loaded.model.device
-    pad = loaded.tokenizer.pad_token_id
-    lengths = [len(row) for row in ids]
-    width = max(lengths)
-    mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=loaded.model.config)
     plan = prefix_plan(ids) if plain_cache(loaded.model, cache) else None
-    start = 0
+    states = None
     if plan is not None:
-        start = plan.start
-        seed_cache(loaded, cache, plan, {} if memo is None else memo)
-    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=device)[:, start:]
-    output = loaded.model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=positions[:, start:],
-        **cache_arg(loaded.model, cache),
-        use_cache=True,
-        logits_to_keep=1,
-    )
+        memo = {} if memo is None else memo
+        if memo.get("prefixes") != plan.prefixes:
+            memo.update(prefixes=plan.prefixes, states=prefix_states(loaded, plan.prefixes, plan=plan.sub))
+        states = memo["states"]
+    output, mask, positions = planned_forward(loaded, ids, cache, plan, states)
     return output.logits, mask, positions[:, -1:] + 1, cache
 
-def seed_cache(loaded: _Loaded, cache: Any, plan: PrefixPlan, memo: dict[str, Any]) -> None:
-    """Fill the first ``plan.start`` cache slots of every row from the prefix pass over the
-    groups' prefixes (``prefix_states``), or from ``memo``'s when it ran the same ones."""
-    import torch
-
-    device = loaded.model.device
-    if memo.get("prefixes") != plan.prefixes:
-        memo.update(prefixes=plan.prefixes, states=prefix_states(loaded, plan.prefixes))
-    slots = torch.tensor(plan.slots, device=device)
-    groups = torch.tensor(plan.owner, device=device)[:, None]
-    for number, state in enumerate(memo["states"]):
-        if state is not None:
-            keys, values = (part.transpose(1, 2)[groups, slots].transpose(1, 2).contiguous() for part in state)
-            cache.layers[number].update(keys, values)
 
 def decode_prefilled(
     loaded: _Loaded,

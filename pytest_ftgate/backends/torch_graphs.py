@@ -13,6 +13,7 @@ import re
 import warnings
 from typing import Any
 
+from pytest_ftgate.backends.prefix import PrefixPlan
 from pytest_ftgate.errors import BackendError
 
 _KV_PROJECTION = re.compile(r"layers\.(\d+)\.self_attn\.[kv]_proj$")
@@ -272,35 +273,29 @@ _CACHE_KEYWORD: dict[type, str] = {}
 
 
 def prefix_states(
-    loaded: Any, prefixes: list[list[int]], together: bool | None = None
+    loaded: Any, prefixes: list[list[int]], together: bool | None = None, plan: PrefixPlan | None = None
 ) -> list[tuple[Any, Any] | None]:
     """Each layer's keys and values for ``prefixes``, left padded to the longest: (groups,
     heads, span, dim), every position kept (sliding-window layers too: rows take different
-    spans); None for layers that hold none (KV-shared ones). On a GPU one left-padded pass;
-    on a CPU one pass per prefix, unpadded (a CPU pass gains nothing from more rows, and
-    long masked prompts take the slower attention path)."""
+    spans); None for layers that hold none (KV-shared ones). ``plan``: the prefixes' own
+    ``PrefixPlan`` (``PrefixPlan.sub``): what they share comes from a pass below this one
+    (planned the same way, so as deep as the plan goes), and this pass runs only the rest.
+    Without one, on a GPU one left-padded pass; on a CPU one pass per prefix, unpadded (a CPU
+    pass gains nothing from more rows, and long masked prompts take the slower attention path)."""
     import torch
     from transformers import DynamicCache
 
-    device = loaded.model.device
-    pad = loaded.tokenizer.pad_token_id
     span = max(len(p) for p in prefixes)
     together = loaded.device.startswith("cuda") if together is None else together
-    passes = [prefixes] if together else [[p] for p in prefixes]
     per_pass = []
-    for rows in passes:
-        width = max(len(p) for p in rows)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=device)
-        states = DynamicCache()
-        loaded.model(
-            input_ids=torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=device),
-            attention_mask=mask if together else None,  # one unpadded row: plain causal attention
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            **cache_arg(loaded.model, states),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        per_pass.append((states, span - width))
+    if plan is not None:
+        below = prefix_states(loaded, plan.prefixes, together, plan.sub)
+        per_pass.append((DynamicCache(), 0))  # no config: every layer keeps every position
+        planned_forward(loaded, prefixes, per_pass[0][0], plan, below)
+    else:
+        for rows in [prefixes] if together else [[p] for p in prefixes]:
+            per_pass.append((DynamicCache(), span - max(len(p) for p in rows)))
+            planned_forward(loaded, rows, per_pass[-1][0], masked=together)  # one unpadded row: plain causal
     out: list[tuple[Any, Any] | None] = []
     for number in range(len(per_pass[0][0].layers)):
         layers = [(states.layers[number], missing) for states, missing in per_pass]
@@ -317,3 +312,45 @@ def prefix_states(
             )
         )
     return out
+
+
+def planned_forward(
+    loaded: Any,
+    ids: list[list[int]],
+    cache: Any,
+    plan: PrefixPlan | None = None,
+    states: list[tuple[Any, Any] | None] | None = None,
+    masked: bool = True,
+) -> tuple[Any, Any, Any]:
+    """``ids``, left padded, through the model into ``cache``: (output, attention mask, position
+    ids). Padding is masked and position ids count real tokens only, as ``generate`` does, so
+    every row computes what it computes alone. With a ``plan``, the first ``plan.start`` slots
+    of every row are copied from ``states`` (``prefix_states`` of ``plan.prefixes``: row r's
+    slot t from position ``plan.slots[r][t]`` of its head ``plan.owner[r]``) and the model runs
+    the remaining slots only. Only the last position's logits are computed."""
+    import torch
+
+    device = loaded.model.device
+    pad = loaded.tokenizer.pad_token_id
+    width = max(len(row) for row in ids)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    start = 0
+    if plan is not None and states is not None:
+        start = plan.start
+        slots = torch.tensor(plan.slots, device=device)
+        groups = torch.tensor(plan.owner, device=device)[:, None]
+        for number, state in enumerate(states):
+            if state is not None:
+                keys, values = (part.transpose(1, 2)[groups, slots].transpose(1, 2).contiguous() for part in state)
+                cache.update(keys, values, number)
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=device)[:, start:]
+    output = loaded.model(
+        input_ids=input_ids,
+        attention_mask=mask if masked else None,
+        position_ids=positions[:, start:],
+        **cache_arg(loaded.model, cache),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return output, mask, positions
