@@ -293,7 +293,9 @@ class MLXBackend(LocalBackend):
             start = plan.sub.start
         self._chunks(loaded, mx.array([[0] * (span - len(p)) + p for p in plan.prefixes])[:, start:], heads)
         groups = mx.array(plan.owner)[:, None]
-        slots = mx.array(plan.slots)
+        # plan.slots, computed here: row r's slot t <- offset + max(t - (start - real), 0)
+        reals, offsets = (mx.array(v)[:, None] for v in (plan.reals, plan.offsets))
+        slots = offsets + mx.maximum(mx.arange(plan.start)[None, :] - (plan.start - reals), 0)
         for target, source in zip(cache, heads, strict=True):
             # (groups, heads, span, dim) -> (rows, heads, start, dim): row r, slot t <- plan.slots[r][t]
             keys = source.keys[..., :span, :].transpose(0, 2, 1, 3)[groups, slots].transpose(0, 2, 1, 3)

@@ -29,21 +29,36 @@ class PrefixPlan:
 
     ``start``: cache slots filled from the prefix pass (the main pass runs the slots after them);
     ``heads[g]``: prefix tokens head ``g`` runs in the prefix pass (taken from ``prefixes[g]``);
-    ``owner[r]``: row r's head; ``slots[r][t]``: for row r's slot t < start, the position in the
-    prefix pass's (left-padded, ``max(heads)`` wide) row ``owner[r]`` whose key and value it
-    takes. Padding slots (masked anyway) point at any real key. ``sub``: the plan of the prefix
-    pass itself (the heads' prefixes share prefixes too), or None."""
+    ``owner[r]``: row r's head; ``reals[r]``: row r's tokens among its first ``start`` slots
+    (the rest is padding). ``sub``: the plan of the prefix pass itself (the heads' prefixes
+    share prefixes too), or None."""
 
     start: int
     heads: list[int]
     owner: list[int]
     prefixes: list[list[int]]
-    slots: list[list[int]]
+    reals: list[int]
     sub: PrefixPlan | None = None
 
     @property
     def span(self) -> int:
         return max(self.heads)
+
+    @property
+    def offsets(self) -> list[int]:
+        """Per row: where its head's prefix starts in the prefix pass (left padded to ``span``)."""
+        return [self.span - self.heads[g] for g in self.owner]
+
+    @property
+    def slots(self) -> list[list[int]]:
+        """``slots[r][t]``: for row r's slot t < start, the position in the prefix pass's row
+        ``owner[r]`` whose key and value it takes: slot t holds the row's token t - (start -
+        real), which sits at offset + that index. Padding slots (masked anyway) point at a real
+        key. Backends compute the same with array operations."""
+        return [
+            [offset + max(t - (self.start - real), 0) for t in range(self.start)]
+            for offset, real in zip(self.offsets, self.reals, strict=True)
+        ]
 
 
 def common_length(a: list[int], b: list[int]) -> int:
@@ -180,15 +195,8 @@ def _plan(ids: list[list[int]], depth: int) -> tuple[int, PrefixPlan | None]:
     owner = [number[head(r)] if lengths[r] > rest else 0 for r in range(len(ids))]
     heads = [lengths[r] - rest for r in order]
     prefixes = [ids[r][: lengths[r] - rest] for r in order]
-    # row r's slot t (t < start) holds token t - (start - real) of its prompt, where real = its
-    # tokens in those slots; in the prefix pass that token sits at span - heads[g] + that index
-    span = max(heads)
-    slots = []
-    for row, group in enumerate(owner):
-        real = max(lengths[row] - rest, 0)
-        offset = span - heads[group]
-        slots.append([offset + max(t - (start - real), 0) for t in range(start)])
-    return total, PrefixPlan(start, heads, owner, prefixes, slots, sub)
+    reals = [max(n - rest, 0) for n in lengths]
+    return total, PrefixPlan(start, heads, owner, prefixes, reals, sub)
 
 
 def _covers(ids: list[list[int]]) -> tuple[list[int], list[int | None]]:

@@ -338,7 +338,9 @@ def planned_forward(
     start = 0
     if plan is not None and states is not None:
         start = plan.start
-        slots = torch.tensor(plan.slots, device=device)
+        # plan.slots, computed here: row r's slot t <- offset + max(t - (start - real), 0)
+        reals, offsets = (torch.tensor(v, device=device)[:, None] for v in (plan.reals, plan.offsets))
+        slots = offsets + (torch.arange(start, device=device)[None, :] - (start - reals)).clamp(min=0)
         groups = torch.tensor(plan.owner, device=device)[:, None]
         for number, state in enumerate(states):
             if state is not None:
