@@ -60,7 +60,7 @@ def main() -> None:
 def joint_check(t, path: Path, root: Path, device: str, cases: list) -> int:
     """Decode batches merged across prefill batches (3 prompts each) and base + adapter rows in
     one decode batch (LoRA per row), in float32: each reply equal to that model's one-at-a-time
-    ``generate``."""
+    ``generate``; and decode batches refilled from the queue as their rows finish."""
     import torch
 
     from pytest_ftgate.backends.transformers import TransformersBackend
@@ -80,6 +80,17 @@ def joint_check(t, path: Path, root: Path, device: str, cases: list) -> int:
         failures += sum(len(prompts) - k for k in same) + base.handle.static_failed
         print(f"{path.name} {name} together: base {same[0]}/{len(prompts)}, tuned {same[1]}/{len(prompts)} "
               f"equal to one-at-a-time; static_failed={base.handle.static_failed}", flush=True)  # fmt: skip
+        # decode batches of 5 rows refilled from the queue as rows end (at different lengths, by a
+        # stop rule), both sides: each reply equal to a batch of one under the same rule
+        alone = [backend.generate(m, prompts, max_tokens=steps, batch_size=1, stop=t._varied) for m in (base, tuned)]
+        backend.options["decode_rows"] = 5
+        with torch.inference_mode():
+            refilled = backend.generate_sides([base, tuned], prompts, max_tokens=steps, batch_size=None, stop=t._varied)
+        del backend.options["decode_rows"]
+        same = [sum(x == y for x, y in zip(a, b, strict=True)) for a, b in zip(refilled, alone, strict=True)]
+        failures += sum(len(prompts) - k for k in same)
+        print(f"{path.name} {name} refilled: base {same[0]}/{len(prompts)}, tuned {same[1]}/{len(prompts)} "
+              "equal to a batch of one", flush=True)  # fmt: skip
     return failures
 
 

@@ -768,6 +768,57 @@ class TestDecodeGroups:
         assert backend.generate(tuned[1], prompts, max_tokens=max_tokens, batch_size=2) == references[2]
         assert backend.generate(base, prompts, max_tokens=max_tokens, batch_size=2) == references[0]
 
+    @staticmethod
+    def _refills(backend: Any, monkeypatch: pytest.MonkeyPatch, rows: int) -> list[int]:
+        """Decode batches of ``rows`` rows at most; the sizes of what each refill took."""
+        from pytest_ftgate.backends import torch_decode as module
+
+        monkeypatch.setitem(backend.options, "decode_rows", rows)
+        taken: list[int] = []
+        original = module.QueueRefill.take
+
+        def spy(self: Any, width: int, running: int) -> Any:
+            added = original(self, width, running)
+            if added is not None:
+                taken.append(len(added[1]))
+            return added
+
+        monkeypatch.setattr(module.QueueRefill, "take", spy)
+        return taken
+
+    @pytest.mark.parametrize(("name", "n", "max_tokens"), [("medmcqa", 14, 30), ("convfinqa", 0, 12)])
+    def test_finished_rows_are_refilled_from_the_queue(self, grouped: Any, monkeypatch: pytest.MonkeyPatch,
+                                                       name: str, n: int, max_tokens: int) -> None:  # fmt: skip
+        """A decode batch of 5 rows whose rows end at different lengths takes the queue's next
+        prompts once half have finished; the running rows go on where they were: every reply is
+        the one a batch of one gives under the same stop rule."""
+        backend, base, tuned = grouped
+        bench = get_benchmark(name)
+        examples = _examples(bench, n) if n else _conversations(3, seed=5, per_document=2)
+        prompts = [bench.messages(e) for e in examples]
+        alone = backend.generate(tuned[0], prompts, max_tokens=max_tokens, batch_size=1, stop=_varied)
+        assert len({len(reply) for reply in alone}) > 3  # the rows end at different lengths
+        taken = self._refills(backend, monkeypatch, 5)
+        assert backend.generate(tuned[0], prompts, max_tokens=max_tokens, batch_size=None, stop=_varied) == alone
+        assert taken and max(taken) >= 2
+        # without a stop rule every row runs to max_tokens: nothing finishes early, nothing is refilled
+        taken.clear()
+        assert backend.generate(tuned[0], prompts[:6], max_tokens=6, batch_size=None) == backend.generate(
+            tuned[0], prompts[:6], max_tokens=6, batch_size=1
+        )
+        assert taken == []
+
+    def test_refilled_rows_of_both_sides(self, grouped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Base and adapter rows refilled into shared decode batches: each reply is its model's."""
+        backend, base, tuned = grouped
+        prompts = [MEDMCQA.messages(e) for e in _examples(MEDMCQA, 10, seed=4)]
+        models = [base, tuned[0]]
+        references = [backend.generate(m, prompts, max_tokens=24, batch_size=1, stop=_varied) for m in models]
+        assert references[0] != references[1]
+        taken = self._refills(backend, monkeypatch, 6)
+        assert backend.generate_sides(models, prompts, max_tokens=24, batch_size=None, stop=_varied) == references
+        assert taken
+
     def test_a_non_finite_row_names_its_model(self, grouped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         from pytest_ftgate.backends import torch_decode as module
         from pytest_ftgate.errors import NonFiniteError
@@ -787,6 +838,11 @@ class TestDecodeGroups:
         with pytest.raises(NonFiniteError, match=r"\+ a1"):
             backend.generate_sides([base, tuned[0]], PROMPTS, max_tokens=4, batch_size=None)
         assert rows[0] >= 1
+
+
+def _varied(reply: str) -> bool:
+    """A stop rule that ends replies at different lengths (2 to 10 characters, by their start)."""
+    return len(reply) >= 2 + sum(map(ord, reply[:2])) % 9
 
 
 def test_gate_runs_base_and_tuned_together(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,8 @@
 """The prefill and decode loop of the ``transformers`` backend: prompts through the model with
 shared prefixes computed once (``prefill``), then greedy steps on a static cache replayed from a
-CUDA graph (``torch_graphs.StaticDecoder``) or on the dynamic cache (``decode_prefilled``).
+CUDA graph (``torch_graphs.StaticDecoder``) or on the dynamic cache (``decode_prefilled``). With
+the static decoder, a decode batch takes the queue's next prompts as its rows finish
+(``decode_stream``, ``QueueRefill``; ``Run`` keeps one ``generate_sides`` call's rows).
 
 Imported only by ``backends/transformers.py``; torch and transformers are imported inside the
 functions, so importing this module stays light.
@@ -11,7 +13,10 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_ftgate.backends.base import StopRule
 from pytest_ftgate.backends.local import decode_step
@@ -20,15 +25,19 @@ from pytest_ftgate.backends.torch_graphs import (
     StaticDecoder,
     cache_arg,
     greedy,
+    merge_prefills,
     plain_cache,
     planned_forward,
     prefix_states,
 )
+from pytest_ftgate.errors import NonFiniteError
 
 if TYPE_CHECKING:
-    from pytest_ftgate.backends.transformers import _Loaded
+    from pytest_ftgate.backends import Model
+    from pytest_ftgate.backends.transformers import TransformersBackend, _Loaded
 
 CUDA_GRAPHS_ENV = "FTGATE_CUDA_GRAPHS"  # "0": decode with a dynamic cache on CUDA too
+REFILL_SHARE = 0.5  # a decode batch takes prompts from the queue once this share of its rows finished
 
 
 def prefill(
@@ -109,6 +118,174 @@ def decode_prefilled(
         position = position + 1
         next_tokens = greedy(output.logits[:, -1])
     return out
+
+class Refill(Protocol):
+    """Where ``decode_stream`` takes more prompts from: ``pending()``, whether any are left;
+    ``take(width, running)``, some of them prefilled (logits, mask, next positions, cache) with
+    their labels, as many as fit beside ``running`` rows of ``width`` slots, or None."""
+
+    def pending(self) -> bool: ...
+
+    def take(self, width: int, running: int) -> tuple[tuple[Any, Any, Any, Any], list[int]] | None: ...
+
+
+def decode_stream(
+    loaded: _Loaded,
+    prefilled: tuple[Any, Any, Any, Any],
+    labels: list[int],
+    max_tokens: int,
+    eos: set[int],
+    stop: StopRule | None,
+    results: dict[int, list[int]],
+    scope: Callable[[list[int]], AbstractContextManager[Any]],
+    refill: Refill | None = None,
+    forced: bool | None = None,
+) -> bool:
+    """Decode batches that stay full, on the static decoder: the rows of ``prefilled`` (their
+    ``labels``) are decoded greedily, each finished row's new tokens going into ``results``
+    under its label. Once ``REFILL_SHARE`` of a decode batch's rows have finished and the queue
+    holds more (``refill``), the running rows are carried out of it (``StaticDecoder.carry``:
+    next tokens, mask, positions, keys and values) and merged (``merge_prefills``) with prompts
+    the queue prefills into the next decode batch, whose graph is captured anew. A row goes on
+    where it was: what it computes does not depend on the rows beside it. ``scope(labels)`` is
+    the context each batch's steps run in (the rows' adapters). False when the static decoder
+    failed to start (the rows not in ``results`` are then the caller's)."""
+    logits, mask, position, cache = prefilled
+    state = (greedy(logits[:, -1]), mask, position, cache)
+    outs: list[list[int]] = [[] for _ in labels]
+    texts = functools.partial(loaded.tokenizer.batch_decode, skip_special_tokens=True)
+    while labels:
+        tokens, mask, position, cache = state
+        with scope(labels):
+            static = static_decoder(loaded, cache, mask, position, tokens, max_tokens, forced)
+            if not static:
+                return False
+            active: list[int | None] = list(range(len(labels)))
+            keep: list[int] = []
+            for step in range(max_tokens):
+                chosen = static.current().tolist()
+                if step < max_tokens - 1:
+                    static.advance()  # the next step runs while the host checks the stop rules
+                try:
+                    keep = decode_step(chosen, active, outs, eos=eos.__contains__, max_tokens=max_tokens, stop=stop,
+                                       texts=texts)  # fmt: skip
+                except NonFiniteError as exc:
+                    raise NonFiniteError(str(exc), None if exc.index is None else labels[exc.index]) from None
+                kept = set(keep)
+                for slot, row in enumerate(active):
+                    if row is not None and slot not in kept:
+                        results[labels[row]] = outs[row]
+                active = [row if slot in kept else None for slot, row in enumerate(active)]
+                if not keep:
+                    break
+                if refill is not None and step < max_tokens - 1 and len(keep) <= (1 - REFILL_SHARE) * len(labels):
+                    if refill.pending():
+                        break  # enough rows finished: the next decode batch takes them and more
+            if not keep:
+                return True
+            state = static.carry(keep)
+        del static  # its buffers and graph go before the next prefill
+        labels, outs = [labels[slot] for slot in keep], [outs[slot] for slot in keep]
+        added = refill.take(state[1].shape[1], len(labels)) if refill is not None else None
+        if added is not None:
+            (logits, *rest), more = added
+            state = merge_prefills([state, (greedy(logits[:, -1]), *rest)])
+            labels, outs = labels + more, outs + [[] for _ in more]
+    return True
+
+
+@dataclass
+class Run:
+    """One ``generate_sides`` call: its prompts' token ids, every row handed to a decode batch
+    (``rows[label]``: model index, prompt index), the new tokens of those finished
+    (``results[label]``), each model's last prefix pass (``memos``) and the replies so far."""
+
+    loaded: _Loaded
+    models: Sequence[Model]
+    ids: list[list[int]]
+    max_tokens: int
+    eos: set[int]
+    stop: StopRule | None
+    progress: Callable[[int], None] | None
+    budget: int = 0  # bytes of KV cache a decode batch may take (``_decode_budget``)
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    results: dict[int, list[int]] = field(default_factory=dict)
+    memos: list[dict[str, Any]] = field(default_factory=list)
+    replies: list[list[str]] = field(default_factory=list)
+    reported: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.memos = [{} for _ in self.models]
+        self.replies = [[""] * len(self.ids) for _ in self.models]
+
+    def label(self, units: Sequence[tuple[int, list[int]]]) -> list[int]:
+        """New labels for the rows of ``units``."""
+        first = len(self.rows)
+        self.rows += [(side, index) for side, chunk in units for index in chunk]
+        return list(range(first, len(self.rows)))
+
+    @property
+    def finished(self) -> set[tuple[int, int]]:
+        return {self.rows[label] for label in self.results}
+
+    def report(self) -> None:
+        """The finished rows' replies, and ``progress`` (prompts done, averaged over models)."""
+        new = self.results.keys() - self.reported
+        if not new:
+            return
+        for label in new:
+            side, index = self.rows[label]
+            self.replies[side][index] = self.loaded.tokenizer.decode(self.results[label], skip_special_tokens=True)
+        self.reported |= new
+        if self.progress is not None:
+            self.progress(len(self.results) // len(self.models))
+
+
+class QueueRefill:
+    """``Refill`` over ``generate_sides``'s queue of prefill units: the next prompts in
+    order, as many as fit beside the running rows (``_decode_rows`` of the run's budget, at the
+    widest of their widths plus ``max_tokens``), a unit split where it must; each unit prefilled
+    with its model's adapter on. What it takes is added to ``held`` (requeued if memory runs out)."""
+
+    def __init__(
+        self,
+        backend: TransformersBackend,
+        run: Run,
+        queue: list[list[tuple[int, list[int]]]],
+        held: list[tuple[int, list[int]]],
+    ) -> None:
+        self.backend, self.run, self.queue, self.held = backend, run, queue, held
+
+    def pending(self) -> bool:
+        return bool(self.queue)
+
+    def take(self, width: int, running: int) -> tuple[tuple[Any, Any, Any, Any], list[int]] | None:
+        run = self.run
+        units: list[tuple[int, list[int]]] = []
+        while self.queue:
+            side, chunk = self.queue[0][0]
+            width = max(width, *(len(run.ids[i]) for i in chunk))
+            fit = self.backend._decode_rows(run.loaded, run.budget, width + run.max_tokens)
+            room = fit - running - sum(len(taken) for _, taken in units)
+            if room <= 0:
+                break
+            if len(chunk) > room:
+                self.queue[0][0] = (side, chunk[room:])
+            elif len(self.queue[0]) > 1:
+                self.queue[0].pop(0)
+            else:
+                self.queue.pop(0)
+            units.append((side, chunk[:room]))
+        if not units:
+            return None
+        self.held.extend(units)
+        parts = []
+        for side, chunk in units:
+            with self.backend._active(run.models[side]):
+                parts.append(self.backend._prefill(run.loaded, [run.ids[i] for i in chunk], run.memos[side]))
+        run.report()
+        return merge_prefills(parts), run.label(units)
+
 
 def static_wanted(loaded: _Loaded, steps: int, forced: bool | None = None) -> bool:
     """Whether the static-cache decoder applies: on CUDA (or where the ``static_decode``

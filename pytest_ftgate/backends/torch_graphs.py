@@ -50,14 +50,17 @@ class StaticDecoder:
         window = int(values.get("sliding_window") or 0)
         self.base = max(width - window + 1, 0) if window else 0  # first slot a sliding window still reaches
         layers: list[Any] = []
+        self.bases: list[int | None] = []  # per layer: the first slot its buffer holds (None: holds none)
         kinds = set()
         for layer in cache.layers:
             if not getattr(layer, "is_initialized", False) or getattr(layer, "keys", None) is None:
                 layers.append(StaticLayer(total))  # never updated (a KV-shared layer)
+                self.bases.append(None)
                 continue
             sliding = isinstance(layer, DynamicSlidingWindowLayer)
             kinds.add(sliding)
             base = self.base if sliding else 0
+            self.bases.append(base)
             static = StaticLayer(total - base)
             static.lazy_initialization(layer.keys, layer.values)
             held = layer.keys.shape[-2]  # the dynamic layer holds slots [width - held, width)
@@ -86,6 +89,8 @@ class StaticDecoder:
         self.use_graph = graph
         self.graph: Any = None
         self.pending = False
+        self.width = width
+        self.launched = 0  # steps launched so far (the slot counter, known on the host)
 
     def _masks(self) -> Any:
         import torch
@@ -133,6 +138,7 @@ class StaticDecoder:
         else:
             self._step()
         self.pending = True
+        self.launched += 1
 
     def current(self) -> Any:
         """This step's tokens (the prefill's first, while the step computed ahead is unread)."""
@@ -144,6 +150,7 @@ class StaticDecoder:
         if self.pending:
             self.pending = False
             return
+        self.launched += 1
         if self.use_graph and self.graph is None:
             try:
                 graph = torch.cuda.CUDAGraph()
@@ -164,6 +171,24 @@ class StaticDecoder:
             self.graph.replay()
         else:
             self._step()
+
+
+    def carry(self, keep: list[int]) -> tuple[Any, Any, Any, Any]:
+        """Rows ``keep`` as a prefilled batch (next tokens, attention mask, next positions, dynamic
+        cache), to go on in another decode batch (``torch_decode.decode_stream``). Called after
+        ``advance``: the step launched last has run, so its tokens are the rows' next ones and
+        its keys and values are in the cache. Sliding-window layers keep their last window."""
+        import torch
+        from transformers import DynamicCache
+
+        index = torch.tensor(keep, device=self.seen.device)
+        written = self.width + self.launched
+        cache = DynamicCache(config=self.model.config)
+        for number, (layer, base) in enumerate(zip(self.cache.layers, self.bases, strict=True)):
+            if base is not None:
+                cache.layers[number].update(layer.keys[index, :, : written - base], layer.values[index, :, : written - base])
+        mask = self.seen[index, :written].long()
+        return self.shown[index].clone(), mask, self.position[index].clone(), cache
 
 
 def greedy(logits: Any) -> Any:

@@ -23,8 +23,9 @@ its keys and values are copied to the rows (``prefix.py``). A sequence leaves it
 end-of-sequence, at ``max_tokens``, or when the benchmark's stop rule (``stop``) says its answer
 can no longer change. On CUDA the decode steps run on a static cache and replay from a CUDA graph
 (``FTGATE_CUDA_GRAPHS=0``: the dynamic loop, whose finished rows are dropped); there, prefill
-batches are decoded together while their caches fit, and base and tuned (``generate_sides``) share
-decode batches with LoRA switched per row (the loop itself: ``torch_decode.py``). Only the new tokens
+batches are decoded together while their caches fit, a decode batch takes the next prompts once
+half its rows have finished, and base and tuned (``generate_sides``) share decode batches with
+LoRA switched per row (the loop itself: ``torch_decode.py``). Only the new tokens
 are decoded (``skip_special_tokens=True``). ``score`` (``logprob`` mode) is one batched forward
 pass with ``logits_to_keep=1`` for single-token answers, plus one shared-cache pass per four
 longer ones.
@@ -259,89 +260,102 @@ class TransformersBackend(LocalBackend):
         far)`` says its answer is decided.
 
         Where the static decoder runs (CUDA graphs; ``_groups``), prefilled batches are decoded
-        together, as many as their KV caches fit: a decode batch stays full across prefill
-        batches, and when the models share one loaded base (base and adapters on it) rows of
-        every model share each decode step, each row with its own model's adapter
-        (``peft_adapters.per_row``). Models on different bases run one after the other.
-        ``progress(done)`` hears after each decode batch (prompts done, averaged over models)."""
+        together, as many as their KV caches fit, and a decode batch stays full: once half its
+        rows have finished, the queue's next prompts join the running ones
+        (``torch_decode.decode_stream``). When the models share one loaded base (base and
+        adapters on it) rows of every model share each decode step, each row with its own
+        model's adapter (``peft_adapters.per_row``). Models on different bases run one after the
+        other. ``progress(done)`` hears as rows finish (prompts done, averaged over models)."""
         import torch
 
         loaded: _Loaded = models[0].handle
         if len(models) > 1 and (any(m.handle is not loaded for m in models) or not self._static_wanted(loaded, 2)):
             return [self.generate(m, prompts, max_tokens=max_tokens, batch_size=batch_size, stop=stop) for m in models]
         ids = [self._ids(loaded, self._prompt(loaded, messages)) for messages in prompts]
-        eos = torch_decode.eos_ids(loaded)
-        replies: list[list[str]] = [[""] * len(ids) for _ in models]
-        memos: list[dict[str, Any]] = [{} for _ in models]  # each model's last prefix pass
+        run = torch_decode.Run(loaded, models, ids, max_tokens, torch_decode.eos_ids(loaded), stop, progress)
+        streamed = batch_size is None and self._static_wanted(loaded, max_tokens)
+        if streamed:
+            run.budget = self._decode_budget(loaded)
         with torch.inference_mode():
-            queue = self._groups(loaded, ids, len(models), max_tokens, batch_size)
+            queue = self._groups(loaded, ids, len(models), max_tokens, batch_size, run.budget if streamed else None)
             cap = batch_size or len(ids)  # halved at each out-of-memory error, for the batches that follow
-            done = 0
             while queue:
                 group = queue.pop(0)
                 if len(group) == 1 and len(group[0][1]) > cap:
                     side, chunk = group[0]
                     queue[:0] = [[(side, chunk[:cap])], [(side, chunk[cap:])]]
                     continue
-                rows = [(side, index) for side, chunk in group for index in chunk]
+                held = list(group)  # with the prompts a stream takes from the queue
                 try:
-                    tokens = self._decode_group(loaded, models, group, ids, max_tokens, eos, stop, memos)
+                    self._decode_group(run, group, queue if streamed else None, held)
                 except NonFiniteError as exc:
-                    side = rows[exc.index][0] if exc.index is not None else 0
-                    raise renamed_non_finite(models[side], exc, [index for _, index in rows]) from None
+                    side = run.rows[exc.index][0] if exc.index is not None else 0
+                    raise renamed_non_finite(models[side], exc, [index for _, index in run.rows]) from None
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
-                    if len(group) > 1:  # the batches one by one
-                        queue[:0] = [[unit] for unit in group]
+                    units = [(side, [i for i in chunk if (side, i) not in run.finished]) for side, chunk in held]
+                    units = [unit for unit in units if unit[1]]
+                    if len(units) > 1:  # the batches one by one
+                        queue[:0] = [[unit] for unit in units]
                         continue
-                    if len(rows) == 1:
+                    if sum(len(chunk) for _, chunk in units) == 1:
                         raise BackendError(
                             f"out of GPU memory generating one prompt with {models[0].label}: use a smaller model"
                         ) from None
-                    cap = max(1, len(rows) // 2)
-                    queue.insert(0, group)
+                    cap = max(1, len(units[0][1]) // 2)
+                    queue[:0] = [units]
                     continue
-                for (side, index), row in zip(rows, tokens, strict=True):
-                    replies[side][index] = loaded.tokenizer.decode(row, skip_special_tokens=True)
-                done += len(rows)
-                if progress is not None:
-                    progress(done // len(models))
-        return replies
+                run.report()
+        return run.replies
 
     def _groups(
-        self, loaded: _Loaded, ids: list[list[int]], sides: int, max_tokens: int, batch_size: int | None
+        self,
+        loaded: _Loaded,
+        ids: list[list[int]],
+        sides: int,
+        max_tokens: int,
+        batch_size: int | None,
+        budget: int | None = None,
     ) -> list[list[tuple[int, list[int]]]]:
         """Decode batches: lists of (model index, prompt indices) units, each unit one prefill
-        batch. Where the static decoder runs and no ``batch_size`` was given, consecutive units
-        share a decode batch while the KV caches of all their rows (padded to the widest, plus
-        ``max_tokens`` slots) fit ``GROUP_MEMORY_SHARE`` of the free GPU memory (on a CPU:
-        ``CPU_TOKENS_PER_BATCH`` tokens); prefill batches are then sized to ``PREFILL_SHARE``."""
-        grouped = batch_size is None and self._static_wanted(loaded, max_tokens)
+        batch. With a ``budget`` (bytes of KV cache: the static decoder runs, no ``batch_size``
+        given), consecutive units share a decode batch while their rows fit ``_decode_rows``;
+        prefill batches are then sized to ``PREFILL_SHARE`` of the free memory."""
+        grouped = budget is not None
         units = [
             (side, chunk)
             for chunk in self._batches(loaded, ids, max_tokens, batch_size, share=PREFILL_SHARE if grouped else None)
             for side in range(sides)
         ]
-        if not grouped:
+        if budget is None:
             return [[unit] for unit in units]
-        if loaded.device.startswith("cuda"):
-            import torch
-
-            free, _ = torch.cuda.mem_get_info(torch.device(loaded.device))
-            budget = int(free * GROUP_MEMORY_SHARE)
-        else:
-            budget = _kv_bytes(loaded.model, CPU_TOKENS_PER_BATCH)
         groups: list[list[tuple[int, list[int]]]] = []
         group: list[tuple[int, list[int]]] = []
         rows = width = 0
         for unit in units:
-            length = max(len(ids[i]) for i in unit[1]) + max_tokens
-            if group and (rows + len(unit[1])) * _kv_bytes(loaded.model, max(width, length)) > budget:
+            length = max(len(ids[i]) for i in unit[1])
+            if group and rows + len(unit[1]) > self._decode_rows(loaded, budget, max(width, length) + max_tokens):
                 groups.append(group)
                 group, rows, width = [], 0, 0
             group.append(unit)
             rows, width = rows + len(unit[1]), max(width, length)
         return groups + [group] if group else groups
+
+    def _decode_budget(self, loaded: _Loaded) -> int:
+        """Bytes the KV caches of one decode batch may take: ``GROUP_MEMORY_SHARE`` of the free GPU
+        memory (on a CPU: ``CPU_TOKENS_PER_BATCH`` tokens' worth)."""
+        if loaded.device.startswith("cuda"):
+            import torch
+
+            free, _ = torch.cuda.mem_get_info(torch.device(loaded.device))
+            return int(free * GROUP_MEMORY_SHARE)
+        return _kv_bytes(loaded.model, CPU_TOKENS_PER_BATCH)
+
+    def _decode_rows(self, loaded: _Loaded, budget: int, slots: int) -> int:
+        """Rows of ``slots`` KV slots each that fit ``budget`` (capped by the ``decode_rows`` option:
+        tests)."""
+        fit = budget // max(_kv_bytes(loaded.model, slots), 1)
+        return min(fit, int(self.options.get("decode_rows") or fit))
 
     def _batches(
         self,
@@ -392,38 +406,56 @@ class TransformersBackend(LocalBackend):
 
     def _decode_group(
         self,
-        loaded: _Loaded,
-        models: Sequence[Model],
+        run: torch_decode.Run,
         group: list[tuple[int, list[int]]],
-        ids: list[list[int]],
-        max_tokens: int,
-        eos: set[int],
-        stop: StopRule | None,
-        memos: list[dict[str, Any]],
-    ) -> list[list[int]]:
-        """One decode batch (``_groups``): each unit prefilled with its model's adapter on, the
-        caches merged (``merge_prefills``), then decoded together with each row's adapter
-        (``peft_adapters.per_row``; one model: its adapter, as ``_active`` sets it). If the
-        static decoder fails, every unit again on its own, the dynamic way."""
-        if len(group) == 1:
+        queue: list[list[tuple[int, list[int]]]] | None,
+        held: list[tuple[int, list[int]]],
+    ) -> None:
+        """One decode batch (``_groups``), its rows' tokens into ``run``. Without a ``queue`` (no
+        static decoder) one unit, the dynamic way. With one: each unit prefilled with its model's
+        adapter on, the caches merged (``merge_prefills``) and decoded as a stream that takes
+        more prompts from ``queue`` as rows finish (``torch_decode.QueueRefill``; what it takes is added to
+        ``held``), each row with its model's adapter (``_scope``). If the static decoder fails,
+        every unfinished row again, the dynamic way."""
+        loaded, models = run.loaded, run.models
+        labels = run.label(group)
+        if queue is None:
             side, chunk = group[0]
             with self._active(models[side]):
-                return self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop, memos[side])
+                try:
+                    tokens = self._decode(loaded, [run.ids[i] for i in chunk], run.max_tokens, run.eos, run.stop,
+                                          run.memos[side])  # fmt: skip
+                except NonFiniteError as exc:
+                    raise NonFiniteError(str(exc), None if exc.index is None else labels[exc.index]) from None
+            run.results.update(zip(labels, tokens, strict=True))
+            return
         parts = []
         for side, chunk in group:
             with self._active(models[side]):
-                parts.append(self._prefill(loaded, [ids[i] for i in chunk], memos[side]))
-        adapters = [models[side].adapter for side, chunk in group for _ in chunk]
-        one = len({side for side, _ in group}) == 1
-        with self._active(models[group[0][0]]) if one else peft_adapters.per_row(loaded, adapters):
-            out = self._decode_prefilled(loaded, _merge_prefills(parts), max_tokens, eos, stop)
-        if out is not None:
-            return out
-        out = []  # the static decoder failed: each unit alone, the dynamic way
-        for side, chunk in group:
-            with self._active(models[side]):
-                out += self._decode(loaded, [ids[i] for i in chunk], max_tokens, eos, stop, memos[side])
-        return out
+                parts.append(self._prefill(loaded, [run.ids[i] for i in chunk], run.memos[side]))
+        refill = torch_decode.QueueRefill(self, run, queue, held)
+        done = torch_decode.decode_stream(
+            loaded, _merge_prefills(parts), labels, run.max_tokens, run.eos, run.stop, run.results,
+            scope=self._scope(run), refill=refill, forced=self.options.get("static_decode"),
+        )  # fmt: skip
+        if done:
+            return
+        for side, chunk in held:  # the static decoder failed: what is unfinished, the dynamic way
+            left = [i for i in chunk if (side, i) not in run.finished]
+            for batch in self._batches(loaded, [run.ids[i] for i in left], run.max_tokens, None) if left else []:
+                self._decode_group(run, [(side, [left[k] for k in batch])], None, [])
+
+    def _scope(self, run: torch_decode.Run) -> Callable[[list[int]], contextlib.AbstractContextManager[Any]]:
+        """The context a decode batch of rows ``labels`` runs in: its model's adapter, or each
+        row's (``peft_adapters.per_row``) when the rows belong to several models."""
+
+        def scope(labels: list[int]) -> contextlib.AbstractContextManager[Any]:
+            sides = {run.rows[label][0] for label in labels}
+            if len(sides) == 1:
+                return self._active(run.models[sides.pop()])
+            return peft_adapters.per_row(run.loaded, [run.models[run.rows[label][0]].adapter for label in labels])
+
+        return scope
 
     def _decode(
         self,
