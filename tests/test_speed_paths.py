@@ -786,19 +786,19 @@ class TestDecodeGroups:
         monkeypatch.setattr(module.QueueRefill, "take", spy)
         return taken
 
-    @pytest.mark.parametrize(("name", "n", "max_tokens"), [("medmcqa", 14, 30), ("convfinqa", 0, 12)])
+    @pytest.mark.parametrize(("name", "n", "max_tokens", "rows"), [("medmcqa", 14, 30, 5), ("convfinqa", 0, 12, 10)])
     def test_finished_rows_are_refilled_from_the_queue(self, grouped: Any, monkeypatch: pytest.MonkeyPatch,
-                                                       name: str, n: int, max_tokens: int) -> None:  # fmt: skip
-        """A decode batch of 5 rows whose rows end at different lengths takes the queue's next
-        prompts once half have finished; the running rows go on where they were: every reply is
-        the one a batch of one gives under the same stop rule."""
+                                                       name: str, n: int, max_tokens: int, rows: int) -> None:  # fmt: skip
+        """A small decode batch whose rows end at different lengths takes the queue's next
+        prefill batches once half its rows have finished; the running rows go on where they
+        were: every reply is the one a batch of one gives under the same stop rule."""
         backend, base, tuned = grouped
         bench = get_benchmark(name)
         examples = _examples(bench, n) if n else _conversations(3, seed=5, per_document=2)
         prompts = [bench.messages(e) for e in examples]
         alone = backend.generate(tuned[0], prompts, max_tokens=max_tokens, batch_size=1, stop=_varied)
         assert len({len(reply) for reply in alone}) > 3  # the rows end at different lengths
-        taken = self._refills(backend, monkeypatch, 5)
+        taken = self._refills(backend, monkeypatch, rows)
         assert backend.generate(tuned[0], prompts, max_tokens=max_tokens, batch_size=None, stop=_varied) == alone
         assert taken and max(taken) >= 2
         # without a stop rule every row runs to max_tokens: nothing finishes early, nothing is refilled
@@ -807,6 +807,31 @@ class TestDecodeGroups:
             tuned[0], prompts[:6], max_tokens=6, batch_size=1
         )
         assert taken == []
+
+    def test_out_of_memory_mid_stream_redoes_only_unfinished_rows(self, grouped: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+        """GPU memory running out while a decode batch takes more prompts: the rows that finished
+        stay finished, the rest (running and taken) run again in smaller batches, same replies."""
+        import torch
+
+        from pytest_ftgate.backends import torch_decode
+
+        backend, base, tuned = grouped
+        prompts = [MEDMCQA.messages(e) for e in _examples(MEDMCQA, 14)]
+        alone = backend.generate(tuned[0], prompts, max_tokens=30, batch_size=1, stop=_varied)
+        self._refills(backend, monkeypatch, 5)
+        spied = torch_decode.QueueRefill.take
+        failed: list[int] = []
+
+        def failing(self: Any, width: int, running: int) -> Any:
+            if not failed:
+                failed.append(len(self.run.results))
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return spied(self, width, running)
+
+        monkeypatch.setattr(torch_decode.QueueRefill, "take", failing)
+        assert backend.generate(tuned[0], prompts, max_tokens=30, batch_size=None, stop=_varied) == alone
+        assert failed and failed[0] > 0  # some rows had finished before it ran out
 
     def test_refilled_rows_of_both_sides(self, grouped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         """Base and adapter rows refilled into shared decode batches: each reply is its model's."""

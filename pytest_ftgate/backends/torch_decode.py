@@ -120,11 +120,11 @@ def decode_prefilled(
     return out
 
 class Refill(Protocol):
-    """Where ``decode_stream`` takes more prompts from: ``pending()``, whether any are left;
-    ``take(width, running)``, some of them prefilled (logits, mask, next positions, cache) with
-    their labels, as many as fit beside ``running`` rows of ``width`` slots, or None."""
+    """Where ``decode_stream`` takes more prompts from: ``fits(width, running)``, whether the
+    next ones fit beside ``running`` rows of ``width`` slots; ``take(width, running)``, as many
+    as fit, prefilled (logits, mask, next positions, cache), with their labels."""
 
-    def pending(self) -> bool: ...
+    def fits(self, width: int, running: int) -> bool: ...
 
     def take(self, width: int, running: int) -> tuple[tuple[Any, Any, Any, Any], list[int]] | None: ...
 
@@ -179,7 +179,7 @@ def decode_stream(
                 if not keep:
                     break
                 if refill is not None and step < max_tokens - 1 and len(keep) <= (1 - REFILL_SHARE) * len(labels):
-                    if refill.pending():
+                    if refill.fits(static.width + static.launched, len(keep)):
                         break  # enough rows finished: the next decode batch takes them and more
             if not keep:
                 return True
@@ -242,10 +242,11 @@ class Run:
 
 
 class QueueRefill:
-    """``Refill`` over ``generate_sides``'s queue of prefill units: the next prompts in
-    order, as many as fit beside the running rows (``_decode_rows`` of the run's budget, at the
-    widest of their widths plus ``max_tokens``), a unit split where it must; each unit prefilled
-    with its model's adapter on. What it takes is added to ``held`` (requeued if memory runs out)."""
+    """``Refill`` over ``generate_sides``'s queue of prefill units: the next units in order,
+    whole, as many as fit beside the running rows (``_decode_rows`` of the run's budget, at the
+    widest of their widths plus ``max_tokens``), each prefilled with its model's adapter on.
+    Whole units only: a refill that starts part of the next batch now and the rest later can end
+    later than no refill. What it takes is added to ``held`` (requeued if memory runs out)."""
 
     def __init__(
         self,
@@ -256,28 +257,28 @@ class QueueRefill:
     ) -> None:
         self.backend, self.run, self.queue, self.held = backend, run, queue, held
 
-    def pending(self) -> bool:
-        return bool(self.queue)
+    def _next(self, width: int, running: int) -> list[tuple[int, list[int]]]:
+        run, units, rows = self.run, [], running
+        for unit in (unit for group in self.queue for unit in group):
+            width = max(width, *(len(run.ids[i]) for i in unit[1]))
+            if rows + len(unit[1]) > self.backend._decode_rows(run.loaded, run.budget, width + run.max_tokens):
+                break
+            units.append(unit)
+            rows += len(unit[1])
+        return units
+
+    def fits(self, width: int, running: int) -> bool:
+        return bool(self._next(width, running))
 
     def take(self, width: int, running: int) -> tuple[tuple[Any, Any, Any, Any], list[int]] | None:
         run = self.run
-        units: list[tuple[int, list[int]]] = []
-        while self.queue:
-            side, chunk = self.queue[0][0]
-            width = max(width, *(len(run.ids[i]) for i in chunk))
-            fit = self.backend._decode_rows(run.loaded, run.budget, width + run.max_tokens)
-            room = fit - running - sum(len(taken) for _, taken in units)
-            if room <= 0:
-                break
-            if len(chunk) > room:
-                self.queue[0][0] = (side, chunk[room:])
-            elif len(self.queue[0]) > 1:
-                self.queue[0].pop(0)
-            else:
-                self.queue.pop(0)
-            units.append((side, chunk[:room]))
+        units = self._next(width, running)
         if not units:
             return None
+        for _ in units:  # out of the queue, in order
+            self.queue[0].pop(0)
+            if not self.queue[0]:
+                self.queue.pop(0)
         self.held.extend(units)
         parts = []
         for side, chunk in units:

@@ -293,12 +293,15 @@ class TransformersBackend(LocalBackend):
                     raise renamed_non_finite(models[side], exc, [index for _, index in run.rows]) from None
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
+                    run.budget //= 2  # decode batches that refill hold half as much from now on
                     units = [(side, [i for i in chunk if (side, i) not in run.finished]) for side, chunk in held]
                     units = [unit for unit in units if unit[1]]
+                    if not units:
+                        continue
                     if len(units) > 1:  # the batches one by one
                         queue[:0] = [[unit] for unit in units]
                         continue
-                    if sum(len(chunk) for _, chunk in units) == 1:
+                    if sum(len(chunk) for _, chunk in held) == 1:  # a batch of one prompt did not fit
                         raise BackendError(
                             f"out of GPU memory generating one prompt with {models[0].label}: use a smaller model"
                         ) from None
