@@ -415,6 +415,31 @@ class TestSharedPrefix:
         """Turns of one conversation share the document: batched by group, prefix computed once."""
         _check_conversations(llama, size, TestTransformers()._seed_loop)
 
+    def test_no_prefix_pass_runs_twice_in_one_call(self, llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The batches of one call share the system prompt: the pass that computes it (at
+        whatever level of the plan) runs once, the memo gives it to the batches after."""
+        from pytest_ftgate.backends import torch_graphs
+
+        backend, model = llama
+        preamble = "Classify the sentiment of the sentence below, taken from a financial news article. " * 3
+        prompts = [
+            [{"role": "system", "content": FPB_SYSTEM}, {"role": "user", "content": f"{preamble}{i}: {' '.join(t)}"}]
+            for i, t in enumerate(itertools.combinations("profit loss rose fell bank".split(), 3))
+        ]
+        reference = backend.generate(model, prompts, max_tokens=4, batch_size=1)
+        passes: list[tuple[tuple[int, ...], ...]] = []
+        original = torch_graphs.planned_forward
+
+        def spy(loaded: Any, ids: list[list[int]], cache: Any, *args: Any, **kwargs: Any) -> Any:
+            passes.append(tuple(map(tuple, ids)))
+            return original(loaded, ids, cache, *args, **kwargs)
+
+        monkeypatch.setattr(torch_graphs, "planned_forward", spy)
+        assert backend.generate(model, prompts, max_tokens=4, batch_size=4) == reference
+        repeated = [p for p in set(passes) if passes.count(p) > 1]
+        assert passes and not repeated
+        assert len(backend._batches(model.handle, [backend.prompt_ids(model, m) for m in prompts], 4, 4)) > 2
+
     def test_prefix_pass_one_per_group_equals_one_padded_pass(self, llama: Any) -> None:
         """The CPU's unpadded pass per prefix, the GPU's single left-padded pass, and passes
         planned below one another (prefixes sharing a document) give the same keys and values."""
@@ -471,6 +496,10 @@ def test_prefix_plans_take_only_the_rows_own_tokens(monkeypatch: pytest.MonkeyPa
         rng.shuffle(ids)
         plan = prefix.prefix_plan(ids)
         levels = 0
+        for costly in (prefix.prefix_plan(ids, prefix.PASS_COST_CPU), prefix.prefix_plan(ids, prefix.PASS_COST_GPU)):
+            if costly is not None:  # passes that cost more than their slots: fewer of them, still exact
+                _check_plan(ids, costly)
+                assert _depth(costly) <= _depth(plan)
         if plan is not None:
             _check_plan(ids, plan)
             level = plan
@@ -513,6 +542,10 @@ def _check_plan(ids: list[list[int]], plan: Any) -> None:
         _check_plan(plan.prefixes, plan.sub)
 
 
+def _depth(plan: Any) -> int:
+    return 0 if plan is None else 1 + _depth(plan.sub)
+
+
 def _slots(ids: list[list[int]], plan: Any) -> int:
     """Slots a plan's passes compute, padding included (one pass without a plan)."""
     width = max(map(len, ids))
@@ -545,16 +578,18 @@ def _conversations(count: int, seed: int = 0, per_document: int = 1) -> list[Exa
 
 
 def _check_conversations(loaded: Any, size: int | None, seed_loop: Any) -> None:
-    from pytest_ftgate.backends.prefix import prefix_plan
+    from pytest_ftgate.backends.prefix import PASS_COST_CPU, prefix_plan
 
     backend, model = loaded
     prompts = [CONVFINQA.messages(e) for e in _conversations(4, seed=1, per_document=2)]
     ids = [backend.prompt_ids(model, m) for m in prompts]
-    plans = [prefix_plan([ids[i] for i in batch]) for batch in backend._batches(model.handle, ids, 10, size)]
+    plans = [prefix_plan([ids[i] for i in batch], PASS_COST_CPU) for batch in backend._batches(model.handle, ids, 10, size)]
     # a batch of several groups, whose shared prefixes cross the tiny Gemma 4's 64-token window,
-    # and conversations on one document: their last turns share it in a pass below
+    # and (in batches of any size) conversations on one document: their last turns share it in a
+    # pass below
     assert any(plan is not None and len(plan.heads) > 1 and plan.start > 64 for plan in plans)
-    assert any(plan is not None and plan.sub is not None and plan.sub.start > 64 for plan in plans)
+    if size is None:
+        assert any(plan is not None and plan.sub is not None and plan.sub.start > 64 for plan in plans)
     reference = seed_loop(backend, model, prompts, 10)
     assert backend.generate(model, prompts, max_tokens=10, batch_size=size) == reference
     stopped = backend.generate(model, prompts, max_tokens=10, batch_size=size, stop=CONVFINQA.answer_decided)

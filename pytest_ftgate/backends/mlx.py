@@ -28,7 +28,7 @@ from pytest_ftgate.adapters import AdapterInfo
 from pytest_ftgate.backends import Message, Model, Prompts, StopRule, check_scores, package_versions
 from pytest_ftgate.backends import mlx_adapters
 from pytest_ftgate.backends.local import EFFECT_PROMPT, LocalBackend, decode_step, renamed_non_finite
-from pytest_ftgate.backends.prefix import PrefixPlan, plan_batches, prefix_plan
+from pytest_ftgate.backends.prefix import PASS_COST_CPU, PrefixPlan, plan_batches, prefix_plan
 from pytest_ftgate.errors import BackendError, ModelError, NonFiniteError
 from pytest_ftgate.fingerprint import digest, model_parts
 
@@ -261,7 +261,7 @@ class MLXBackend(LocalBackend):
         cache = self._batch_cache(loaded, pads) if len(ids) > 1 else self._single_cache(loaded)
         if cache is None:
             raise BackendError("this model's KV cache has no batched form")
-        plan = prefix_plan(ids) if len(ids) > 1 else None
+        plan = prefix_plan(ids, PASS_COST_CPU) if len(ids) > 1 else None
         start = 0
         if plan is not None:
             start = plan.start

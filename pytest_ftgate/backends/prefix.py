@@ -21,6 +21,11 @@ GROUP_SHARE = 0.5  # prompts sharing this much of the shorter one (beyond the co
 SHARE_PAYOFF = 1.5  # a prefix pass runs when it saves this many times the tokens it costs
 MAX_DEPTH = 4  # prefix passes below one another, at most
 MAX_CANDIDATES = 64  # main-pass widths a plan weighs
+# What one more forward pass costs beyond its slots, in slots (estimates): on a GPU kernel launches
+# for every layer (~10 ms, ~500 prompt tokens of a 4B model); on a CPU transformers' own per-pass
+# work (SmolLM2-135M on 2 cores: 41 ms for a 1-token pass, ~1,000 prompt tokens/s at best)
+PASS_COST_GPU = 512
+PASS_COST_CPU = 64
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def plan_batches(
     return batches
 
 
-def prefix_plan(ids: list[list[int]]) -> PrefixPlan | None:
+def prefix_plan(ids: list[list[int]], pass_cost: int = 0) -> PrefixPlan | None:
     """How to share prefixes in a left-padded batch of ``ids``, or None when sharing saves too
     little. Every row keeps at least one token for the main pass.
 
@@ -139,14 +144,16 @@ def prefix_plan(ids: list[list[int]]) -> PrefixPlan | None:
     chat template. FPB- and MedMCQA-like prompts (only the system prompt in common) get the
     longest as their head, and where lengths differ much the longer ones too, so short rows pad
     less. Of the widths ``rest`` weighed, the plan keeps the one whose passes compute the fewest
-    slots, padding included (``_plan``)."""
-    return _plan(ids, 0)[1]
+    slots, padding included, each pass below counted ``pass_cost`` slots more (what one more
+    forward pass costs on the device, beyond its slots: ``PASS_COST_GPU``, ``PASS_COST_CPU``).
+    ``_plan`` tells how."""
+    return _plan(ids, 0, pass_cost)[1]
 
 
-def _plan(ids: list[list[int]], depth: int) -> tuple[int, PrefixPlan | None]:
-    """(slots computed, plan) for ``ids``: the plan with the fewest slots, or None (one plain
-    pass, ``rows x width`` slots) when no plan saves ``SHARE_PAYOFF`` times its prefix pass. Two
-    widths are followed down: the one with the fewest slots if the prefix pass shared nothing
+def _plan(ids: list[list[int]], depth: int, pass_cost: int) -> tuple[int, PrefixPlan | None]:
+    """(cost in slots, plan) for ``ids``: the plan of least cost, or None (one plain pass,
+    ``rows x width`` slots) when no plan costs less or saves ``SHARE_PAYOFF`` times its prefix
+    pass. Two widths are followed down: the one of least cost if the prefix pass shared nothing
     more (``rows x rest + heads x their longest prefix``), and the narrowest."""
     width = max(len(row) for row in ids)
     flat = len(ids) * width
@@ -175,10 +182,10 @@ def _plan(ids: list[list[int]], depth: int) -> tuple[int, PrefixPlan | None]:
     best: tuple[int, int, PrefixPlan | None] | None = None  # (slots, rest, prefix pass plan)
     for rest in {min(candidates, key=single), candidates[0]}:
         heads = leaders(rest)
-        slots, sub = _plan([ids[r][: lengths[r] - rest] for r in heads], depth + 1)
-        saved = flat - len(ids) * rest
-        if saved >= SHARE_PAYOFF * slots and (best is None or len(ids) * rest + slots < best[0]):
-            best = (len(ids) * rest + slots, rest, sub)
+        slots, sub = _plan([ids[r][: lengths[r] - rest] for r in heads], depth + 1, pass_cost)
+        saved, cost = flat - len(ids) * rest, len(ids) * rest + slots + pass_cost
+        if saved >= SHARE_PAYOFF * slots and cost < flat and (best is None or cost < best[0]):
+            best = (cost, rest, sub)
     if best is None:
         return flat, None
     total, rest, sub = best

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_ftgate.backends.base import StopRule
 from pytest_ftgate.backends.local import decode_step
-from pytest_ftgate.backends.prefix import prefix_plan
+from pytest_ftgate.backends.prefix import PASS_COST_CPU, PASS_COST_GPU, prefix_plan
 from pytest_ftgate.backends.torch_graphs import (
     StaticDecoder,
     cache_arg,
@@ -50,18 +50,14 @@ def prefill(
     that rows share are computed once (``prefix.prefix_plan``): the heads' prefixes run in
     passes of their own (``torch_graphs.prefix_states``, as deep as the plan goes), their keys
     and values are copied into the rows' first cache slots, and the model then runs only the
-    remaining slots. ``memo`` keeps the last prefix pass, so the batches of one call compute a
-    prefix they share (the system prompt) once."""
+    remaining slots. ``memo`` keeps the last prefix pass at every level, so the batches of one
+    call compute a prefix they share (the system prompt) once."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=loaded.model.config)
-    plan = prefix_plan(ids) if plain_cache(loaded.model, cache) else None
-    states = None
-    if plan is not None:
-        memo = {} if memo is None else memo
-        if memo.get("prefixes") != plan.prefixes:
-            memo.update(prefixes=plan.prefixes, states=prefix_states(loaded, plan.prefixes, plan=plan.sub))
-        states = memo["states"]
+    cost = PASS_COST_GPU if loaded.device.startswith("cuda") else PASS_COST_CPU
+    plan = prefix_plan(ids, cost) if plain_cache(loaded.model, cache) else None
+    states = prefix_states(loaded, plan.prefixes, plan=plan.sub, memo=memo) if plan is not None else None
     output, mask, positions = planned_forward(loaded, ids, cache, plan, states)
     return output.logits, mask, positions[:, -1:] + 1, cache
 

@@ -298,7 +298,11 @@ _CACHE_KEYWORD: dict[type, str] = {}
 
 
 def prefix_states(
-    loaded: Any, prefixes: list[list[int]], together: bool | None = None, plan: PrefixPlan | None = None
+    loaded: Any,
+    prefixes: list[list[int]],
+    together: bool | None = None,
+    plan: PrefixPlan | None = None,
+    memo: dict[str, Any] | None = None,
 ) -> list[tuple[Any, Any] | None]:
     """Each layer's keys and values for ``prefixes``, left padded to the longest: (groups,
     heads, span, dim), every position kept (sliding-window layers too: rows take different
@@ -306,15 +310,19 @@ def prefix_states(
     ``PrefixPlan`` (``PrefixPlan.sub``): what they share comes from a pass below this one
     (planned the same way, so as deep as the plan goes), and this pass runs only the rest.
     Without one, on a GPU one left-padded pass; on a CPU one pass per prefix, unpadded (a CPU
-    pass gains nothing from more rows, and long masked prompts take the slower attention path)."""
+    pass gains nothing from more rows, and long masked prompts take the slower attention path).
+    ``memo`` keeps the last prefixes and states, and the level below's under ``"below"``: the
+    same prefixes again (the system prompt of the next batch) are not computed again."""
     import torch
     from transformers import DynamicCache
 
+    if memo is not None and memo.get("prefixes") == prefixes:
+        return list(memo["states"])
     span = max(len(p) for p in prefixes)
     together = loaded.device.startswith("cuda") if together is None else together
     per_pass = []
     if plan is not None:
-        below = prefix_states(loaded, plan.prefixes, together, plan.sub)
+        below = prefix_states(loaded, plan.prefixes, together, plan.sub, None if memo is None else memo.setdefault("below", {}))
         per_pass.append((DynamicCache(), 0))  # no config: every layer keeps every position
         planned_forward(loaded, prefixes, per_pass[0][0], plan, below)
     else:
@@ -336,6 +344,8 @@ def prefix_states(
                 for part in ("keys", "values")
             )
         )
+    if memo is not None:
+        memo.update(prefixes=prefixes, states=out)
     return out
 
 
