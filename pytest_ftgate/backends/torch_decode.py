@@ -10,6 +10,7 @@ functions, so importing this module stays light.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -71,32 +72,28 @@ def decode_prefilled(
     forced: bool | None = None,
 ) -> list[list[int]] | None:
     """The decode steps after ``prefill``: each row's new tokens (end-of-sequence excluded), or
-    None when the static decoder failed to start (``forced``: the ``static_decode`` option)."""
+    None when the static decoder failed to start (``forced``: the ``static_decode`` option).
+    Where the static decoder applies, ``decode_stream`` (no refill); elsewhere the dynamic cache,
+    finished rows dropped from the batch."""
     import torch
 
     logits, mask, position, cache = prefilled
+    rows = mask.shape[0]
+    if static_wanted(loaded, max_tokens, forced) and plain_cache(loaded.model, cache):
+        results: dict[int, list[int]] = {}
+        ran = decode_stream(loaded, prefilled, list(range(rows)), max_tokens, eos, stop, results,
+                            scope=lambda labels: contextlib.nullcontext(), forced=forced)  # fmt: skip
+        return [results[row] for row in range(rows)] if ran else None
     next_tokens = greedy(logits[:, -1])
-    static = static_decoder(loaded, cache, mask, position, next_tokens, max_tokens, forced)
-    if static is False:
-        return None
-    out: list[list[int]] = [[] for _ in range(mask.shape[0])]
-    active: list[int | None] = list(range(mask.shape[0]))  # batch row -> output row (None: finished)
+    out: list[list[int]] = [[] for _ in range(rows)]
+    active: list[int | None] = list(range(rows))  # batch row -> output row (None: finished)
     texts = functools.partial(loaded.tokenizer.batch_decode, skip_special_tokens=True)
-    for step in range(max_tokens):
-        tokens = (static.current() if static else next_tokens).tolist()
-        if static and step < max_tokens - 1:
-            # the next step does not depend on which rows finish here: the GPU runs it while
-            # the host checks the stop rules (at worst one step is computed in vain)
-            static.advance()
+    for _ in range(max_tokens):
         keep = decode_step(
-            tokens, active, out, eos=eos.__contains__, max_tokens=max_tokens, stop=stop, texts=texts
+            next_tokens.tolist(), active, out, eos=eos.__contains__, max_tokens=max_tokens, stop=stop, texts=texts
         )
         if not keep:
             break
-        if static:  # fixed shapes: finished rows stay in the batch, their tokens unread
-            kept = set(keep)
-            active = [row if slot in kept else None for slot, row in enumerate(active)]
-            continue
         if len(keep) < len(active):
             index = torch.tensor(keep, device=mask.device)
             cache.batch_select_indices(index)
@@ -114,6 +111,7 @@ def decode_prefilled(
         position = position + 1
         next_tokens = greedy(output.logits[:, -1])
     return out
+
 
 class Refill(Protocol):
     """Where ``decode_stream`` takes more prompts from: ``fits(width, running)``, whether the
@@ -161,7 +159,9 @@ def decode_stream(
             for step in range(max_tokens):
                 chosen = static.current().tolist()
                 if step < max_tokens - 1:
-                    static.advance()  # the next step runs while the host checks the stop rules
+                    # the next step does not depend on which rows finish here: the GPU runs it
+                    # while the host checks the stop rules (at worst one step is computed in vain)
+                    static.advance()
                 try:
                     keep = decode_step(chosen, active, outs, eos=eos.__contains__, max_tokens=max_tokens, stop=stop,
                                        texts=texts)  # fmt: skip
