@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import weakref
 from typing import Any
 
 from pytest_ftgate.backends.prefix import PrefixPlan
@@ -235,16 +236,28 @@ def kv_bytes(model: Any, length: int) -> int:
     shared = int(values.get("num_kv_shared_layers") or 0)
     types = list(values.get("layer_types") or ["full_attention"] * layers)
     window = int(values.get("sliding_window") or length)
-    widths: dict[int, int] = {}
-    for name, module in model.named_modules():
-        found = _KV_PROJECTION.search(name)
-        if found and hasattr(module, "out_features"):
-            widths[int(found[1])] = widths.get(int(found[1]), 0) + int(module.out_features)
+    widths = _kv_widths(model)
     kv = 0
     for index in range(layers - shared):
         kept = min(length, window) if index < len(types) and types[index] == "sliding_attention" else length
         kv += widths.get(index, 0) * kept * element
     return kv
+
+
+def _kv_widths(model: Any) -> dict[int, int]:
+    """Per layer, the k and v projections' output widths, walked once per model (the decode
+    stream asks at every step whether the next prompts fit); held only while the model lives."""
+    if model not in _WIDTHS:
+        widths: dict[int, int] = {}
+        for name, module in model.named_modules():
+            found = _KV_PROJECTION.search(name)
+            if found and hasattr(module, "out_features"):
+                widths[int(found[1])] = widths.get(int(found[1]), 0) + int(module.out_features)
+        _WIDTHS[model] = widths
+    return _WIDTHS[model]
+
+
+_WIDTHS: weakref.WeakKeyDictionary[Any, dict[int, int]] = weakref.WeakKeyDictionary()
 
 
 def merge_prefills(parts: list[tuple[Any, Any, Any, Any]]) -> tuple[Any, Any, Any, Any]:
