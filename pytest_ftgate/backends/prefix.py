@@ -179,7 +179,7 @@ def _plan(ids: list[list[int]], depth: int, pass_cost: int) -> tuple[int, Prefix
         heads = leaders(rest)
         return len(ids) * rest + len(heads) * max(lengths[r] - rest for r in heads)
 
-    best: tuple[int, int, PrefixPlan | None] | None = None  # (slots, rest, prefix pass plan)
+    best: tuple[int, int, PrefixPlan | None] | None = None  # (cost, rest, prefix pass plan)
     for rest in {min(candidates, key=single), candidates[0]}:
         heads = leaders(rest)
         slots, sub = _plan([ids[r][: lengths[r] - rest] for r in heads], depth + 1, pass_cost)
