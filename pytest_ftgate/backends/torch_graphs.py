@@ -324,8 +324,9 @@ def prefix_states(
     (planned the same way, so as deep as the plan goes), and this pass runs only the rest.
     Without one, on a GPU one left-padded pass; on a CPU one pass per prefix, unpadded (a CPU
     pass gains nothing from more rows, and long masked prompts take the slower attention path).
-    ``memo`` keeps the last prefixes and states, and the level below's under ``"below"``: the
-    same prefixes again (the system prompt of the next batch) are not computed again."""
+    ``memo`` keeps the last single prefix's states (a pass whose one head all rows share: the
+    system prompt) at every level, the level below's under ``"below"``: the next batch's system
+    prompt is not computed again, and many heads' states (GBs on a GPU) are not held."""
     import torch
     from transformers import DynamicCache
 
@@ -357,8 +358,11 @@ def prefix_states(
                 for part in ("keys", "values")
             )
         )
-    if memo is not None:
-        memo.update(prefixes=prefixes, states=out)
+    if memo is not None:  # one prefix shared by a whole batch (the system prompt) is kept; others are not
+        memo.pop("prefixes", None)
+        memo.pop("states", None)
+        if len(prefixes) == 1:
+            memo.update(prefixes=prefixes, states=out)
     return out
 
 
