@@ -54,17 +54,17 @@ def floor(ids: list[list[int]]) -> int:
 
 def slots(ids: list[list[int]], plan: Any, memo: list[Any] | None = None, depth: int = 0) -> int:
     """Slots the passes of ``plan`` compute, padding included (one padded pass without a plan).
-    ``memo``: the prefixes each level ran last (the transformers backend keeps their keys and
-    values, ``torch_graphs.prefix_states``): a prefix pass that runs them again costs nothing."""
+    ``memo``: each level's last single prefix (the transformers backend keeps its keys and
+    values, ``torch_graphs.prefix_states``): a prefix pass that runs it again costs nothing."""
     width = max(map(len, ids))
     if plan is None:
         return len(ids) * width
     main = len(ids) * (width - plan.start)
-    if memo is not None:
+    if memo is not None:  # as the backend keeps it: a level's one prefix (the system prompt)
         memo += [None] * (depth + 1 - len(memo))
         if memo[depth] == plan.prefixes:
             return main
-        memo[depth] = plan.prefixes
+        memo[depth] = plan.prefixes if len(plan.prefixes) == 1 else None
     return main + slots(plan.prefixes, plan.sub, memo, depth + 1)
 
 
