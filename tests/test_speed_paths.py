@@ -868,6 +868,34 @@ class TestDecodeGroups:
         assert backend.generate(tuned[0], prompts, max_tokens=30, batch_size=None, stop=_varied) == alone
         assert failed and failed[0] > 0  # some rows had finished before it ran out
 
+    def test_a_non_finite_carried_row_stops_the_run(self, grouped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """NaN logits in a row carried into a refilled decode batch raise, naming the model and
+        the prompt; no reply is made up for it."""
+        from pytest_ftgate.backends import torch_graphs
+        from pytest_ftgate.errors import NonFiniteError
+
+        backend, base, tuned = grouped
+        prompts = [MEDMCQA.messages(e) for e in _examples(MEDMCQA, 14)]
+        self._refills(backend, monkeypatch, 5)
+        carried: list[int] = []
+        carry, greedy = torch_graphs.StaticDecoder.carry, torch_graphs.greedy
+
+        def carrying(self: Any, keep: list[int]) -> Any:
+            carried.append(len(keep))
+            return carry(self, keep)
+
+        def poisoned(logits: Any) -> Any:
+            tokens = greedy(logits)
+            if carried:  # the first step after a refill: row 0 is a carried row
+                tokens[0] = -1
+            return tokens
+
+        monkeypatch.setattr(torch_graphs.StaticDecoder, "carry", carrying)
+        monkeypatch.setattr(torch_graphs, "greedy", poisoned)
+        with pytest.raises(NonFiniteError, match=r"\+ a1 gave non-finite logits") as raised:
+            backend.generate(tuned[0], prompts, max_tokens=30, batch_size=None, stop=_varied)
+        assert carried and raised.value.index in range(len(prompts))  # the prompt, for the runner to name
+
     def test_refilled_rows_of_both_sides(self, grouped: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         """Base and adapter rows refilled into shared decode batches: each reply is its model's."""
         backend, base, tuned = grouped

@@ -220,9 +220,11 @@ class Run:
         self.rows += [(side, index) for side, chunk in units for index in chunk]
         return list(range(first, len(self.rows)))
 
-    @property
-    def finished(self) -> set[tuple[int, int]]:
-        return {self.rows[label] for label in self.results}
+    def unfinished(self, units: Sequence[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
+        """``units`` without the rows that have finished (units left empty dropped)."""
+        done = {self.rows[label] for label in self.results}
+        kept = [(side, [i for i in chunk if (side, i) not in done]) for side, chunk in units]
+        return [(side, chunk) for side, chunk in kept if chunk]
 
     def report(self) -> None:
         """The finished rows' replies, and ``progress`` (prompts done, averaged over models)."""

@@ -173,7 +173,6 @@ class StaticDecoder:
         else:
             self._step()
 
-
     def carry(self, keep: list[int]) -> tuple[Any, Any, Any, Any]:
         """Rows ``keep`` as a prefilled batch (next tokens, attention mask, next positions, dynamic
         cache), to go on in another decode batch (``torch_decode.decode_stream``). Called after

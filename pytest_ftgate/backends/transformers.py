@@ -294,8 +294,7 @@ class TransformersBackend(LocalBackend):
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     run.budget //= 2  # decode batches that refill hold half as much from now on
-                    units = [(side, [i for i in chunk if (side, i) not in run.finished]) for side, chunk in held]
-                    units = [unit for unit in units if unit[1]]
+                    units = run.unfinished(held)
                     if not units:
                         continue
                     if len(units) > 1:  # the batches one by one
@@ -443,9 +442,8 @@ class TransformersBackend(LocalBackend):
         )  # fmt: skip
         if done:
             return
-        for side, chunk in held:  # the static decoder failed: what is unfinished, the dynamic way
-            left = [i for i in chunk if (side, i) not in run.finished]
-            for batch in self._batches(loaded, [run.ids[i] for i in left], run.max_tokens, None) if left else []:
+        for side, left in run.unfinished(held):  # the static decoder failed: what is unfinished, the dynamic way
+            for batch in self._batches(loaded, [run.ids[i] for i in left], run.max_tokens, None):
                 self._decode_group(run, [(side, [left[k] for k in batch])], None, [])
 
     def _scope(self, run: torch_decode.Run) -> Callable[[list[int]], contextlib.AbstractContextManager[Any]]:
